@@ -1,0 +1,46 @@
+# The README gives two commands: `make demo` and `make test`. Everything else is a helper of theirs.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PYTEST_ARGS ?=
+
+.PHONY: test demo crds lint unit deps testbed bench-operator bench-capture clean
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q -U pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+deps: $(VENV)/.installed
+	bash hack/install-system-deps.sh
+
+testbed:
+	bash hack/build-testbed.sh >/dev/null
+
+crds: $(VENV)/.installed
+	$(PY) -m trafficmirror.api.crd crds
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check operator tests bench
+	$(VENV)/bin/ruff format --check operator tests bench
+	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
+
+test: deps testbed lint
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+unit: $(VENV)/.installed
+	$(VENV)/bin/pytest tests/unit $(PYTEST_ARGS)
+
+demo: deps testbed
+	$(PY) -m trafficmirror_testbed.demo
+
+bench-operator: deps testbed
+	$(PY) bench/operator/run.py
+
+bench-capture: deps
+	bash bench/capture/run.sh
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Debian packages the tests use: tshark/capinfos to verify pcaps, iproute2 for network namespaces
+# and vxlan devices, tcpdump as the benchmark's baseline, openssl for test-bed keys, lua for the
+# Argo CD health checks. Installs only what is missing; needs root (CI runs as root).
+set -euo pipefail
+need=()
+for pair in tshark:tshark capinfos:tshark ip:iproute2 tcpdump:tcpdump openssl:openssl setpriv:util-linux; do
+  command -v "${pair%%:*}" >/dev/null 2>&1 || need+=("${pair#*:}")
+done
+[ ${#need[@]} -eq 0 ] && exit 0
+if [ "$(id -u)" != 0 ]; then
+  echo "missing Debian packages: ${need[*]} (run as root, or install them: apt-get install ${need[*]})" >&2
+  exit 1
+fi
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends $(printf '%s\n' "${need[@]}" | sort -u) >/dev/null

@@ -1,0 +1,80 @@
+"""MirrorSession: mirror one source ENI's traffic through a filter to a target."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import Field, model_validator
+
+from trafficmirror.api.common import (
+    CamelModel,
+    CommonSpec,
+    CommonStatus,
+    InstanceId,
+    NetworkInterfaceId,
+    NodeName,
+    exactly_one_of,
+    immutable_once_set,
+)
+
+MAX_VIRTUAL_NETWORK_ID = 2**24 - 1  # VXLAN's VNI is 24 bits
+TrafficMirrorSessionId = Annotated[str, Field(pattern=r"^tms-[0-9a-f]{8,17}$")]
+ObjectName = Annotated[str, Field(min_length=1, max_length=253, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")]
+
+
+class MirrorSource(
+    CamelModel,
+    json_schema_extra={
+        "x-kubernetes-validations": [
+            exactly_one_of("networkInterfaceId", "instanceId", "nodeName", what="source")
+        ]
+    },
+):
+    network_interface_id: NetworkInterfaceId | None = None
+    instance_id: InstanceId | None = Field(default=None, description="An EC2 instance; its primary ENI is used.")
+    node_name: NodeName | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> MirrorSource:
+        if sum(v is not None for v in (self.network_interface_id, self.instance_id, self.node_name)) != 1:
+            raise ValueError("source: set exactly one of networkInterfaceId, instanceId, nodeName")
+        return self
+
+
+class LocalObjectReference(CamelModel):
+    name: ObjectName = Field(description="Name of the object in the session's namespace.")
+
+
+class MirrorSessionSpec(
+    CommonSpec,
+    json_schema_extra={
+        "x-kubernetes-validations": [immutable_once_set("region"), immutable_once_set("adoptId")]
+    },
+):
+    source: MirrorSource
+    target_ref: LocalObjectReference = Field(description="The MirrorTarget to send to.")
+    filter_ref: LocalObjectReference = Field(description="The MirrorFilter that selects packets.")
+    session_number: int = Field(
+        default=1, ge=1, le=32766, description="Order among the sessions of one source ENI, lowest first."
+    )
+    virtual_network_id: int | None = Field(
+        default=None,
+        ge=0,
+        le=MAX_VIRTUAL_NETWORK_ID,
+        description="VXLAN VNI of the mirrored packets; AWS picks an account-unique one when omitted.",
+    )
+    packet_length: int | None = Field(
+        default=None, ge=1, le=65535, description="Bytes of each packet to mirror; the whole packet when omitted."
+    )
+    adopt_id: TrafficMirrorSessionId | None = Field(
+        default=None, description="An existing TrafficMirrorSession (tms-…) to manage instead of creating one."
+    )
+
+
+class MirrorSessionStatus(CommonStatus):
+    traffic_mirror_session_id: str | None = None
+    virtual_network_id: int | None = Field(default=None, description="The VNI in use; capture files are named by it.")
+    source_network_interface_id: str | None = None
+    source_instance_type: str | None = None
+    traffic_mirror_target_id: str | None = None
+    traffic_mirror_filter_id: str | None = None

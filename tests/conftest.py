@@ -1,0 +1,45 @@
+"""Session-wide test bed: a real kube-apiserver + etcd with our CRDs installed."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from trafficmirror_testbed.kube import REPO_ROOT, ControlPlane, testbed_bin_dir
+
+CRD_DIR = REPO_ROOT / "crds"
+
+
+@pytest.fixture(scope="session")
+def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
+    plane = ControlPlane(bin_dir=testbed_bin_dir(), work_dir=tmp_path_factory.mktemp("kube"))
+    plane.start()
+    try:
+        plane.kubectl("apply", "--server-side", "-f", str(CRD_DIR))
+        for crd in sorted(CRD_DIR.glob("*.yaml")):
+            name = crd.name.split("_", 1)[1].removesuffix(".yaml") + ".trafficmirror.io"
+            plane.kubectl("wait", "--for=condition=Established", "--timeout=60s", f"crd/{name}")
+        yield plane
+    finally:
+        plane.stop()
+
+
+@pytest.fixture
+def namespace(control_plane: ControlPlane, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh namespace per test, so tests never see each other's objects."""
+    name = "t-" + "".join(c if c.isalnum() else "-" for c in request.node.name.lower())[:40].strip("-")
+    name = f"{name}-{os.getpid() % 10000}"
+    control_plane.kubectl("create", "namespace", name)
+    yield name
+    control_plane.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+def kubectl_output(result: subprocess.CompletedProcess[str]) -> str:
+    return (result.stdout or "") + (result.stderr or "")
+
+
+__all__ = ["CRD_DIR", "Path", "kubectl_output"]
