@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 from collections.abc import Iterator
@@ -20,9 +21,7 @@ def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlP
     plane.start()
     try:
         plane.kubectl("apply", "--server-side", "-f", str(CRD_DIR))
-        for crd in sorted(CRD_DIR.glob("*.yaml")):
-            name = crd.name.split("_", 1)[1].removesuffix(".yaml") + ".trafficmirror.io"
-            plane.kubectl("wait", "--for=condition=Established", "--timeout=60s", f"crd/{name}")
+        plane.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd", "--all")
         yield plane
     finally:
         plane.stop()
@@ -31,8 +30,10 @@ def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlP
 @pytest.fixture
 def namespace(control_plane: ControlPlane, request: pytest.FixtureRequest) -> Iterator[str]:
     """A fresh namespace per test, so tests never see each other's objects."""
-    name = "t-" + "".join(c if c.isalnum() else "-" for c in request.node.name.lower())[:40].strip("-")
-    name = f"{name}-{os.getpid() % 10000}"
+    readable = "".join(c if c.isalnum() else "-" for c in request.node.name.lower())[:40].strip("-")
+    # The hash keeps parametrized cases apart; deleted namespaces linger (no controller-manager here).
+    digest = hashlib.sha1(f"{request.node.nodeid}-{os.getpid()}".encode()).hexdigest()[:8]
+    name = f"t-{readable}-{digest}"
     control_plane.kubectl("create", "namespace", name)
     yield name
     control_plane.kubectl("delete", "namespace", name, "--wait=false", check=False)

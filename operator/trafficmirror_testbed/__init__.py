@@ -1,1 +1,1 @@
-"""The test bed: a real kube-apiserver + etcd, and the AWS emulator (moto with traffic mirroring)."""
+"""Test bed for trafficmirror: the AWS emulator, its seeded world, and the local Kubernetes control plane."""

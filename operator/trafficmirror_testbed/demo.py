@@ -12,13 +12,16 @@ from trafficmirror_testbed.kube import REPO_ROOT, running_control_plane
 
 def main() -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    with tempfile.TemporaryDirectory(prefix="trafficmirror-demo-") as tmp, running_control_plane(
-        Path(tmp) / "kube"
-    ) as plane:
+    with (
+        tempfile.TemporaryDirectory(prefix="trafficmirror-demo-") as tmp,
+        running_control_plane(Path(tmp) / "kube") as plane,
+    ):
         print(f"control plane up at {plane.url}")
         plane.kubectl("apply", "--server-side", "-f", str(REPO_ROOT / "crds"))
         for crd in ("mirrortargets", "mirrorfilters", "mirrorsessions"):
-            plane.kubectl("wait", "--for=condition=Established", "--timeout=60s", f"crd/{crd}.trafficmirror.io")
+            plane.kubectl(
+                "wait", "--for=condition=Established", "--timeout=60s", f"crd/{crd}.trafficmirror.io"
+            )
         applied = plane.kubectl("apply", "--server-side", "-f", str(REPO_ROOT / "examples"))
         print(applied.stdout, end="")
         shown = plane.kubectl("get", "mirrortargets,mirrorfilters,mirrorsessions", "-o", "wide")

@@ -85,9 +85,7 @@ class ControlPlane:
         (self.work_dir / "certs").mkdir(exist_ok=True)
         key = self.work_dir / "sa.key"
         if not key.exists():
-            subprocess.run(
-                ["openssl", "genrsa", "-out", str(key), "2048"], check=True, capture_output=True
-            )
+            subprocess.run(["openssl", "genrsa", "-out", str(key), "2048"], check=True, capture_output=True)
             subprocess.run(
                 ["openssl", "rsa", "-in", str(key), "-pubout", "-out", str(self.work_dir / "sa.pub")],
                 check=True,
@@ -181,7 +179,9 @@ class ControlPlane:
         _terminate(self._etcd)
         self._etcd = None
 
-    def kubectl(self, *args: str, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+    def kubectl(
+        self, *args: str, input: str | None = None, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [str(self.bin_dir / "kubectl"), "--kubeconfig", str(self.kubeconfig), *args],
             input=input,

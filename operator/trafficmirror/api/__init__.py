@@ -33,10 +33,20 @@ class Kind:
 
 
 MIRROR_TARGET = Kind(
-    "MirrorTarget", "mirrortargets", ("mtarget", "mtt"), MirrorTargetSpec, MirrorTargetStatus, "trafficMirrorTargetId"
+    "MirrorTarget",
+    "mirrortargets",
+    ("mtarget", "mtt"),
+    MirrorTargetSpec,
+    MirrorTargetStatus,
+    "trafficMirrorTargetId",
 )
 MIRROR_FILTER = Kind(
-    "MirrorFilter", "mirrorfilters", ("mfilter", "mtf"), MirrorFilterSpec, MirrorFilterStatus, "trafficMirrorFilterId"
+    "MirrorFilter",
+    "mirrorfilters",
+    ("mfilter", "mtf"),
+    MirrorFilterSpec,
+    MirrorFilterStatus,
+    "trafficMirrorFilterId",
 )
 MIRROR_SESSION = Kind(
     "MirrorSession",

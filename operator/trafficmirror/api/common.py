@@ -60,7 +60,7 @@ Tags = Annotated[
 ]
 
 Description = Annotated[
-    str, Field(max_length=255, description="Free text shown in the AWS console, after the owner marker.")
+    str, Field(max_length=200, description="Free text shown in the AWS console, before the owner marker.")
 ]
 
 NetworkInterfaceId = Annotated[str, Field(pattern=r"^eni-[0-9a-f]{8,17}$", description="An ENI ID, eni-….")]

@@ -27,6 +27,20 @@ CidrBlock = Annotated[
 TrafficMirrorFilterId = Annotated[str, Field(pattern=r"^tmf-[0-9a-f]{8,17}$")]
 
 
+def is_cidr(value: str) -> bool:
+    """The apiserver's CEL isCIDR(): address/length, no zone, no IPv4-mapped IPv6, no leading zeros."""
+    address, slash, length = value.partition("/")
+    canonical_length = length.isascii() and length.isdigit() and (length == "0" or not length.startswith("0"))
+    if not slash or "%" in address or not canonical_length:
+        return False
+    try:
+        ip = ipaddress.ip_address(address)
+        ipaddress.ip_network(value, strict=False)  # the length fits the family
+    except ValueError:
+        return False
+    return not (isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None)
+
+
 class PortRange(
     CamelModel,
     json_schema_extra={
@@ -70,7 +84,9 @@ class FilterRule(
 ):
     rule_number: int = Field(ge=1, le=32766, description="Evaluation order within a direction, lowest first.")
     action: Literal["accept", "reject"] = "accept"
-    protocol: int | None = Field(default=None, ge=0, le=255, description="IANA protocol number; all when omitted.")
+    protocol: int | None = Field(
+        default=None, ge=0, le=255, description="IANA protocol number; all when omitted."
+    )
     source_cidr_block: CidrBlock = "0.0.0.0/0"
     destination_cidr_block: CidrBlock = "0.0.0.0/0"
     source_port_range: PortRange | None = None
@@ -80,7 +96,8 @@ class FilterRule(
     @field_validator("source_cidr_block", "destination_cidr_block")
     @classmethod
     def _cidr(cls, value: str) -> str:
-        ipaddress.ip_network(value, strict=False)
+        if not is_cidr(value):
+            raise ValueError(f"{value!r} must be a CIDR block such as 10.0.0.0/16 or ::/0")
         return value
 
     @model_validator(mode="after")

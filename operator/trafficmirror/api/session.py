@@ -31,7 +31,9 @@ class MirrorSource(
     },
 ):
     network_interface_id: NetworkInterfaceId | None = None
-    instance_id: InstanceId | None = Field(default=None, description="An EC2 instance; its primary ENI is used.")
+    instance_id: InstanceId | None = Field(
+        default=None, description="An EC2 instance; its primary ENI is used."
+    )
     node_name: NodeName | None = None
 
     @model_validator(mode="after")
@@ -64,17 +66,27 @@ class MirrorSessionSpec(
         description="VXLAN VNI of the mirrored packets; AWS picks an account-unique one when omitted.",
     )
     packet_length: int | None = Field(
-        default=None, ge=1, le=65535, description="Bytes of each packet to mirror; the whole packet when omitted."
+        default=None,
+        ge=1,
+        le=65535,
+        description="Bytes of each packet to mirror; the whole packet when omitted.",
     )
     adopt_id: TrafficMirrorSessionId | None = Field(
-        default=None, description="An existing TrafficMirrorSession (tms-…) to manage instead of creating one."
+        default=None,
+        description="An existing TrafficMirrorSession (tms-…) to manage instead of creating one.",
     )
 
 
 class MirrorSessionStatus(CommonStatus):
     traffic_mirror_session_id: str | None = None
-    virtual_network_id: int | None = Field(default=None, description="The VNI in use; capture files are named by it.")
+    virtual_network_id: int | None = Field(
+        default=None, description="The VNI in use; capture files are named by it."
+    )
     source_network_interface_id: str | None = None
     source_instance_type: str | None = None
     traffic_mirror_target_id: str | None = None
     traffic_mirror_filter_id: str | None = None
+    rejected_network_interface_id: str | None = Field(
+        default=None, description="The ENI AWS refused with NetworkInterfaceNotSupported, source or target."
+    )
+    rejected_instance_type: str | None = None

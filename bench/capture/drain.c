@@ -1,0 +1,62 @@
+/* drain: the floor for receiving VXLAN in user space. recvmmsg batches of 256 with the same
+ * socket options as the agent (SO_TIMESTAMPNS, SO_RXQ_OVFL, a large SO_RCVBUF), touch nothing,
+ * write nothing. Exits after -n datagrams or -t seconds of silence; prints "received=<n> drops=<d>".
+ */
+#define _GNU_SOURCE
+#include <netinet/in.h>
+#include <poll.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#define B 256
+#define SZ 65536
+
+int main(int argc, char **argv) {
+    int port = 4789, opt;
+    long want = 0;
+    int idle_ms = 3000;
+    while ((opt = getopt(argc, argv, "p:n:t:")) != -1) {
+        if (opt == 'p') port = atoi(optarg);
+        else if (opt == 'n') want = atol(optarg);
+        else if (opt == 't') idle_ms = atoi(optarg) * 1000;
+    }
+    int fd = socket(AF_INET, SOCK_DGRAM, 0), one = 1, rcv = 64 << 20;
+    setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcv, sizeof rcv);
+    setsockopt(fd, SOL_SOCKET, 35 /* SO_TIMESTAMPNS */, &one, sizeof one);
+    setsockopt(fd, SOL_SOCKET, 40 /* SO_RXQ_OVFL */, &one, sizeof one);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(port)};
+    if (bind(fd, (struct sockaddr *)&a, sizeof a)) { perror("bind"); return 1; }
+    printf("ready\n");
+    fflush(stdout);
+    static struct mmsghdr m[B];
+    static struct iovec iov[B];
+    static char ctrl[B][64];
+    char *buf = malloc((size_t)B * SZ);
+    long got = 0;
+    uint32_t drops = 0;
+    struct pollfd p = {.fd = fd, .events = POLLIN};
+    while (!want || got < want) {
+        if (poll(&p, 1, idle_ms) == 0 && got) break;
+        for (int i = 0; i < B; i++) {
+            iov[i].iov_base = buf + (size_t)i * SZ;
+            iov[i].iov_len = SZ;
+            memset(&m[i].msg_hdr, 0, sizeof m[i].msg_hdr);
+            m[i].msg_hdr.msg_iov = &iov[i];
+            m[i].msg_hdr.msg_iovlen = 1;
+            m[i].msg_hdr.msg_control = ctrl[i];
+            m[i].msg_hdr.msg_controllen = sizeof ctrl[i];
+        }
+        int n = recvmmsg(fd, m, B, MSG_DONTWAIT, NULL);
+        if (n <= 0) continue;
+        got += n;
+        struct msghdr *h = &m[n - 1].msg_hdr;
+        for (struct cmsghdr *c = CMSG_FIRSTHDR(h); c; c = CMSG_NXTHDR(h, c))
+            if (c->cmsg_type == 40) memcpy(&drops, CMSG_DATA(c), 4);
+    }
+    printf("received=%ld drops=%u\n", got, drops);
+    return 0;
+}

@@ -1,0 +1,453 @@
+"""The EC2 adapter: every Traffic Mirroring call the operator makes, and nothing else.
+
+It speaks in small frozen dataclasses, translates botocore errors into `AwsError` with a class
+(terminal, retryable, …), and counts every call for the metrics. No decisions are made here.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import boto3
+import botocore.config
+import botocore.exceptions
+
+from trafficmirror.aws.errors import AwsError, classify
+from trafficmirror.aws.instance_support import InstanceTypeFacts
+
+CallObserver = Callable[[str, str], None]  # (operation, result code or "ok")
+INGRESS, EGRESS = "ingress", "egress"
+
+
+@dataclass(frozen=True)
+class PortRange:
+    from_port: int
+    to_port: int
+
+
+@dataclass(frozen=True)
+class RuleParams:
+    """One filter rule as AWS holds it; (direction, rule_number) identifies it within a filter."""
+
+    direction: str
+    rule_number: int
+    action: str
+    source_cidr_block: str
+    destination_cidr_block: str
+    protocol: int | None = None
+    source_port_range: PortRange | None = None
+    destination_port_range: PortRange | None = None
+    description: str | None = None
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return (self.direction, self.rule_number)
+
+
+@dataclass(frozen=True)
+class AwsFilterRule:
+    rule_id: str
+    params: RuleParams
+
+
+@dataclass(frozen=True)
+class AwsTarget:
+    target_id: str
+    network_interface_id: str | None
+    network_load_balancer_arn: str | None
+    gateway_load_balancer_endpoint_id: str | None
+    description: str
+    tags: dict[str, str]
+
+
+@dataclass(frozen=True)
+class AwsFilter:
+    filter_id: str
+    description: str
+    tags: dict[str, str]
+    rules: tuple[AwsFilterRule, ...]
+    network_services: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class AwsSession:
+    session_id: str
+    network_interface_id: str
+    target_id: str
+    filter_id: str
+    session_number: int
+    virtual_network_id: int
+    packet_length: int | None
+    description: str
+    tags: dict[str, str]
+
+
+@dataclass(frozen=True)
+class NetworkInterface:
+    network_interface_id: str
+    instance_id: str | None  # None for ENIs of ALB, RDS, Fargate, …: their type is unknown until tried
+    private_ip_address: str | None
+    interface_type: str
+
+
+@dataclass(frozen=True)
+class SessionParams:
+    network_interface_id: str
+    target_id: str
+    filter_id: str
+    session_number: int
+    virtual_network_id: int | None
+    packet_length: int | None
+    description: str
+
+
+def _tags(items: Iterable[dict[str, str]] | None) -> dict[str, str]:
+    return {t["Key"]: t["Value"] for t in items or ()}
+
+
+def _tag_spec(resource_type: str, tags: dict[str, str]) -> list[dict[str, Any]]:
+    return [
+        {"ResourceType": resource_type, "Tags": [{"Key": k, "Value": v} for k, v in sorted(tags.items())]}
+    ]
+
+
+def _port_range(raw: dict[str, Any] | None) -> PortRange | None:
+    if not raw or raw.get("FromPort") is None:
+        return None
+    return PortRange(int(raw["FromPort"]), int(raw["ToPort"]))
+
+
+def _rule_from_aws(raw: dict[str, Any]) -> AwsFilterRule:
+    return AwsFilterRule(
+        rule_id=raw["TrafficMirrorFilterRuleId"],
+        params=RuleParams(
+            direction=raw["TrafficDirection"],
+            rule_number=int(raw["RuleNumber"]),
+            action=raw["RuleAction"],
+            source_cidr_block=raw.get("SourceCidrBlock", "0.0.0.0/0"),
+            destination_cidr_block=raw.get("DestinationCidrBlock", "0.0.0.0/0"),
+            protocol=int(raw["Protocol"]) if raw.get("Protocol") not in (None, "") else None,
+            source_port_range=_port_range(raw.get("SourcePortRange")),
+            destination_port_range=_port_range(raw.get("DestinationPortRange")),
+            description=raw.get("Description") or None,
+        ),
+    )
+
+
+def _target_from_aws(raw: dict[str, Any]) -> AwsTarget:
+    return AwsTarget(
+        target_id=raw["TrafficMirrorTargetId"],
+        network_interface_id=raw.get("NetworkInterfaceId"),
+        network_load_balancer_arn=raw.get("NetworkLoadBalancerArn"),
+        gateway_load_balancer_endpoint_id=raw.get("GatewayLoadBalancerEndpointId"),
+        description=raw.get("Description", ""),
+        tags=_tags(raw.get("Tags")),
+    )
+
+
+def _filter_from_aws(raw: dict[str, Any]) -> AwsFilter:
+    rules = [*raw.get("IngressFilterRules", []), *raw.get("EgressFilterRules", [])]
+    return AwsFilter(
+        filter_id=raw["TrafficMirrorFilterId"],
+        description=raw.get("Description", ""),
+        tags=_tags(raw.get("Tags")),
+        rules=tuple(_rule_from_aws(r) for r in rules),
+        network_services=tuple(raw.get("NetworkServices", [])),
+    )
+
+
+def _session_from_aws(raw: dict[str, Any]) -> AwsSession:
+    return AwsSession(
+        session_id=raw["TrafficMirrorSessionId"],
+        network_interface_id=raw["NetworkInterfaceId"],
+        target_id=raw["TrafficMirrorTargetId"],
+        filter_id=raw["TrafficMirrorFilterId"],
+        session_number=int(raw["SessionNumber"]),
+        virtual_network_id=int(raw["VirtualNetworkId"]),
+        packet_length=int(raw["PacketLength"]) if raw.get("PacketLength") else None,
+        description=raw.get("Description", ""),
+        tags=_tags(raw.get("Tags")),
+    )
+
+
+def _rule_args(params: RuleParams) -> dict[str, Any]:
+    args: dict[str, Any] = {
+        "TrafficDirection": params.direction,
+        "RuleNumber": params.rule_number,
+        "RuleAction": params.action,
+        "SourceCidrBlock": params.source_cidr_block,
+        "DestinationCidrBlock": params.destination_cidr_block,
+    }
+    # The protocol is always sent: AWS drops port ranges that arrive without it.
+    if params.protocol is not None:
+        args["Protocol"] = params.protocol
+    for key, ports in (
+        ("SourcePortRange", params.source_port_range),
+        ("DestinationPortRange", params.destination_port_range),
+    ):
+        if ports is not None:
+            args[key] = {"FromPort": ports.from_port, "ToPort": ports.to_port}
+    if params.description:
+        args["Description"] = params.description
+    return args
+
+
+def removed_rule_fields(params: RuleParams) -> list[str]:
+    """Optional fields the rule no longer has, which ModifyTrafficMirrorFilterRule must be told to drop."""
+    removed = []
+    if params.protocol is None:
+        removed.append("protocol")
+    if params.source_port_range is None:
+        removed.append("source-port-range")
+    if params.destination_port_range is None:
+        removed.append("destination-port-range")
+    if not params.description:
+        removed.append("description")
+    return removed
+
+
+@dataclass
+class Ec2Mirror:
+    """Traffic Mirroring, ENI and instance lookups in one region."""
+
+    client: Any
+    instance_type_cache: dict[str, InstanceTypeFacts] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @classmethod
+    def connect(cls, region: str, observe: CallObserver | None = None, max_attempts: int = 8) -> Ec2Mirror:
+        config = botocore.config.Config(
+            region_name=region,
+            retries={"mode": "standard", "max_attempts": max_attempts},
+            user_agent_extra="trafficmirror",
+            connect_timeout=5,
+            read_timeout=30,
+        )
+        client = boto3.session.Session().client("ec2", config=config)
+        if observe is not None:
+            _observe_calls(client, observe)
+        return cls(client=client)
+
+    def _call(self, operation: str, **kwargs: Any) -> dict[str, Any]:
+        try:
+            response: dict[str, Any] = getattr(self.client, operation)(**kwargs)
+            return response
+        except botocore.exceptions.ClientError as error:
+            raise _translate(error) from error
+        except (
+            botocore.exceptions.EndpointConnectionError,
+            botocore.exceptions.ConnectionClosedError,
+        ) as error:
+            raise AwsError(
+                operation, "EndpointUnreachable", str(error), classify("ServiceUnavailable")
+            ) from error
+
+    def _pages(self, operation: str, key: str, **kwargs: Any) -> Iterator[dict[str, Any]]:
+        token: str | None = None
+        # EC2 refuses MaxResults next to a list of IDs; pages only matter for "describe everything".
+        by_id = any(key.endswith("Ids") for key in kwargs)
+        while True:
+            paging = {} if by_id else {"MaxResults": 1000}
+            page = self._call(operation, **paging, **({"NextToken": token} if token else {}), **kwargs)
+            yield from page.get(key, [])
+            token = page.get("NextToken")
+            if not token:
+                return
+
+    # --- targets ------------------------------------------------------------------------------
+    def create_target(
+        self,
+        *,
+        client_token: str,
+        description: str,
+        tags: dict[str, str],
+        network_interface_id: str | None = None,
+        network_load_balancer_arn: str | None = None,
+        gateway_load_balancer_endpoint_id: str | None = None,
+    ) -> AwsTarget:
+        kind = {
+            "NetworkInterfaceId": network_interface_id,
+            "NetworkLoadBalancerArn": network_load_balancer_arn,
+            "GatewayLoadBalancerEndpointId": gateway_load_balancer_endpoint_id,
+        }
+        response = self._call(
+            "create_traffic_mirror_target",
+            ClientToken=client_token,
+            Description=description,
+            TagSpecifications=_tag_spec("traffic-mirror-target", tags),
+            **{k: v for k, v in kind.items() if v},
+        )
+        return _target_from_aws(response["TrafficMirrorTarget"])
+
+    def describe_targets(self, target_ids: list[str] | None = None) -> list[AwsTarget]:
+        args = {"TrafficMirrorTargetIds": target_ids} if target_ids else {}
+        return [
+            _target_from_aws(t)
+            for t in self._pages("describe_traffic_mirror_targets", "TrafficMirrorTargets", **args)
+        ]
+
+    def delete_target(self, target_id: str) -> None:
+        self._call("delete_traffic_mirror_target", TrafficMirrorTargetId=target_id)
+
+    # --- filters ------------------------------------------------------------------------------
+    def create_filter(self, *, client_token: str, description: str, tags: dict[str, str]) -> AwsFilter:
+        response = self._call(
+            "create_traffic_mirror_filter",
+            ClientToken=client_token,
+            Description=description,
+            TagSpecifications=_tag_spec("traffic-mirror-filter", tags),
+        )
+        return _filter_from_aws(response["TrafficMirrorFilter"])
+
+    def describe_filters(self, filter_ids: list[str] | None = None) -> list[AwsFilter]:
+        args = {"TrafficMirrorFilterIds": filter_ids} if filter_ids else {}
+        return [
+            _filter_from_aws(f)
+            for f in self._pages("describe_traffic_mirror_filters", "TrafficMirrorFilters", **args)
+        ]
+
+    def delete_filter(self, filter_id: str) -> None:
+        self._call("delete_traffic_mirror_filter", TrafficMirrorFilterId=filter_id)
+
+    def create_filter_rule(self, filter_id: str, params: RuleParams, client_token: str) -> AwsFilterRule:
+        response = self._call(
+            "create_traffic_mirror_filter_rule",
+            TrafficMirrorFilterId=filter_id,
+            ClientToken=client_token,
+            **_rule_args(params),
+        )
+        return _rule_from_aws(response["TrafficMirrorFilterRule"])
+
+    def modify_filter_rule(self, rule_id: str, params: RuleParams) -> AwsFilterRule:
+        args = _rule_args(params)
+        removed = removed_rule_fields(params)
+        response = self._call(
+            "modify_traffic_mirror_filter_rule",
+            TrafficMirrorFilterRuleId=rule_id,
+            **args,
+            **({"RemoveFields": removed} if removed else {}),
+        )
+        return _rule_from_aws(response["TrafficMirrorFilterRule"])
+
+    def delete_filter_rule(self, rule_id: str) -> None:
+        self._call("delete_traffic_mirror_filter_rule", TrafficMirrorFilterRuleId=rule_id)
+
+    def set_network_services(self, filter_id: str, add: list[str], remove: list[str]) -> None:
+        self._call(
+            "modify_traffic_mirror_filter_network_services",
+            TrafficMirrorFilterId=filter_id,
+            **({"AddNetworkServices": add} if add else {}),
+            **({"RemoveNetworkServices": remove} if remove else {}),
+        )
+
+    # --- sessions -----------------------------------------------------------------------------
+    def create_session(self, params: SessionParams, *, client_token: str, tags: dict[str, str]) -> AwsSession:
+        optional = {"VirtualNetworkId": params.virtual_network_id, "PacketLength": params.packet_length}
+        response = self._call(
+            "create_traffic_mirror_session",
+            ClientToken=client_token,
+            NetworkInterfaceId=params.network_interface_id,
+            TrafficMirrorTargetId=params.target_id,
+            TrafficMirrorFilterId=params.filter_id,
+            SessionNumber=params.session_number,
+            Description=params.description,
+            TagSpecifications=_tag_spec("traffic-mirror-session", tags),
+            **{k: v for k, v in optional.items() if v is not None},
+        )
+        return _session_from_aws(response["TrafficMirrorSession"])
+
+    def describe_sessions(
+        self, session_ids: list[str] | None = None, network_interface_id: str | None = None
+    ) -> list[AwsSession]:
+        args: dict[str, Any] = {"TrafficMirrorSessionIds": session_ids} if session_ids else {}
+        if network_interface_id:
+            args["Filters"] = [{"Name": "network-interface-id", "Values": [network_interface_id]}]
+        return [
+            _session_from_aws(s)
+            for s in self._pages("describe_traffic_mirror_sessions", "TrafficMirrorSessions", **args)
+        ]
+
+    def modify_session(
+        self, session_id: str, changes: dict[str, Any], remove_fields: list[str]
+    ) -> AwsSession:
+        response = self._call(
+            "modify_traffic_mirror_session",
+            TrafficMirrorSessionId=session_id,
+            **changes,
+            **({"RemoveFields": remove_fields} if remove_fields else {}),
+        )
+        return _session_from_aws(response["TrafficMirrorSession"])
+
+    def delete_session(self, session_id: str) -> None:
+        self._call("delete_traffic_mirror_session", TrafficMirrorSessionId=session_id)
+
+    # --- what sits behind an ENI --------------------------------------------------------------
+    def network_interface(self, network_interface_id: str) -> NetworkInterface:
+        response = self._call("describe_network_interfaces", NetworkInterfaceIds=[network_interface_id])
+        raw = response["NetworkInterfaces"][0]
+        return NetworkInterface(
+            network_interface_id=raw["NetworkInterfaceId"],
+            instance_id=(raw.get("Attachment") or {}).get("InstanceId"),
+            private_ip_address=raw.get("PrivateIpAddress"),
+            interface_type=raw.get("InterfaceType", "interface"),
+        )
+
+    def instance_types(self, instance_ids: list[str]) -> dict[str, str]:
+        """Current type of each instance: read fresh, since a stop/modify/start changes it."""
+        types: dict[str, str] = {}
+        for reservation in self._pages("describe_instances", "Reservations", InstanceIds=instance_ids):
+            for instance in reservation["Instances"]:
+                types[instance["InstanceId"]] = instance["InstanceType"]
+        return types
+
+    def primary_network_interface(self, instance_id: str) -> str:
+        response = self._call("describe_instances", InstanceIds=[instance_id])
+        instance = response["Reservations"][0]["Instances"][0]
+        interfaces = sorted(instance["NetworkInterfaces"], key=lambda n: n["Attachment"]["DeviceIndex"])
+        return str(interfaces[0]["NetworkInterfaceId"])
+
+    def instance_type_facts(self, instance_type: str) -> InstanceTypeFacts:
+        """DescribeInstanceTypes, once per type for the life of the process: a type's facts never change."""
+        with self._lock:
+            cached = self.instance_type_cache.get(instance_type)
+        if cached is not None:
+            return cached
+        try:
+            response = self._call("describe_instance_types", InstanceTypes=[instance_type])
+            raw = response["InstanceTypes"][0] if response.get("InstanceTypes") else {}
+        except AwsError:
+            raw = {}
+        facts = InstanceTypeFacts(
+            instance_type=instance_type,
+            hypervisor=raw.get("Hypervisor"),
+            bare_metal=raw.get("BareMetal"),
+            current_generation=raw.get("CurrentGeneration"),
+        )
+        with self._lock:
+            self.instance_type_cache[instance_type] = facts
+        return facts
+
+
+def _translate(error: botocore.exceptions.ClientError) -> AwsError:
+    details = error.response.get("Error", {})
+    code = str(details.get("Code", "Unknown"))
+    status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    return AwsError(
+        operation=error.operation_name,
+        code=code,
+        message=str(details.get("Message", "")),
+        error_class=classify(code, status),
+    )
+
+
+def _observe_calls(client: Any, observe: CallObserver) -> None:
+    """Count every HTTP attempt, retries included, so a hot loop shows in the metrics."""
+
+    def after_call(http_response: Any, parsed: dict[str, Any], model: Any, **_: Any) -> None:
+        code = parsed.get("Error", {}).get("Code") if isinstance(parsed, dict) else None
+        observe(model.name, code or "ok")
+
+    client.meta.events.register("after-call.ec2", after_call)

@@ -1,0 +1,7 @@
+"""``python -m trafficmirror.capture capture|pcap ...`` (the same commands as ``trafficmirror``)."""
+
+import sys
+
+from trafficmirror.capture.cli import main
+
+sys.exit(main())

@@ -1,0 +1,229 @@
+"""``trafficmirror capture`` and ``trafficmirror pcap ls|get``.
+
+``add_capture_commands(subparsers)`` is what the top-level CLI wires in; until then
+``python -m trafficmirror.capture ...`` runs the same parser.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import re
+import sys
+
+from trafficmirror.capture import vxlan
+
+_UNITS = {
+    "": 1,
+    "k": 1 << 10,
+    "kb": 1000,
+    "kib": 1 << 10,
+    "m": 1 << 20,
+    "mb": 10**6,
+    "mib": 1 << 20,
+    "g": 1 << 30,
+    "gb": 10**9,
+    "gib": 1 << 30,
+}
+
+
+def parse_size(text: str) -> int:
+    """``64MiB``, ``500k``, ``1000000`` -> bytes."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", text)
+    if not m or m.group(2).lower() not in _UNITS:
+        raise argparse.ArgumentTypeError(f"bad size {text!r} (e.g. 64MiB, 500k, 1000000)")
+    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+
+
+def parse_duration(text: str) -> int:
+    """``300``, ``5m``, ``1h`` -> seconds."""
+    m = re.fullmatch(r"\s*(\d+)\s*([smhd]?)\s*", text)
+    if not m:
+        raise argparse.ArgumentTypeError(f"bad duration {text!r} (e.g. 300, 5m, 1h)")
+    return int(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
+
+
+def _env(name: str, default: str = "") -> str:
+    return os.environ.get(name, default)
+
+
+def add_capture_commands(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    cap = subparsers.add_parser("capture", help="run the capture agent (VXLAN mirror traffic -> pcapng)")
+    g = cap.add_argument_group("receive")
+    g.add_argument("--address", default="0.0.0.0", help="address to bind (default all)")
+    g.add_argument("--port", type=int, default=vxlan.VXLAN_PORT)
+    g.add_argument(
+        "--rcvbuf",
+        type=parse_size,
+        default=64 << 20,
+        help="receive buffer to ask for (capped by "
+        "net.core.rmem_max; the granted size is logged and exported)",
+    )
+    g.add_argument("--workers", type=int, default=1, help="worker processes (SO_REUSEPORT, steered by VNI)")
+    g.add_argument(
+        "--kernel-vni-filter",
+        action="store_true",
+        help="drop datagrams of VNIs no known session has in the kernel (classic BPF)",
+    )
+    g.add_argument("--no-accelerate", action="store_true", help="use the Python receive loop")
+    g = cap.add_argument_group("sessions (VNI -> namespace/name)")
+    g.add_argument("--session", action="append", default=[], metavar="VNI=NS/NAME[@ENI]")
+    g.add_argument(
+        "--sessions-file", help="YAML/JSON list of {vni, namespace, name, sourceEni} or MirrorSessions"
+    )
+    g.add_argument("--kube", action="store_true", help="watch MirrorSessions (read-only) on the apiserver")
+    g.add_argument("--kube-server", help="apiserver URL (default: in-cluster)")
+    g.add_argument("--kube-token-file")
+    g.add_argument("--kube-ca-file")
+    g.add_argument("--kube-namespace", help="watch one namespace only")
+    g.add_argument("--kube-insecure", action="store_true")
+    g.add_argument(
+        "--unknown-vni",
+        choices=["write", "drop"],
+        default="write",
+        help="datagrams of VNIs no session claims: a per-VNI file, or only counted",
+    )
+    g.add_argument(
+        "--keep-malformed", action="store_true", help="keep malformed datagrams in a separate file"
+    )
+    g = cap.add_argument_group("files")
+    g.add_argument("--work-dir", default="/var/lib/trafficmirror", help="open files and the shipping spool")
+    g.add_argument("--format", choices=["pcapng", "pcap"], default="pcapng")
+    g.add_argument("--snaplen", type=int, default=0, help="bytes kept per frame (0: all)")
+    g.add_argument("--rotate-size", type=parse_size, default=64 << 20, help="rotate at this size (0: never)")
+    g.add_argument(
+        "--rotate-interval",
+        type=parse_duration,
+        default=300,
+        help="rotate at wall-clock multiples of this (0: never)",
+    )
+    g.add_argument("--flush-interval", type=float, default=1.0)
+    g.add_argument("--no-fsync", action="store_true")
+    g.add_argument("--gzip", action="store_true", help="compress closed files")
+    g.add_argument("--node", default=_env("NODE_NAME") or os.uname().nodename)
+    g.add_argument("--cluster", default=_env("TRAFFICMIRROR_CLUSTER", "default"))
+    g = cap.add_argument_group("shipping")
+    g.add_argument("--output-dir", help="ship closed files to this directory (PVC / hostPath)")
+    g.add_argument(
+        "--retain-files", type=int, help="keep at most this many files per session in --output-dir"
+    )
+    g.add_argument("--retain-bytes", type=parse_size, help="keep at most this many bytes per session")
+    g.add_argument("--s3-bucket", help="ship closed files to this bucket")
+    g.add_argument("--s3-prefix", default="pcap")
+    g.add_argument("--s3-sse", choices=["", "AES256", "aws:kms"], default="", help="server-side encryption")
+    g.add_argument("--s3-kms-key-id", default="")
+    g.add_argument("--s3-region", default=_env("AWS_REGION") or _env("AWS_DEFAULT_REGION") or None)
+    g.add_argument("--s3-endpoint-url", default=_env("AWS_ENDPOINT_URL") or None)
+    g.add_argument("--s3-multipart-threshold", type=parse_size, default=16 << 20)
+    g = cap.add_argument_group("operations")
+    g.add_argument("--metrics-address", default="0.0.0.0")
+    g.add_argument("--metrics-port", type=int, default=9090, help="-1 disables; 0 picks a free port")
+    g.add_argument(
+        "--shutdown-timeout", type=float, default=25.0, help="seconds to flush and ship on SIGTERM"
+    )
+    g.add_argument("--log-level", default="INFO")
+    cap.set_defaults(func=run_capture)
+
+    pcap = subparsers.add_parser("pcap", help="list and download captured sessions")
+    psub = pcap.add_subparsers(dest="pcap_command", required=True)
+    for name, helptext in (
+        ("ls", "list sessions, or one session's files"),
+        ("get", "download one session's files merged in time order"),
+    ):
+        p = psub.add_parser(name, help=helptext)
+        p.add_argument("session", nargs="?" if name == "ls" else None, metavar="NAMESPACE/SESSION")
+        src = p.add_argument_group("source (one of)")
+        src.add_argument("--dir", help="the agent's --output-dir")
+        src.add_argument("--s3-bucket")
+        src.add_argument("--s3-prefix", default="pcap")
+        src.add_argument("--cluster", default=_env("TRAFFICMIRROR_CLUSTER", "default"))
+        src.add_argument("--s3-endpoint-url", default=_env("AWS_ENDPOINT_URL") or None)
+        src.add_argument("--s3-region", default=_env("AWS_REGION") or _env("AWS_DEFAULT_REGION") or None)
+        p.add_argument("--since", help="ISO time or epoch seconds")
+        p.add_argument("--until", help="ISO time or epoch seconds")
+        if name == "get":
+            p.add_argument("-o", "--output", help="output file (default <namespace>-<session>.pcapng)")
+        p.set_defaults(func=run_pcap)
+
+
+def run_capture(args: argparse.Namespace) -> int:
+    from trafficmirror.capture import agent, sessions
+    from trafficmirror.capture.writer import WriterConfig
+
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(process)d %(name)s: %(message)s"
+    )
+    if not args.output_dir and not args.s3_bucket:
+        print("trafficmirror capture: give --output-dir and/or --s3-bucket", file=sys.stderr)
+        return 2
+    static = [sessions.parse_mapping(m) for m in args.session]
+    if args.sessions_file:
+        static += sessions.load_file(args.sessions_file)
+    kube = None
+    if args.kube:
+        kube = {
+            "server": args.kube_server,
+            "token_file": args.kube_token_file,
+            "ca_file": args.kube_ca_file,
+            "namespace": args.kube_namespace,
+            "insecure": args.kube_insecure,
+        }
+    s3 = None
+    if args.s3_bucket:
+        s3 = {
+            "bucket": args.s3_bucket,
+            "prefix": args.s3_prefix,
+            "sse": args.s3_sse,
+            "kms_key_id": args.s3_kms_key_id,
+            "region": args.s3_region,
+            "endpoint_url": args.s3_endpoint_url,
+            "multipart_threshold": args.s3_multipart_threshold,
+        }
+    wcfg = WriterConfig(
+        work_dir=args.work_dir,
+        node=args.node,
+        cluster=args.cluster,
+        fmt=args.format,
+        snaplen=args.snaplen,
+        rotate_bytes=args.rotate_size or None,
+        rotate_seconds=args.rotate_interval or None,
+        flush_interval_s=args.flush_interval,
+        fsync=not args.no_fsync,
+    )
+    cfg = agent.AgentConfig(
+        writer=wcfg,
+        address=args.address,
+        port=args.port,
+        rcvbuf=args.rcvbuf,
+        workers=max(1, args.workers),
+        sessions=static,
+        kube=kube,
+        kernel_vni_filter=args.kernel_vni_filter,
+        write_unknown=args.unknown_vni == "write",
+        keep_malformed=args.keep_malformed,
+        output_dir=args.output_dir,
+        retain_files=args.retain_files,
+        retain_bytes=args.retain_bytes,
+        gzip=args.gzip,
+        s3=s3,
+        metrics_address=args.metrics_address,
+        metrics_port=args.metrics_port,
+        shutdown_timeout_s=args.shutdown_timeout,
+        accelerate=not args.no_accelerate,
+    )
+    return agent.run(cfg)
+
+
+def run_pcap(args: argparse.Namespace) -> int:
+    from trafficmirror.capture import fetch
+
+    return fetch.main(args)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="trafficmirror")
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_capture_commands(sub)
+    args = parser.parse_args(argv)
+    return int(args.func(args))

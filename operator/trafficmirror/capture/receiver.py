@@ -1,0 +1,274 @@
+"""The UDP side: socket setup (no capabilities needed) and the batch receive-and-frame loop.
+
+One receive batch yields, per VNI, the packets already framed as pcapng EPBs (or pcap records),
+so the writer only appends bytes. A compiled twin of ``recv_batch`` lives in ``_fastrecv``
+(built by setuptools when a compiler is present); both produce byte-identical output.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import logging
+import os
+import socket
+import struct
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+from trafficmirror.capture import vxlan
+from trafficmirror.capture.pcapng import EPB_OVERHEAD
+
+log = logging.getLogger(__name__)
+
+# Linux socket options the stdlib does not name.
+SO_ATTACH_FILTER = 26
+SO_TIMESTAMPNS = 35  # SO_TIMESTAMPNS_OLD: a 64-bit timespec on 64-bit hosts
+SCM_TIMESTAMPNS = SO_TIMESTAMPNS
+SO_RXQ_OVFL = 40
+SO_ATTACH_REUSEPORT_CBPF = 51
+SO_MEMINFO = 55
+SK_MEMINFO_DROPS = 8
+
+RECV_BUFSIZE = 65536  # larger than any UDP payload, so MSG_TRUNC means a kernel/bug surprise
+ANC_BUFSIZE = socket.CMSG_SPACE(16) + socket.CMSG_SPACE(4)
+_TIMESPEC = struct.Struct("@qq")
+_U32 = struct.Struct("@I")
+_EPB_HEAD = struct.Struct("<IIIIIII")
+_PCAP_REC = struct.Struct("<IIII")
+_TRAILER_PAD = (b"", b"\0\0\0", b"\0\0", b"\0")
+
+
+class PortInUseError(RuntimeError):
+    pass
+
+
+@dataclass
+class Group:
+    """The packets of one VNI in one batch, framed and ready to append."""
+
+    buf: bytes | bytearray = field(default_factory=bytearray)
+    packets: int = 0
+    wire_bytes: int = 0
+    first_ts: int = 0
+    last_ts: int = 0
+
+
+@dataclass
+class Kept:
+    ts_ns: int
+    datagram: bytes
+    source: tuple[str, int]
+    reason: str
+
+
+@dataclass
+class Batch:
+    groups: dict[int, Group] = field(default_factory=dict)
+    malformed: Counter[str] = field(default_factory=Counter)
+    kept: list[Kept] = field(default_factory=list)
+    datagrams: int = 0
+    kernel_drops: int = 0  # cumulative sk_drops as of the last datagram
+
+
+def vxlan_devices() -> list[str]:
+    """Names of VXLAN netdevs in this network namespace (the usual owners of port 4789)."""
+    out = []
+    try:
+        for dev in sorted(os.listdir("/sys/class/net")):
+            try:
+                with open(f"/sys/class/net/{dev}/uevent") as f:
+                    if "DEVTYPE=vxlan" in f.read():
+                        out.append(dev)
+            except OSError:
+                continue
+    except OSError:
+        pass
+    return out
+
+
+def rmem_max() -> int | None:
+    try:
+        with open("/proc/sys/net/core/rmem_max") as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return None
+
+
+def open_socket(
+    address: str = "0.0.0.0", port: int = vxlan.VXLAN_PORT, rcvbuf: int = 64 << 20, reuseport: bool = False
+) -> tuple[socket.socket, int]:
+    """Bind the receive socket; return it and the receive buffer the kernel actually granted.
+
+    An unprivileged process cannot exceed net.core.rmem_max (SO_RCVBUFFORCE needs CAP_NET_ADMIN),
+    so the granted size is reported rather than assumed.
+    """
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        if reuseport:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+        sock.setsockopt(socket.SOL_SOCKET, SO_RXQ_OVFL, 1)
+        try:
+            sock.bind((address, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                devs = vxlan_devices()
+                hint = f" VXLAN devices in this network namespace: {', '.join(devs)}." if devs else ""
+                hint += " Typically a CNI's VXLAN device (Calico vxlan.calico, Flannel flannel.1, Cilium) owns it;"
+                raise PortInUseError(
+                    f"UDP port {port} on {address} is already in use.{hint} move the CNI's VXLAN port or "
+                    f"give the capture agent another --port (and the mirror target a matching listener)."
+                ) from exc
+            raise
+        granted = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+    except BaseException:
+        sock.close()
+        raise
+    return sock, granted
+
+
+def _bpf_prog(insns: list[tuple[int, int, int, int]]) -> tuple[bytes, ctypes.Array[ctypes.c_char]]:
+    raw = b"".join(struct.pack("HBBI", *i) for i in insns)
+    buf = ctypes.create_string_buffer(raw, len(raw))
+    return struct.pack("HxxxxxxP", len(insns), ctypes.addressof(buf)), buf
+
+
+_LD_W_ABS, _LD_B_ABS, _RSH_K, _MOD_K, _JEQ_K, _RET_K, _RET_A = 0x20, 0x30, 0x74, 0x94, 0x15, 0x06, 0x16
+
+
+def vni_filter_program(vnis: list[int]) -> list[tuple[int, int, int, int]]:
+    """Classic BPF socket filter accepting only the given VNIs.
+
+    A UDP socket filter sees the packet from the UDP header on, so the VNI is bytes 12..14.
+    Each VNI gets its own jeq/ret pair, keeping every jump short however long the list.
+    """
+    prog = [(_LD_W_ABS, 0, 0, 8 + 4), (_RSH_K, 0, 0, 8)]
+    for v in sorted(set(vnis)):
+        prog += [(_JEQ_K, 0, 1, v), (_RET_K, 0, 0, 0x40000)]
+    prog.append((_RET_K, 0, 0, 0))
+    if len(prog) > 4096:
+        raise ValueError("too many VNIs for one classic BPF program (max 2046)")
+    return prog
+
+
+def steering_program(workers: int) -> list[tuple[int, int, int, int]]:
+    """SO_REUSEPORT steering: socket index = VNI mod workers, so a session has one writer.
+
+    The reuseport program sees the UDP payload (the kernel pulls the UDP header first), so the
+    VNI is bytes 4..6. A datagram too short to load aborts the program, which returns 0: worker 0
+    gets it and counts it as malformed.
+    """
+    return [(_LD_W_ABS, 0, 0, 4), (_RSH_K, 0, 0, 8), (_MOD_K, 0, 0, workers), (_RET_A, 0, 0, 0)]
+
+
+def attach_vni_filter(sock: socket.socket, vnis: list[int]) -> None:
+    fprog, keep = _bpf_prog(vni_filter_program(vnis))
+    sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
+    del keep
+
+
+def attach_steering(sock: socket.socket, workers: int) -> None:
+    fprog, keep = _bpf_prog(steering_program(workers))
+    sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_REUSEPORT_CBPF, fprog)
+    del keep
+
+
+def kernel_drops(sock: socket.socket) -> int:
+    """sk_drops without waiting for the next datagram's SO_RXQ_OVFL (which only rides on data)."""
+    raw = sock.getsockopt(socket.SOL_SOCKET, SO_MEMINFO, 4 * 9)
+    return int(struct.unpack_from("@9I", raw)[SK_MEMINFO_DROPS])
+
+
+class Receiver:
+    """Batch receive + decapsulate + frame, in Python. ``fmt`` is "pcapng" or "pcap"."""
+
+    def __init__(
+        self, sock: socket.socket, *, fmt: str = "pcapng", snaplen: int = 0, keep_malformed: bool = False
+    ):
+        self.sock = sock
+        self.fmt = fmt
+        self.snaplen = snaplen or RECV_BUFSIZE
+        self.keep_malformed = keep_malformed
+        self.buf = bytearray(RECV_BUFSIZE)
+        self.mv = memoryview(self.buf)
+        sock.setblocking(False)
+
+    def recv_batch(self, max_datagrams: int = 256) -> Batch:
+        batch = Batch()
+        groups = batch.groups
+        sock, buf, mv, snap = self.sock, self.buf, self.mv, self.snaplen
+        bufs = [self.buf]
+        pcapng = self.fmt == "pcapng"
+        epb_pack, rec_pack, pads = _EPB_HEAD.pack, _PCAP_REC.pack, _TRAILER_PAD
+        parse = vxlan.parse
+        drops = 0  # the kernel attaches SO_RXQ_OVFL only once the counter is non-zero
+        n_dgrams = 0
+        bufs_by_vni: dict[int, bytearray] = {}
+        for _ in range(max_datagrams):
+            try:
+                n, anc, flags, addr = sock.recvmsg_into(bufs, ANC_BUFSIZE)
+            except BlockingIOError:
+                break
+            n_dgrams += 1
+            ts = 0
+            for _lvl, typ, data in anc:
+                if typ == SCM_TIMESTAMPNS:
+                    sec, nsec = _TIMESPEC.unpack(data)
+                    ts = sec * 1_000_000_000 + nsec
+                elif typ == SO_RXQ_OVFL:
+                    drops = _U32.unpack(data)[0]
+            if not ts:
+                ts = time.time_ns()
+            if flags & socket.MSG_TRUNC:
+                res: vxlan.Decapsulated | vxlan.Reason = vxlan.Reason.RECEIVE_TRUNCATED
+            else:
+                res = parse(buf, n)
+            if isinstance(res, vxlan.Reason):
+                batch.malformed[res] += 1
+                if self.keep_malformed:
+                    batch.kept.append(Kept(ts, bytes(mv[: min(n, RECV_BUFSIZE)]), addr[:2], str(res)))
+                continue
+            vni, off, caplen, orig = res
+            g = groups.get(vni)
+            if g is None:
+                g = groups[vni] = Group(first_ts=ts)
+                out = bufs_by_vni[vni] = bytearray()
+            else:
+                out = bufs_by_vni[vni]
+            if caplen > snap:
+                caplen = snap
+            if pcapng:
+                total = EPB_OVERHEAD + ((caplen + 3) & ~3)
+                out += epb_pack(6, total, 0, ts >> 32, ts & 0xFFFFFFFF, caplen, orig)
+                out += mv[off : off + caplen]
+                out += pads[caplen & 3]
+                out += total.to_bytes(4, "little")
+            else:
+                out += rec_pack(ts // 1_000_000_000, ts % 1_000_000_000, caplen, orig)
+                out += mv[off : off + caplen]
+            g.packets += 1
+            g.wire_bytes += orig
+            g.last_ts = ts
+        for vni, b in bufs_by_vni.items():
+            groups[vni].buf = b
+        batch.datagrams = n_dgrams
+        batch.kernel_drops = drops
+        return batch
+
+
+def make_receiver(
+    sock: socket.socket, *, fmt: str, snaplen: int, keep_malformed: bool, accelerate: bool = True
+) -> Receiver:
+    """The compiled receiver when available (and not disabled), else the Python one."""
+    if accelerate:
+        try:
+            from trafficmirror.capture.fastrecv import FastReceiver
+
+            return FastReceiver(sock, fmt=fmt, snaplen=snaplen, keep_malformed=keep_malformed)  # type: ignore[no-any-return,unused-ignore]
+        except ImportError:
+            log.info("compiled receive loop not available; using the Python one")
+    return Receiver(sock, fmt=fmt, snaplen=snaplen, keep_malformed=keep_malformed)

@@ -1,0 +1,489 @@
+"""Per-session file streams: rotation by size and wall-clock time, disk-full handling, hand-off.
+
+Open files live in ``<work>/open/<ns>/<session>/<base>.part``. A closed file is moved into
+``<work>/spool/<ns>/<session>/<base>`` next to ``<base>.json`` (its metadata); the shipper takes
+it from there. Using the filesystem as the queue means a restart finds every closed file again.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import os
+import socket
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from trafficmirror.capture import pcapng
+from trafficmirror.capture.receiver import Batch, Kept
+from trafficmirror.capture.sessions import Session, safe_component, unknown_session
+import contextlib
+
+log = logging.getLogger(__name__)
+
+NS = 1_000_000_000
+RETRY_AFTER_ERROR_S = 1.0
+ISB_RESERVE = 256  # room kept for the statistics block written at close, so files honour the size limit
+
+
+# --- pure decisions -------------------------------------------------------------------------
+
+
+def next_boundary(t_ns: int, interval_s: int) -> int:
+    """The next multiple of ``interval_s`` since the epoch after ``t_ns``: files from every node
+    rotate at the same wall-clock instants (12:00, 12:05, ...)."""
+    step = interval_s * NS
+    return (t_ns // step + 1) * step
+
+
+def format_start(ts_ns: int) -> str:
+    """UTC, sortable, millisecond resolution: a restart within the same second cannot collide."""
+    sec, rem = divmod(ts_ns, NS)
+    return time.strftime("%Y%m%dT%H%M%S", time.gmtime(sec)) + f".{rem // 1_000_000:03d}Z"
+
+
+def file_basename(node: str, start_ns: int, seq: int, fmt: str) -> str:
+    return f"{safe_component(node)}-{format_start(start_ns)}-{seq:06d}.{fmt}"
+
+
+def isb_comment() -> str:
+    return "os_dropped is the capture socket's kernel drop counter (SO_RXQ_OVFL), shared by all sessions"
+
+
+# --- the streams ----------------------------------------------------------------------------
+
+
+@dataclass
+class WriterConfig:
+    work_dir: str
+    node: str = ""
+    cluster: str = ""
+    fmt: str = "pcapng"  # or "pcap"
+    snaplen: int = 0
+    rotate_bytes: int | None = 64 << 20
+    rotate_seconds: int | None = 300
+    flush_bytes: int = 1 << 20
+    flush_interval_s: float = 1.0
+    worker: int = 0
+    fsync: bool = True
+
+
+@dataclass
+class StreamStats:
+    packets: int = 0
+    bytes: int = 0
+    files: int = 0
+    dropped: int = 0  # packets lost to write errors
+
+
+class Stream:
+    """One session's current file. Buffering is ours (not stdio's) so we always know the offset
+    of the last whole block on disk and can cut a failed write back to it."""
+
+    def __init__(
+        self,
+        session: Session,
+        cfg: WriterConfig,
+        stats: StreamStats,
+        on_error: Callable[[str], None],
+        linktype: int = pcapng.LINKTYPE_ETHERNET,
+    ):
+        self.session = session
+        self.linktype = linktype
+        self.cfg = cfg
+        self.stats = stats
+        self.on_error = on_error
+        self.fd = -1
+        self.path = ""
+        self.base = ""
+        self.seq = 0
+        self.good = 0  # bytes on disk that are whole blocks
+        self.buf = bytearray()
+        self.buf_packets = 0
+        self.file_packets = 0
+        self.file_bytes = 0
+        self.file_dropped = 0
+        self.start_ns = 0
+        self.first_ts = 0
+        self.last_ts = 0
+        self.boundary: int | None = None
+        self.drops_at_open = 0
+        self.last_flush = time.monotonic()
+        self.failed_until = 0.0
+
+    @property
+    def is_open(self) -> bool:
+        return self.fd >= 0
+
+    def _dir(self, kind: str) -> str:
+        s = self.session
+        return os.path.join(self.cfg.work_dir, kind, safe_component(s.namespace), safe_component(s.name))
+
+    def _header(self) -> bytes:
+        s = self.session
+        if self.cfg.fmt == "pcap":
+            return pcapng.pcap_global_header(self.cfg.snaplen, self.linktype)
+        desc = f"vni={s.vni} session={s.key} eni={s.source_eni or '-'} node={self.cfg.node or '-'}"
+        if self.cfg.cluster:
+            desc += f" cluster={self.cfg.cluster}"
+        return pcapng.section_header(
+            "trafficmirror capture", hardware="AWS VPC Traffic Mirroring (VXLAN)", os_name=os.uname().sysname
+        ) + pcapng.interface_description(f"{s.namespace}/{s.name}", desc, self.cfg.snaplen, self.linktype)
+
+    def _open(self, ts_ns: int, kernel_drops: int) -> bool:
+        self.seq += 1
+        self.base = file_basename(self.cfg.node or "node", ts_ns, self.seq, self.cfg.fmt)
+        d = self._dir("open")
+        try:
+            os.makedirs(d, exist_ok=True)
+            self.path = os.path.join(d, self.base + ".part")
+            self.fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+            head = self._header()
+            _write_all(self.fd, head)
+        except OSError as exc:
+            self._fail(f"cannot open {self.path or d}: {exc}", exc)
+            if self.fd >= 0:
+                os.close(self.fd)
+                self.fd = -1
+                _unlink_quiet(self.path)
+            return False
+        self.good = len(head)
+        self.start_ns = ts_ns
+        self.first_ts = self.last_ts = 0
+        self.file_packets = self.file_bytes = self.file_dropped = 0
+        self.drops_at_open = max(kernel_drops, 0)
+        self.boundary = next_boundary(ts_ns, self.cfg.rotate_seconds) if self.cfg.rotate_seconds else None
+        self.failed_until = 0.0
+        return True
+
+    def _fail(self, message: str, exc: OSError | None = None) -> None:
+        self.failed_until = time.monotonic() + RETRY_AFTER_ERROR_S
+        full = exc is not None and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+        self.on_error(("disk full: " if full else "write error: ") + message)
+
+    def append(
+        self,
+        records: bytes | bytearray,
+        packets: int,
+        wire_bytes: int,
+        first_ts: int,
+        last_ts: int,
+        kernel_drops: int,
+    ) -> None:
+        """Append framed records; a batch that crosses a rotation point is split at the exact
+        record, so size limits and wall-clock windows hold per packet, not per batch."""
+        while True:
+            if not self.is_open and (
+                time.monotonic() < self.failed_until or not self._open(first_ts, kernel_drops)
+            ):
+                self.stats.dropped += packets
+                return
+            cut = self._cut(records, last_ts)
+            if cut is None:
+                self._add(records, packets, wire_bytes, first_ts, last_ts, kernel_drops)
+                return
+            off, n, wire, head_last, next_first = cut
+            if n:
+                self._add(records[:off], n, wire, first_ts, head_last, kernel_drops)
+            self.close(kernel_drops)
+            records = records[off:]
+            packets -= n
+            wire_bytes -= wire
+            first_ts = next_first
+            if not packets:
+                return
+
+    def _cut(self, records: bytes | bytearray, last_ts: int) -> tuple[int, int, int, int, int] | None:
+        """None if all of ``records`` fits in the current file, else (offset, packets, wire bytes,
+        last ts before the cut, first ts after it)."""
+        size = self.good + len(self.buf)
+        in_file = self.file_packets + self.buf_packets
+        over_time = self.boundary is not None and last_ts >= self.boundary
+        max_bytes = self.cfg.rotate_bytes
+        if not over_time and (max_bytes is None or size + len(records) + ISB_RESERVE <= max_bytes):
+            return None
+        n = wire = prev_ts = 0
+        for start, end, ts, orig in pcapng.iter_records(records, self.cfg.fmt):
+            crosses = self.boundary is not None and ts >= self.boundary
+            too_big = max_bytes is not None and size + end + ISB_RESERVE > max_bytes
+            if (crosses or too_big) and (in_file or n):  # never rotate out an empty file
+                return start, n, wire, prev_ts, ts
+            n, wire, prev_ts = n + 1, wire + orig, ts
+        return None
+
+    def _add(
+        self,
+        records: bytes | bytearray,
+        packets: int,
+        wire_bytes: int,
+        first_ts: int,
+        last_ts: int,
+        kernel_drops: int,
+    ) -> None:
+        self.buf += records
+        self.buf_packets += packets
+        self.stats.packets += packets
+        self.stats.bytes += wire_bytes
+        self.file_bytes += wire_bytes
+        if not self.first_ts:
+            self.first_ts = first_ts
+        self.last_ts = last_ts
+        if len(self.buf) >= self.cfg.flush_bytes:
+            self.flush(kernel_drops)
+
+    def flush(self, kernel_drops: int) -> bool:
+        self.last_flush = time.monotonic()
+        if not self.buf or not self.is_open:
+            return True
+        try:
+            _write_all(self.fd, self.buf)
+        except OSError as exc:
+            # Cut the file back to its last whole block so it stays readable, hand it off as is,
+            # and count what was in the buffer as lost: reported, not silently dropped.
+            lost = self.buf_packets
+            self.stats.packets -= lost
+            self.stats.dropped += lost
+            self.file_dropped += lost
+            self.buf.clear()
+            self.buf_packets = 0
+            self._fail(f"{self.path}: {exc}; {lost} packets lost", exc)
+            with contextlib.suppress(OSError):
+                os.ftruncate(self.fd, self.good)
+            self.close(kernel_drops, statistics=False)
+            return False
+        self.good += len(self.buf)
+        self.file_packets += self.buf_packets
+        self.buf.clear()
+        self.buf_packets = 0
+        return True
+
+    def close(self, kernel_drops: int, statistics: bool = True) -> dict[str, Any] | None:
+        """Flush, write the statistics block, move the file to the spool. Returns its metadata."""
+        if not self.is_open:
+            return None
+        if self.buf and not self.flush(kernel_drops):
+            return None  # flush() already closed (and handed off) the cut-back file
+        if statistics and self.cfg.fmt == "pcapng":
+            end = self.last_ts or time.time_ns()
+            isb = pcapng.interface_statistics(
+                0,
+                end,
+                start_ns=self.first_ts or self.start_ns,
+                end_ns=end,
+                received=self.file_packets,
+                if_dropped=self.file_dropped,
+                os_dropped=max(kernel_drops - self.drops_at_open, 0),
+                comment=isb_comment(),
+            )
+            try:
+                _write_all(self.fd, isb)
+                self.good += len(isb)
+            except OSError:
+                # The statistics are a nicety; the packets are what must survive.
+                with contextlib.suppress(OSError):
+                    os.ftruncate(self.fd, self.good)
+        try:
+            if self.cfg.fsync:
+                os.fsync(self.fd)
+        except OSError:
+            pass
+        os.close(self.fd)
+        self.fd = -1
+        if self.file_packets == 0:
+            _unlink_quiet(self.path)
+            return None
+        meta = {
+            "namespace": self.session.namespace,
+            "session": self.session.name,
+            "vni": self.session.vni,
+            "sourceEni": self.session.source_eni,
+            "node": self.cfg.node,
+            "cluster": self.cfg.cluster,
+            "format": self.cfg.fmt,
+            "file": self.base,
+            "start": self.start_ns,
+            "firstPacket": self.first_ts,
+            "lastPacket": self.last_ts,
+            "seq": self.seq,
+            "packets": self.file_packets,
+            "bytes": self.good,
+            "done": [],
+        }
+        spool = self._dir("spool")
+        try:
+            os.makedirs(spool, exist_ok=True)
+            dest = os.path.join(spool, self.base)
+            os.rename(self.path, dest)
+        except OSError as exc:
+            self._fail(f"cannot move {self.path} to the spool: {exc}", exc)
+            return None
+        write_meta(dest + ".json", meta)  # best effort: the shipper rebuilds a missing one
+        self.stats.files += 1
+        return meta
+
+    def tick(self, now_ns: int, kernel_drops: int) -> None:
+        """Idle housekeeping: a quiet session still closes at its time boundary and flushes."""
+        if not self.is_open:
+            return
+        if self.boundary is not None and now_ns >= self.boundary:
+            self.close(kernel_drops)
+            return
+        if self.buf and time.monotonic() - self.last_flush >= self.cfg.flush_interval_s:
+            self.flush(kernel_drops)
+
+
+def _write_all(fd: int, data: bytes | bytearray) -> None:
+    # No memoryview: one left alive in an exception's traceback would pin the bytearray and make
+    # the error path's buf.clear() fail. A short write is rare enough to afford a copy.
+    n = os.write(fd, data)
+    while n < len(data):
+        data = data[n:]
+        n = os.write(fd, data)
+
+
+def _unlink_quiet(path: str) -> None:
+    with contextlib.suppress(OSError):
+        os.unlink(path)
+
+
+def write_meta(path: str, meta: dict[str, Any]) -> bool:
+    tmp = path + ".tmp"
+    try:
+        with open(tmp, "w") as f:
+            json.dump(meta, f)
+        os.rename(tmp, path)
+        return True
+    except OSError:
+        _unlink_quiet(tmp)
+        return False
+
+
+@dataclass
+class WriterStats:
+    sessions: dict[str, StreamStats] = field(default_factory=dict)
+    malformed: Counter[str] = field(default_factory=Counter)
+    datagrams: int = 0
+    kernel_drops: int = 0
+    write_errors: int = 0
+    last_error: str = ""
+    last_error_time: float = 0.0
+
+
+class Writer:
+    """All streams of one worker, keyed by VNI."""
+
+    def __init__(
+        self,
+        cfg: WriterConfig,
+        sessions: dict[int, Session],
+        *,
+        write_unknown: bool = True,
+        keep_malformed: bool = False,
+    ) -> None:
+        self.cfg = cfg
+        self.sessions = sessions
+        self.write_unknown = write_unknown
+        self.streams: dict[int, Stream] = {}
+        self.stats = WriterStats()
+        self.malformed_stream: Stream | None = None
+        if keep_malformed:
+            s = Session("_malformed", f"worker-{cfg.worker}", 0)
+            self.malformed_stream = Stream(s, cfg, self._stream_stats(s), self._error, pcapng.LINKTYPE_IPV4)
+
+    def _error(self, message: str) -> None:
+        self.stats.write_errors += 1
+        self.stats.last_error = message
+        self.stats.last_error_time = time.time()
+        log.error("%s", message)
+
+    def _stream_stats(self, s: Session) -> StreamStats:
+        return self.stats.sessions.setdefault(s.key, StreamStats())
+
+    def update_sessions(self, sessions: dict[int, Session]) -> None:
+        """A VNI whose owner changed gets a new file; the old one is closed and shipped."""
+        self.sessions = sessions
+        for vni, stream in list(self.streams.items()):
+            if sessions.get(vni, unknown_session(vni)) != stream.session:
+                stream.close(self.stats.kernel_drops)
+                del self.streams[vni]
+
+    def write(self, batch: Batch) -> None:
+        st = self.stats
+        st.datagrams += batch.datagrams
+        if batch.kernel_drops >= 0:
+            st.kernel_drops = max(st.kernel_drops, batch.kernel_drops)
+        if batch.malformed:
+            st.malformed.update(batch.malformed)
+        drops = st.kernel_drops
+        for vni, g in batch.groups.items():
+            stream = self.streams.get(vni)
+            if stream is None:
+                session = self.sessions.get(vni)
+                if session is None:
+                    st.malformed["unknown_vni"] += g.packets
+                    if not self.write_unknown:
+                        continue
+                    session = unknown_session(vni)
+                stream = self.streams[vni] = Stream(
+                    session, self.cfg, self._stream_stats(session), self._error
+                )
+            elif not stream.session.known:
+                st.malformed["unknown_vni"] += g.packets
+            stream.append(g.buf, g.packets, g.wire_bytes, g.first_ts, g.last_ts, drops)
+        if batch.kept and self.malformed_stream is not None:
+            self._keep(batch.kept)
+
+    def _keep(self, kept: list[Kept]) -> None:
+        """Malformed datagrams, wrapped in a synthetic IPv4/UDP header to port 4789 so Wireshark
+        dissects them as the VXLAN they claim to be; the reason is the packet comment."""
+        assert self.malformed_stream is not None
+        buf = bytearray()
+        for k in kept:
+            pkt = _ipv4_udp_wrap(k)
+            if self.cfg.fmt == "pcapng":
+                buf += pcapng.enhanced_packet(k.ts_ns, pkt, len(pkt), comment=k.reason)
+            else:
+                buf += pcapng.pcap_record(k.ts_ns, pkt, len(pkt))
+        ms = self.malformed_stream
+        ms.append(
+            buf,
+            len(kept),
+            sum(len(k.datagram) for k in kept),
+            kept[0].ts_ns,
+            kept[-1].ts_ns,
+            self.stats.kernel_drops,
+        )
+
+    def tick(self, now_ns: int | None = None) -> None:
+        now = now_ns or time.time_ns()
+        for s in self._all():
+            s.tick(now, self.stats.kernel_drops)
+
+    def close_all(self) -> None:
+        for s in self._all():
+            s.close(self.stats.kernel_drops)
+
+    def _all(self) -> list[Stream]:
+        return list(self.streams.values()) + ([self.malformed_stream] if self.malformed_stream else [])
+
+    def disk_error_active(self, within_s: float = 5.0) -> bool:
+        return bool(self.stats.last_error) and time.time() - self.stats.last_error_time < within_s
+
+
+def _ipv4_udp_wrap(k: Kept) -> bytes:
+    import struct
+
+    try:
+        src = socket.inet_aton(k.source[0])
+    except OSError:
+        src = b"\0\0\0\0"
+    total = 28 + len(k.datagram)
+    if total > 0xFFFF:
+        total = 0xFFFF
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, total, 0, 0, 64, 17, 0, src, b"\0\0\0\0")
+    udp = struct.pack("!HHHH", k.source[1] & 0xFFFF, 4789, min(8 + len(k.datagram), 0xFFFF), 0)
+    return ip + udp + k.datagram

@@ -1,0 +1,62 @@
+"""`trafficmirror`: the operator, the capture agent and the pcap tools, in one command."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+
+def _run_operator(args: argparse.Namespace) -> int:
+    # Imported here so that `trafficmirror capture` never loads kopf.
+    import asyncio
+
+    import kopf
+
+    import trafficmirror.handlers  # noqa: F401  (registers the handlers)
+
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    asyncio.run(
+        kopf.operator(
+            clusterwide=not args.namespace,
+            namespaces=args.namespace or [],
+            liveness_endpoint=args.liveness,
+            peering_name=None if args.standalone else args.peering,
+            standalone=args.standalone,
+        )
+    )
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="trafficmirror", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    operator = commands.add_parser("operator", help="run the operator (kopf) against the current kubeconfig")
+    operator.add_argument(
+        "--namespace",
+        action="append",
+        help="watch only this namespace (repeatable); cluster-wide when omitted",
+    )
+    operator.add_argument("--liveness", default="http://0.0.0.0:8081/healthz", help="liveness endpoint URL")
+    operator.add_argument(
+        "--peering", default="trafficmirror", help="kopf peering object: a second instance pauses"
+    )
+    operator.add_argument("--standalone", action="store_true", help="no peering (development only)")
+    operator.add_argument("--log-level", default="INFO")
+    operator.set_defaults(handler=_run_operator)
+    try:
+        from trafficmirror.capture.cli import add_capture_commands
+    except ImportError:  # the capture package is optional in a minimal install
+        pass
+    else:
+        add_capture_commands(commands)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.handler(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,104 @@
+"""Turns a reconciler's `Outcome` into kopf's terms: a status patch, Events, a retry or nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import random
+from collections.abc import Callable
+from typing import Any
+
+import kopf
+
+from trafficmirror.aws.errors import AwsError
+from trafficmirror.metrics import RECONCILES, RESOURCES
+from trafficmirror.reconcile.common import Outcome, Owner, merge_conditions, transition_events
+from trafficmirror.reconcile.context import ReconcileContext, RetryLater
+
+MAX_BACKOFF_SECONDS = 300.0
+_phases: dict[str, tuple[str, str]] = {}  # uid → (kind, phase), for the resources gauge
+
+
+def owner_of(kind: str, body: kopf.Body, context: ReconcileContext) -> Owner:
+    meta = body["metadata"]
+    return Owner(
+        kind=kind,
+        namespace=meta["namespace"],
+        name=meta["name"],
+        uid=meta["uid"],
+        generation=int(meta.get("generation", 1)),
+        cluster=context.cluster,
+    )
+
+
+def backoff(retry: int, base: float = 2.0) -> float:
+    """Exponential with full jitter: many objects throttled at once must not retry in lockstep."""
+    return random.uniform(base, min(MAX_BACKOFF_SECONDS, base * 2 ** min(retry, 10)))
+
+
+async def run(
+    kind: str,
+    reconcile: Callable[..., Outcome | None],
+    *,
+    body: kopf.Body,
+    patch: kopf.Patch,
+    retry: int,
+    logger: logging.Logger,
+    context: ReconcileContext,
+    node_provider_ids: kopf.Index[str, str] | None = None,
+    **kwargs: Any,
+) -> Outcome | None:
+    """Run a (blocking) reconcile in a thread, then write what it decided."""
+    if node_provider_ids is not None:
+        nodes = {name: next(iter(store), "") for name, store in node_provider_ids.items()}
+        context = dataclasses.replace(context, node_provider_ids=nodes)
+    try:
+        outcome = await asyncio.to_thread(reconcile, ctx=context, **kwargs)
+    except (RetryLater, AwsError) as error:
+        RECONCILES.labels(kind, "retry").inc()
+        raise kopf.TemporaryError(str(error), delay=backoff(retry)) from error
+    if outcome is None:
+        RECONCILES.labels(kind, "done").inc()
+        return None
+    write(kind, body, patch, outcome)
+    RECONCILES.labels(kind, outcome.phase.value).inc()
+    if outcome.retry_after is not None:
+        message = next((c.message for c in outcome.conditions if c.type == "Ready"), "")
+        # Waiting on something else is not an error: short, steady delays; only failures back off.
+        raise kopf.TemporaryError(message, delay=outcome.retry_after)
+    return outcome
+
+
+def write(kind: str, body: kopf.Body, patch: kopf.Patch, outcome: Outcome) -> None:
+    status = body.get("status", {})
+    generation = int(body["metadata"].get("generation", 1))
+    for event in transition_events(status.get("phase"), _ready_reason(status), outcome):
+        kopf.event(body, type=event.type, reason=event.reason, message=event.message[:1024])
+    patch.status["phase"] = outcome.phase.value
+    patch.status["observedGeneration"] = generation
+    patch.status["conditions"] = merge_conditions(
+        status.get("conditions", []), outcome.conditions, generation
+    )
+    for key, value in outcome.status_fields.items():
+        patch.status[key] = value
+    for key, value in outcome.annotations.items():
+        patch.metadata.annotations[key] = value
+    _count_phase(kind, body["metadata"]["uid"], outcome.phase.value)
+
+
+def _ready_reason(status: dict[str, Any]) -> str | None:
+    return next((c.get("reason") for c in status.get("conditions", []) if c.get("type") == "Ready"), None)
+
+
+def _count_phase(kind: str, uid: str, phase: str | None) -> None:
+    previous = _phases.pop(uid, None)
+    if previous is not None:
+        RESOURCES.labels(*previous).dec()
+    if phase is not None:
+        _phases[uid] = (kind, phase)
+        RESOURCES.labels(kind, phase).inc()
+
+
+def forget(uid: str) -> None:
+    _count_phase("", uid, None)

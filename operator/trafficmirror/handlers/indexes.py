@@ -1,0 +1,64 @@
+"""In-memory indexes of what handlers look up: nodes' provider IDs, targets' and filters' states,
+and which sessions use which target or filter. kopf keeps them current from its watches."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import kopf
+
+from trafficmirror.api import GROUP, VERSION
+from trafficmirror.reconcile.session import Dependency
+
+TARGETS = (GROUP, VERSION, "mirrortargets")
+FILTERS = (GROUP, VERSION, "mirrorfilters")
+SESSIONS = (GROUP, VERSION, "mirrorsessions")
+
+
+@kopf.index("nodes")
+def node_provider_ids(name: str, spec: kopf.Spec, **_: Any) -> dict[str, str]:
+    return {name: spec.get("providerID", "")}
+
+
+def _dependency(name: str, status: kopf.Status, id_field: str) -> Dependency:
+    ready = next((c for c in status.get("conditions", []) if c.get("type") == "Ready"), {})
+    return Dependency(
+        name=name,
+        phase=status.get("phase"),
+        aws_id=status.get(id_field),
+        reason=ready.get("reason"),
+        network_interface_id=status.get("networkInterfaceId"),
+    )
+
+
+@kopf.index(*TARGETS)
+def target_states(
+    namespace: str, name: str, status: kopf.Status, **_: Any
+) -> dict[tuple[str, str], Dependency]:
+    return {(namespace, name): _dependency(name, status, "trafficMirrorTargetId")}
+
+
+@kopf.index(*FILTERS)
+def filter_states(
+    namespace: str, name: str, status: kopf.Status, **_: Any
+) -> dict[tuple[str, str], Dependency]:
+    return {(namespace, name): _dependency(name, status, "trafficMirrorFilterId")}
+
+
+@kopf.index(*SESSIONS)
+def session_users(namespace: str, name: str, spec: kopf.Spec, **_: Any) -> dict[tuple[str, str, str], str]:
+    """(namespace, 'target'|'filter', referenced name) → the sessions that reference it."""
+    return {
+        (namespace, "target", spec.get("targetRef", {}).get("name", "")): name,
+        (namespace, "filter", spec.get("filterRef", {}).get("name", "")): name,
+    }
+
+
+def one(index: kopf.Index[Any, Any], key: Any) -> Any:
+    store = index.get(key)
+    return next(iter(store), None) if store is not None else None
+
+
+def all_of(index: kopf.Index[Any, Any], key: Any) -> list[Any]:
+    store = index.get(key)
+    return list(store) if store is not None else []

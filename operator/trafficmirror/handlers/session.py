@@ -1,0 +1,163 @@
+"""MirrorSession handlers. A session also follows its target and filter: when either's AWS ID
+changes (a replaced target), the timer and the dependency index bring the session along."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import kopf
+
+from trafficmirror.api import MirrorSessionSpec, Phase
+from trafficmirror.config import RESYNC_SECONDS
+from trafficmirror.handlers import apply
+from trafficmirror.handlers.indexes import SESSIONS, one
+from trafficmirror.reconcile.session import UNSUPPORTED, delete_session, reconcile_session
+
+KIND = "MirrorSession"
+FOLLOW_SECONDS = 5.0  # how soon a session notices its target or filter got a new AWS ID
+
+
+@kopf.on.resume(*SESSIONS)
+@kopf.on.create(*SESSIONS)
+@kopf.on.update(*SESSIONS, field="spec")
+async def reconcile(
+    body: kopf.Body,
+    patch: kopf.Patch,
+    retry: int,
+    logger: logging.Logger,
+    memo: kopf.Memo,
+    node_provider_ids: kopf.Index[str, str],
+    target_states: kopf.Index[Any, Any],
+    filter_states: kopf.Index[Any, Any],
+    **_: Any,
+) -> None:
+    await _reconcile(body, patch, retry, logger, memo, node_provider_ids, target_states, filter_states)
+
+
+async def _reconcile(
+    body: kopf.Body,
+    patch: kopf.Patch,
+    retry: int,
+    logger: logging.Logger,
+    memo: kopf.Memo,
+    node_provider_ids: kopf.Index[str, str],
+    target_states: kopf.Index[Any, Any],
+    filter_states: kopf.Index[Any, Any],
+    known: Any = None,
+) -> None:
+    spec = MirrorSessionSpec.model_validate(dict(body["spec"]))
+    namespace = body["metadata"]["namespace"]
+    await apply.run(
+        KIND,
+        reconcile_session,
+        body=body,
+        patch=patch,
+        retry=retry,
+        logger=logger,
+        context=memo.context,
+        node_provider_ids=node_provider_ids,
+        owner=apply.owner_of(KIND, body, memo.context),
+        spec=spec,
+        status=dict(body.get("status", {})),
+        annotations=dict(body["metadata"].get("annotations", {})),
+        target=one(target_states, (namespace, spec.target_ref.name)),
+        mirror_filter=one(filter_states, (namespace, spec.filter_ref.name)),
+        known=known,
+    )
+
+
+@kopf.timer(*SESSIONS, interval=FOLLOW_SECONDS, initial_delay=FOLLOW_SECONDS)
+async def follow_dependencies(
+    body: kopf.Body,
+    patch: kopf.Patch,
+    retry: int,
+    logger: logging.Logger,
+    memo: kopf.Memo,
+    node_provider_ids: kopf.Index[str, str],
+    target_states: kopf.Index[Any, Any],
+    filter_states: kopf.Index[Any, Any],
+    **_: Any,
+) -> None:
+    """Costs no AWS call: compares the IDs in status with the target's and filter's current ones."""
+    status = body.get("status", {})
+    if status.get("phase") != Phase.READY.value or body["metadata"].get("deletionTimestamp"):
+        return
+    spec = MirrorSessionSpec.model_validate(dict(body["spec"]))
+    namespace = body["metadata"]["namespace"]
+    target = one(target_states, (namespace, spec.target_ref.name))
+    mirror_filter = one(filter_states, (namespace, spec.filter_ref.name))
+    current = (status.get("trafficMirrorTargetId"), status.get("trafficMirrorFilterId"))
+    if target is None or mirror_filter is None or current == (target.aws_id, mirror_filter.aws_id):
+        return
+    if not (target.aws_id and mirror_filter.aws_id):
+        return
+    logger.info(f"following target/filter: {current} → {(target.aws_id, mirror_filter.aws_id)}")
+    await _reconcile(body, patch, retry, logger, memo, node_provider_ids, target_states, filter_states)
+
+
+@kopf.timer(*SESSIONS, interval=RESYNC_SECONDS, initial_delay=RESYNC_SECONDS)
+async def resync(
+    body: kopf.Body,
+    patch: kopf.Patch,
+    retry: int,
+    logger: logging.Logger,
+    memo: kopf.Memo,
+    node_provider_ids: kopf.Index[str, str],
+    target_states: kopf.Index[Any, Any],
+    filter_states: kopf.Index[Any, Any],
+    **_: Any,
+) -> None:
+    status = body.get("status", {})
+    if body["metadata"].get("deletionTimestamp"):
+        return
+    ready_reason = next(
+        (c.get("reason") for c in status.get("conditions", []) if c.get("type") == "Ready"), None
+    )
+    if status.get("phase") == Phase.FAILED.value and ready_reason == UNSUPPORTED:
+        # The seed's fix is to change the instance type: look again, without asking AWS to create.
+        await _reconcile(body, patch, retry, logger, memo, node_provider_ids, target_states, filter_states)
+        return
+    if status.get("phase") != Phase.READY.value:
+        return
+    spec = MirrorSessionSpec.model_validate(dict(body["spec"]))
+    known = (await memo.snapshot.get("sessions", spec.region)).get(status.get("trafficMirrorSessionId"))
+    if known is not None and (
+        known.target_id,
+        known.filter_id,
+        known.session_number,
+        known.packet_length,
+        known.virtual_network_id,
+    ) == (
+        status.get("trafficMirrorTargetId"),
+        status.get("trafficMirrorFilterId"),
+        spec.session_number,
+        spec.packet_length,
+        status.get("virtualNetworkId"),
+    ):
+        return
+    logger.info(
+        f"drift: {status.get('trafficMirrorSessionId')} is {'changed' if known else 'missing'} in AWS"
+    )
+    await _reconcile(
+        body, patch, retry, logger, memo, node_provider_ids, target_states, filter_states, known=known
+    )
+
+
+@kopf.on.delete(*SESSIONS)
+async def delete(
+    body: kopf.Body, patch: kopf.Patch, retry: int, logger: logging.Logger, memo: kopf.Memo, **_: Any
+) -> None:
+    patch.status["phase"] = Phase.DELETING.value
+    await apply.run(
+        KIND,
+        delete_session,
+        body=body,
+        patch=patch,
+        retry=retry,
+        logger=logger,
+        context=memo.context,
+        spec=MirrorSessionSpec.model_validate(dict(body["spec"])),
+        status=dict(body.get("status", {})),
+    )
+    apply.forget(body["metadata"]["uid"])

@@ -1,0 +1,212 @@
+"""MirrorFilter → TrafficMirrorFilter. Rules are applied one by one (create, modify, delete), never
+by recreating the filter: sessions keep using the same filter ID while its rules change."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from trafficmirror.api import FilterRule, MirrorFilterSpec
+from trafficmirror.aws.ec2 import EGRESS, INGRESS, AwsFilter, AwsFilterRule, Ec2Mirror, PortRange, RuleParams
+from trafficmirror.aws.errors import AwsError, ErrorClass
+from trafficmirror.reconcile.common import (
+    AWS_ID_ANNOTATION,
+    CREATE_INTENT_ANNOTATION,
+    Event,
+    Outcome,
+    Owner,
+    client_token,
+    failed,
+    is_owned_by,
+    owner_description,
+    owner_tags,
+    pending,
+    ready,
+)
+from trafficmirror.reconcile.context import ReconcileContext, outcome_for_aws_error
+
+
+def rule_params(direction: str, rule: FilterRule) -> RuleParams:
+    def ports(value: Any) -> PortRange | None:
+        return PortRange(value.from_port, value.to_port) if value is not None else None
+
+    return RuleParams(
+        direction=direction,
+        rule_number=rule.rule_number,
+        action=rule.action,
+        source_cidr_block=rule.source_cidr_block,
+        destination_cidr_block=rule.destination_cidr_block,
+        protocol=rule.protocol,
+        source_port_range=ports(rule.source_port_range),
+        destination_port_range=ports(rule.destination_port_range),
+        description=rule.description,
+    )
+
+
+def desired_rules(spec: MirrorFilterSpec) -> list[RuleParams]:
+    return [rule_params(INGRESS, r) for r in spec.ingress_rules or []] + [
+        rule_params(EGRESS, r) for r in spec.egress_rules or []
+    ]
+
+
+@dataclass(frozen=True)
+class RuleChanges:
+    """What turns the rules AWS has into the rules the spec wants, in the order AWS accepts it."""
+
+    delete: list[AwsFilterRule]
+    modify: list[tuple[AwsFilterRule, RuleParams]]
+    create: list[RuleParams]
+
+    @property
+    def empty(self) -> bool:
+        return not (self.delete or self.modify or self.create)
+
+
+def rule_changes(desired: list[RuleParams], actual: list[AwsFilterRule]) -> RuleChanges:
+    # Deletes go first so that a full filter (10 rules) has room for the creates.
+    by_key = {r.params.key: r for r in actual}
+    wanted = {p.key: p for p in desired}
+    return RuleChanges(
+        delete=[r for key, r in sorted(by_key.items()) if key not in wanted],
+        modify=[
+            (by_key[key], p) for key, p in sorted(wanted.items()) if key in by_key and by_key[key].params != p
+        ],
+        create=[p for key, p in sorted(wanted.items()) if key not in by_key],
+    )
+
+
+def network_service_changes(desired: list[str], actual: tuple[str, ...]) -> tuple[list[str], list[str]]:
+    return sorted(set(desired) - set(actual)), sorted(set(actual) - set(desired))
+
+
+def _describe_one(aws: Ec2Mirror, filter_id: str) -> AwsFilter | None:
+    try:
+        found = aws.describe_filters([filter_id])
+    except AwsError as error:
+        if error.error_class is ErrorClass.NOT_FOUND:
+            return None
+        raise
+    return found[0] if found else None
+
+
+def reconcile_filter(
+    owner: Owner,
+    spec: MirrorFilterSpec,
+    status: dict[str, Any],
+    annotations: dict[str, str],
+    ctx: ReconcileContext,
+    known: AwsFilter | None = None,
+) -> Outcome:
+    aws = ctx.aws_for_region(spec.region)
+    current_id: str | None = (
+        status.get("trafficMirrorFilterId") or annotations.get(AWS_ID_ANNOTATION) or spec.adopt_id
+    )
+    events: list[Event] = []
+    try:
+        actual = None
+        if current_id:
+            actual = (
+                known
+                if known is not None and known.filter_id == current_id
+                else _describe_one(aws, current_id)
+            )
+            if actual is None:
+                if current_id == spec.adopt_id:
+                    return failed(
+                        "AdoptedResourceNotFound", f"TrafficMirrorFilter {current_id} does not exist"
+                    )
+                events.append(Event("Warning", "Recreating", f"{current_id} was deleted outside Kubernetes"))
+                current_id = None
+        if actual is None:
+            # The token does not depend on the rules: they are added after, one by one.
+            token = client_token(
+                owner.uid, {"filter": owner.uid, "replaces": status.get("trafficMirrorFilterId")}
+            )
+            intent = annotations.get(CREATE_INTENT_ANNOTATION)
+            if intent != token:
+                actual = _find_orphan(aws, owner) if intent else None
+                if actual is None:
+                    outcome = pending("Creating", "creating the TrafficMirrorFilter", retry_after=0)
+                    outcome.annotations[CREATE_INTENT_ANNOTATION] = token
+                    return outcome
+            else:
+                actual = aws.create_filter(
+                    client_token=token,
+                    description=owner_description(owner, spec.description),
+                    tags=owner_tags(owner, spec.tags),
+                )
+                events.append(Event("Normal", "Created", f"created TrafficMirrorFilter {actual.filter_id}"))
+            current_id = actual.filter_id
+        changes = rule_changes(desired_rules(spec), list(actual.rules))
+        rule_ids = _apply_rule_changes(aws, owner, current_id, actual, changes)
+        add, remove = network_service_changes(list(spec.network_services or []), actual.network_services)
+        if add or remove:
+            aws.set_network_services(current_id, add, remove)
+    except AwsError as error:
+        return outcome_for_aws_error(error, trafficMirrorFilterId=current_id)
+    if not changes.empty or add or remove:
+        events.append(
+            Event(
+                "Normal",
+                "RulesUpdated",
+                f"{len(changes.create)} created, {len(changes.modify)} modified, {len(changes.delete)} deleted"
+                + (f"; network services +{add} -{remove}" if add or remove else ""),
+            )
+        )
+    outcome = ready(f"TrafficMirrorFilter {current_id} is ready with {len(rule_ids)} rules")
+    outcome.events += events
+    outcome.status_fields.update(trafficMirrorFilterId=current_id, ruleIds=rule_ids)
+    outcome.annotations.update({AWS_ID_ANNOTATION: current_id, CREATE_INTENT_ANNOTATION: None})
+    return outcome
+
+
+def _apply_rule_changes(
+    aws: Ec2Mirror, owner: Owner, filter_id: str, actual: AwsFilter, changes: RuleChanges
+) -> dict[str, str]:
+    rule_ids = {f"{r.params.direction}/{r.params.rule_number}": r.rule_id for r in actual.rules}
+    for rule in changes.delete:
+        try:
+            aws.delete_filter_rule(rule.rule_id)
+        except AwsError as error:
+            if error.error_class is not ErrorClass.NOT_FOUND:
+                raise
+        rule_ids.pop(f"{rule.params.direction}/{rule.params.rule_number}", None)
+    for rule, params in changes.modify:
+        aws.modify_filter_rule(rule.rule_id, params)
+    for params in changes.create:
+        created = aws.create_filter_rule(
+            filter_id, params, client_token(owner.uid, [filter_id, params, owner.generation])
+        )
+        rule_ids[f"{params.direction}/{params.rule_number}"] = created.rule_id
+    return dict(sorted(rule_ids.items()))
+
+
+def _find_orphan(aws: Ec2Mirror, owner: Owner) -> AwsFilter | None:
+    return next((f for f in aws.describe_filters() if is_owned_by(f.tags, f.description, owner)), None)
+
+
+def delete_filter(
+    spec: MirrorFilterSpec, status: dict[str, Any], ctx: ReconcileContext, sessions_using: list[str]
+) -> Outcome | None:
+    if spec.deletion_policy == "Orphan":
+        return None
+    if sessions_using:
+        return pending(
+            "WaitingForSessions",
+            f"still used by MirrorSession {', '.join(sorted(sessions_using))}",
+            retry_after=5,
+        )
+    filter_id = status.get("trafficMirrorFilterId")
+    if not filter_id:
+        return None
+    try:
+        ctx.aws_for_region(spec.region).delete_filter(filter_id)
+    except AwsError as error:
+        if error.error_class is ErrorClass.NOT_FOUND:
+            return None
+        if error.error_class is ErrorClass.IN_USE:
+            return pending(
+                "WaitingForSessions", f"{filter_id} is still used by mirror sessions in AWS", retry_after=5
+            )
+        return outcome_for_aws_error(error)
+    return None

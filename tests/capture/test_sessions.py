@@ -1,0 +1,127 @@
+"""VNI -> session mapping: interleaved sessions with identical inner 5-tuples, one and two workers,
+unknown VNIs, the kernel VNI filter, and frames AWS truncated."""
+
+from __future__ import annotations
+
+import collections
+from pathlib import Path
+
+import pytest
+from frames import ipv4_udp, ipv6_udp
+from netbed import AgentProc, Bed, files_of, tshark_clean
+
+from trafficmirror.capture import pcapng, vxlan
+
+FLOWS = 24  # inner source ports per session; identical in both sessions
+
+
+def _interleaved(bed: Bed, rounds: int) -> dict[int, list[bytes]]:
+    """Frames alternating between VNI 100 and 101, same 5-tuples, payload naming the session."""
+    sent: dict[int, list[bytes]] = {100: [], 101: []}
+    for r in range(rounds):
+        for vni in (100, 101):
+            batch = [
+                ipv4_udp("10.1.0.1", "10.1.0.2", 40000 + f, 53, f"vni{vni} round{r} flow{f}".encode())
+                for f in range(FLOWS)
+            ]
+            bed.send_frames(vni, batch)
+            sent[vni] += batch
+    return sent
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_two_interleaved_sessions_get_exactly_their_packets(bed: Bed, work: Path, workers: int) -> None:
+    bed.add_vxlan(100)
+    bed.add_vxlan(101)
+    agent = AgentProc(
+        bed,
+        work,
+        [
+            "--workers",
+            str(workers),
+            "--output-dir",
+            str(work / "out"),
+            "--session",
+            "100=team-a/db",
+            "--session",
+            "101=team-b/db",
+        ],
+    )
+    agent.wait_ready()
+    sent = _interleaved(bed, rounds=10)
+    agent.quiesce()
+    assert agent.stop() == 0
+
+    for vni, (ns, name) in {100: ("team-a", "db"), 101: ("team-b", "db")}.items():
+        files = files_of(work / "out", ns, name)
+        # One writer per session: with hash steering the 24 flows would spread over both workers.
+        assert len(files) == 1, files
+        cap = pcapng.read_file(str(files[0]))
+        assert [p.data for p in cap.packets] == sent[vni]  # exactly theirs, in order
+        assert f"vni={vni} " in cap.interfaces[0].description
+        out = tshark_clean(files[0], "-T", "fields", "-e", "udp.srcport")
+        assert collections.Counter(out.split()) == {str(40000 + f): 10 for f in range(FLOWS)}
+    assert not (work / "out" / "_unknown").exists()
+
+
+def test_unknown_vni_gets_its_own_file_and_is_counted(bed: Bed, work: Path) -> None:
+    bed.add_vxlan(100)
+    bed.add_vxlan(777)
+    agent = AgentProc(bed, work, ["--output-dir", str(work / "out"), "--session", "100=a/s"])
+    agent.wait_ready()
+    bed.send_frames(777, [ipv4_udp("10.0.0.1", "10.0.0.2", 1, 2, b"x%d" % i) for i in range(7)])
+    bed.send_frames(100, [ipv4_udp("10.0.0.1", "10.0.0.2", 1, 2, b"y%d" % i) for i in range(3)])
+    m = agent.quiesce()
+    assert m['trafficmirror_capture_malformed_total{reason="unknown_vni"}'] == 7
+    assert m['trafficmirror_capture_packets_total{namespace="a",session="s"}'] == 3
+    assert agent.stop() == 0
+    (unknown,) = files_of(work / "out", "_unknown", "vni-777")
+    assert len(pcapng.read_file(str(unknown)).packets) == 7
+
+
+def test_kernel_vni_filter_drops_other_sessions_in_the_kernel(bed: Bed, work: Path) -> None:
+    bed.add_vxlan(100)
+    bed.add_vxlan(200)
+    agent = AgentProc(
+        bed, work, ["--output-dir", str(work / "out"), "--session", "100=a/s", "--kernel-vni-filter"]
+    )
+    agent.wait_ready()
+    bed.send_frames(200, [ipv4_udp("10.0.0.1", "10.0.0.2", 1, 2, b"x%d" % i) for i in range(50)])
+    bed.send_frames(100, [ipv4_udp("10.0.0.1", "10.0.0.2", 1, 2, b"y%d" % i) for i in range(5)])
+    m = agent.quiesce()
+    # The 50 never reached user space: the agent saw only the 5 of its session.
+    assert m["trafficmirror_capture_datagrams_total"] == 5
+    assert m['trafficmirror_capture_malformed_total{reason="unknown_vni"}'] == 0
+    # ...and the kernel's one drop counter (sk_drops) is where filtered datagrams are counted.
+    assert m["trafficmirror_capture_kernel_drops_total"] == 50
+    assert agent.stop() == 0
+    assert not (work / "out" / "_unknown").exists()
+
+
+def test_truncated_mirror_packets_restore_orig_len(bed: Bed, work: Path) -> None:
+    """AWS cuts packets at the target's MTU or the session's PacketLength; no kernel sender does,
+    so these VXLAN payloads are sent from a plain UDP socket."""
+    agent = AgentProc(bed, work, ["--output-dir", str(work / "out"), "--session", "300=a/trunc"])
+    agent.wait_ready()
+    full = [
+        ipv4_udp("10.0.0.1", "10.0.0.2", 1000, 2000, bytes(range(256)) * 4),
+        ipv4_udp("10.0.0.1", "10.0.0.2", 1000, 2000, b"v" * 900, vlan=42),
+        ipv6_udp("fd00::1", "fd00::2", 1000, 2000, b"6" * 1200),
+    ]
+    # Cuts inside the UDP header, so the dissectors notice: the AWS default cut (the target MTU)
+    # lands in a payload, where Wireshark shows the same frame/capture lengths without comment.
+    cuts = [38, 44, 58]
+    bed.send_datagrams(
+        [vxlan.header(300) + f[:c] for f, c in zip(full, cuts, strict=True)] + [vxlan.header(300) + full[0]]
+    )
+    agent.quiesce()
+    assert agent.stop() == 0
+    (f,) = files_of(work / "out", "a", "trunc")
+    cap = pcapng.read_file(str(f))
+    expected = [(c, len(fr)) for fr, c in zip(full, cuts, strict=True)] + [(len(full[0]), len(full[0]))]
+    assert [(p.caplen, p.orig_len) for p in cap.packets] == expected
+    summary = tshark_clean(f).splitlines()
+    assert ["Packet size limited during capture" in line for line in summary] == [True, True, True, False]
+    assert tshark_clean(f, "-Y", "_ws.malformed") == ""
+    lens = tshark_clean(f, "-T", "fields", "-e", "frame.len", "-e", "frame.cap_len").splitlines()
+    assert lens == [f"{o}\t{c}" for c, o in expected]
