@@ -40,7 +40,7 @@ bench-operator: deps testbed
 	$(PY) bench/operator/run.py
 
 bench-capture: deps
-	bash bench/capture/run.sh
+	$(PY) bench/capture/run.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

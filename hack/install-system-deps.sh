@@ -4,7 +4,7 @@
 # Argo CD health checks. Installs only what is missing; needs root (CI runs as root).
 set -euo pipefail
 need=()
-for pair in tshark:tshark capinfos:tshark ip:iproute2 tcpdump:tcpdump openssl:openssl setpriv:util-linux; do
+for pair in tshark:tshark capinfos:tshark ip:iproute2 tcpdump:tcpdump openssl:openssl setpriv:util-linux ping:iputils-ping gcc:gcc curl:curl; do
   command -v "${pair%%:*}" >/dev/null 2>&1 || need+=("${pair#*:}")
 done
 [ ${#need[@]} -eq 0 ] && exit 0

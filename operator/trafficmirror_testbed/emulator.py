@@ -332,7 +332,7 @@ class _MirrorState:
 
 
 def _state(backend: Any) -> _MirrorState:
-    state = backend.__dict__.get("_trafficmirror_state")
+    state: _MirrorState | None = backend.__dict__.get("_trafficmirror_state")
     if state is None:
         state = backend.__dict__["_trafficmirror_state"] = _MirrorState()
     return state
@@ -1127,7 +1127,7 @@ def modify_instance_attribute(self: Any) -> ActionResult:
             raise _error(
                 "IncorrectInstanceState", f"The instance '{instance_id}' is not in the 'stopped' state."
             )
-    return _MOTO_MODIFY_INSTANCE_ATTRIBUTE(self)  # type: ignore[no-any-return]
+    return _MOTO_MODIFY_INSTANCE_ATTRIBUTE(self)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -1216,8 +1216,8 @@ def install() -> None:
                     resource_type=f"ec2:{type_part}",
                 )
 
-    EC2Backend.do_resources_exist = do_resources_exist  # type: ignore[method-assign]
-    EC2Backend.iter_tagged_resources = iter_tagged_resources  # type: ignore[method-assign]
+    setattr(EC2Backend, "do_resources_exist", do_resources_exist)  # noqa: B010  (a patch, said plainly)
+    setattr(EC2Backend, "iter_tagged_resources", iter_tagged_resources)  # noqa: B010
     _installed = True
 
 
@@ -1443,12 +1443,14 @@ class Emulator:
         from botocore.config import Config
 
         config = Config(s3={"addressing_style": "path"}, retries={"mode": "standard", "max_attempts": 2})
-        return boto3.client(
+        make_client: Any = boto3.client  # any service name; boto3-stubs overloads only literal ones
+        return make_client(
             service,
             endpoint_url=self.endpoint_url,
             region_name=region or self.region,
             config=config,
-            **DUMMY_CREDENTIALS,
+            aws_access_key_id=DUMMY_CREDENTIALS["aws_access_key_id"],
+            aws_secret_access_key=DUMMY_CREDENTIALS["aws_secret_access_key"],
         )
 
     def _request(self, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -16,8 +16,6 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from netbed import NOBODY, REPO, Bed
 
-pytestmark = pytest.mark.root
-
 
 @pytest.fixture
 def bed() -> Iterator[Bed]:

@@ -14,6 +14,8 @@ from netbed import NOBODY, AgentProc, Bed, tshark_clean
 
 from trafficmirror.capture import pcapng, vxlan
 
+pytestmark = pytest.mark.root
+
 
 @pytest.fixture
 def small_disk(work: Path) -> Iterator[Path]:

@@ -8,10 +8,13 @@ import subprocess
 from collections import Counter
 from pathlib import Path
 
+import pytest
 from frames import ipv4_udp
 from netbed import UND_AGT, UND_SRC, AgentProc, Bed, capinfos_count, files_of, tshark_clean
 
 from trafficmirror.capture import vxlan
+
+pytestmark = pytest.mark.root
 
 TOTAL = 1_000_000
 POOL = 4096

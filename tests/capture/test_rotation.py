@@ -7,10 +7,13 @@ import signal
 import time
 from pathlib import Path
 
+import pytest
 from frames import ipv4_udp
 from netbed import PYTHON, AgentProc, Bed, capinfos_count, files_of, sh, tshark_clean
 
 from trafficmirror.capture import pcapng, vxlan
+
+pytestmark = pytest.mark.root
 
 NS = 1_000_000_000
 

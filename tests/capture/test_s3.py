@@ -20,6 +20,8 @@ from netbed import REPO, AgentProc, Bed, in_netns, tshark_clean
 
 from trafficmirror.capture import pcapng, vxlan
 
+pytestmark = [pytest.mark.emulator, pytest.mark.root]
+
 T = TypeVar("T")
 PORT = 5000
 BUCKET = "mirror-captures"

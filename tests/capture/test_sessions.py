@@ -12,6 +12,8 @@ from netbed import AgentProc, Bed, files_of, tshark_clean
 
 from trafficmirror.capture import pcapng, vxlan
 
+pytestmark = pytest.mark.root
+
 FLOWS = 24  # inner source ports per session; identical in both sessions
 
 
@@ -125,3 +127,22 @@ def test_truncated_mirror_packets_restore_orig_len(bed: Bed, work: Path) -> None
     assert tshark_clean(f, "-Y", "_ws.malformed") == ""
     lens = tshark_clean(f, "-T", "fields", "-e", "frame.len", "-e", "frame.cap_len").splitlines()
     assert lens == [f"{o}\t{c}" for c, o in expected]
+
+
+def test_keep_malformed_writes_them_to_a_separate_file_wireshark_can_dissect(bed: Bed, work: Path) -> None:
+    agent = AgentProc(
+        bed, work, ["--output-dir", str(work / "out"), "--session", "5=a/s", "--keep-malformed"]
+    )
+    agent.wait_ready()
+    bad = [b"\x08\0\0", b"\x00" * 40, vxlan.header(5) + b"\x01\x02"]
+    bed.send_datagrams([*bad, vxlan.header(5) + ipv4_udp("10.0.0.1", "10.0.0.2", 1, 2, b"ok")])
+    agent.quiesce()
+    assert agent.stop() == 0
+    (kept,) = files_of(work / "out", "_malformed", "worker-0")
+    cap = pcapng.read_file(str(kept))
+    assert [p.comment for p in cap.packets] == ["short_header", "bad_flags", "short_frame"]
+    assert [p.data[28:] for p in cap.packets] == bad  # the datagram behind a synthetic IPv4/UDP header
+    ports = tshark_clean(kept, "-T", "fields", "-e", "udp.dstport", "-e", "frame.comment").splitlines()
+    assert [line.split("\t")[0] for line in ports] == ["4789"] * 3
+    (good,) = files_of(work / "out", "a", "s")
+    assert len(pcapng.read_file(str(good)).packets) == 1

@@ -10,6 +10,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
 from netbed import (
     CLI_IP,
     SRV_IP,
@@ -22,6 +23,8 @@ from netbed import (
 )
 
 from trafficmirror.capture import pcapng
+
+pytestmark = pytest.mark.root
 
 
 def _udp_socket(addr: tuple[str, int]) -> socket.socket:

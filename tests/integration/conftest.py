@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -92,6 +93,16 @@ class OperatorProcess:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
+
+    def aws_calls(self, operation: str) -> float:
+        """EC2 calls the operator made for one operation, from its own Prometheus endpoint."""
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as response:
+            text = response.read().decode()
+        return sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line.startswith("trafficmirror_aws_calls_total{") and f'operation="{operation}"' in line
+        )
 
     def log_tail(self, lines: int = 60) -> str:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
@@ -188,3 +199,15 @@ def condition(obj: dict[str, Any], kind: str) -> dict[str, Any] | None:
 
 
 __all__ = ["Cluster", "condition", "os", "ready_condition"]
+
+
+def fresh_instance(ec2: Any, world: World, instance_type: str = "t3.small") -> tuple[str, str]:
+    """A new instance (ID, primary ENI) for one test, so sessions of other tests never collide with it."""
+    instance = ec2.run_instances(
+        ImageId=world.image_id,
+        InstanceType=instance_type,
+        MinCount=1,
+        MaxCount=1,
+        SubnetId=world.subnet_ids["a"],
+    )["Instances"][0]
+    return instance["InstanceId"], instance["NetworkInterfaces"][0]["NetworkInterfaceId"]

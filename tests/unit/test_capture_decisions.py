@@ -149,3 +149,12 @@ def test_fetch_select_keeps_the_file_that_covers_since() -> None:
     got = select(files, since=T0 + 12 * S, until=T0 + 15 * S)
     assert [f.name for f in got] == [_ref("b", 5).name, _ref("a", 10).name]
     assert start_of(_ref("a", 10).name) == T0 + 10 * S
+
+
+def test_fetch_select_allows_for_the_millisecond_names() -> None:
+    # The second file's name says ...00.000Z, but it may start up to 1 ms later, so the first
+    # file may still hold packets after a --since inside that millisecond.
+    a = FileRef("n", "s", "a-20260101T000000.000Z-000001.pcapng", 1, T0, "x")
+    b = FileRef("n", "s", "a-20260101T000000.000Z-000002.pcapng", 1, T0, "y")
+    assert select([a, b], since=T0 + 500_000, until=None) == [a, b]
+    assert select([a, b], since=T0 + 1_000_000, until=None) == [b]

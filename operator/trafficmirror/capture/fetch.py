@@ -17,6 +17,7 @@ from typing import Any, BinaryIO
 from trafficmirror.capture import pcapng
 from trafficmirror.capture.sessions import safe_component
 
+NAME_RESOLUTION_NS = 1_000_000
 _NAME = re.compile(
     r"^(?P<node>.+)-(?P<start>\d{8}T\d{6}(?:\.\d{3})?Z)-(?P<seq>\d+)\.(?:pcapng|pcap)(?:\.gz)?$"
 )
@@ -70,7 +71,8 @@ def select(files: list[FileRef], since: int | None, until: int | None) -> list[F
             nxt = group[i + 1].start_ns if i + 1 < len(group) else None
             if until is not None and f.start_ns > until:
                 continue
-            if since is not None and nxt is not None and nxt <= since:
+            # Names carry milliseconds: the next file may start up to 1 ms after its name says.
+            if since is not None and nxt is not None and nxt + NAME_RESOLUTION_NS <= since:
                 continue
             out.append(f)
     return sorted(out, key=lambda f: (f.start_ns, f.name))

@@ -210,7 +210,7 @@ def _parse_options(body: bytes, pos: int, endian: str) -> dict[int, list[bytes]]
 
 def _tsresol(value: bytes) -> float:
     v = value[0]
-    return 1e9 / (2 ** (v & 0x7F)) if v & 0x80 else 1e9 / (10 ** (v & 0x7F))
+    return float(1e9 / (2 ** (v & 0x7F)) if v & 0x80 else 1e9 / (10 ** (v & 0x7F)))
 
 
 def iter_blocks(f: BinaryIO) -> Iterator[tuple[int, int, bytes, str]]:

@@ -118,7 +118,8 @@ def open_socket(
             if exc.errno == errno.EADDRINUSE:
                 devs = vxlan_devices()
                 hint = f" VXLAN devices in this network namespace: {', '.join(devs)}." if devs else ""
-                hint += " Typically a CNI's VXLAN device (Calico vxlan.calico, Flannel flannel.1, Cilium) owns it;"
+                hint += " Typically a CNI's VXLAN device (Calico vxlan.calico, Flannel flannel.1, Cilium)"
+                hint += " owns it;"
                 raise PortInUseError(
                     f"UDP port {port} on {address} is already in use.{hint} move the CNI's VXLAN port or "
                     f"give the capture agent another --port (and the mirror target a matching listener)."

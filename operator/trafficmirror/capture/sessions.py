@@ -94,9 +94,9 @@ def from_object(obj: Mapping[str, Any]) -> Session | None:
 def load_file(path: str) -> list[Session]:
     """A YAML/JSON list of {vni, namespace, name, sourceEni} or a list of MirrorSession objects."""
     with open(path) as f:
-        doc = yaml.safe_load(f) or []
+        doc: Any = yaml.safe_load(f) or []
     if isinstance(doc, dict):
-        doc = doc.get("items", doc.get("sessions", []))
+        doc = doc.get("items", doc.get("sessions")) or []
     out = []
     for item in doc:
         if "metadata" in item:

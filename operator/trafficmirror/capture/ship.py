@@ -8,6 +8,7 @@ picks the spool up where it was, so neither an outage nor a restart loses a file
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import json
 import logging
@@ -23,7 +24,6 @@ from typing import Any, Protocol
 from trafficmirror.capture import pcapng
 from trafficmirror.capture.sessions import safe_component
 from trafficmirror.capture.writer import write_meta
-import contextlib
 
 log = logging.getLogger(__name__)
 

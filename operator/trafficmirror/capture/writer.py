@@ -7,6 +7,7 @@ it from there. Using the filesystem as the queue means a restart finds every clo
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import logging
@@ -21,7 +22,6 @@ from typing import Any
 from trafficmirror.capture import pcapng
 from trafficmirror.capture.receiver import Batch, Kept
 from trafficmirror.capture.sessions import Session, safe_component, unknown_session
-import contextlib
 
 log = logging.getLogger(__name__)
 

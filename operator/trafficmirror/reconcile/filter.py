@@ -138,7 +138,9 @@ def reconcile_filter(
                 events.append(Event("Normal", "Created", f"created TrafficMirrorFilter {actual.filter_id}"))
             current_id = actual.filter_id
         changes = rule_changes(desired_rules(spec), list(actual.rules))
-        rule_ids = _apply_rule_changes(aws, owner, current_id, actual, changes)
+        rule_ids = _apply_rule_changes(
+            aws, owner, current_id, actual, changes, sorted((status.get("ruleIds") or {}).values())
+        )
         add, remove = network_service_changes(list(spec.network_services or []), actual.network_services)
         if add or remove:
             aws.set_network_services(current_id, add, remove)
@@ -161,7 +163,12 @@ def reconcile_filter(
 
 
 def _apply_rule_changes(
-    aws: Ec2Mirror, owner: Owner, filter_id: str, actual: AwsFilter, changes: RuleChanges
+    aws: Ec2Mirror,
+    owner: Owner,
+    filter_id: str,
+    actual: AwsFilter,
+    changes: RuleChanges,
+    recorded_rule_ids: list[str],
 ) -> dict[str, str]:
     rule_ids = {f"{r.params.direction}/{r.params.rule_number}": r.rule_id for r in actual.rules}
     for rule in changes.delete:
@@ -173,10 +180,11 @@ def _apply_rule_changes(
         rule_ids.pop(f"{rule.params.direction}/{rule.params.rule_number}", None)
     for rule, params in changes.modify:
         aws.modify_filter_rule(rule.rule_id, params)
+    # The token names the rules recorded in status: a create retried after a crash repeats it (and
+    # AWS answers with the rule it made), while re-creating a rule deleted out of band gets a new one.
     for params in changes.create:
-        created = aws.create_filter_rule(
-            filter_id, params, client_token(owner.uid, [filter_id, params, owner.generation])
-        )
+        token = client_token(owner.uid, [filter_id, params, recorded_rule_ids])
+        created = aws.create_filter_rule(filter_id, params, token)
         rule_ids[f"{params.direction}/{params.rule_number}"] = created.rule_id
     return dict(sorted(rule_ids.items()))
 
