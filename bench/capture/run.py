@@ -269,9 +269,7 @@ def main() -> int:
                 "tcpdump": run_tcpdump(bed, tmp, vxsend, pf, a.packets, a.rate),
             }
             per_size[str(size)] = r
-            print(
-                f"{size} B: " + json.dumps({k: round(v["us_per_pkt"], 3) for k, v in r.items()}), flush=True
-            )
+            print(f"{size} B: " + json.dumps({k: round(v["us_per_pkt"], 3) for k, v in r.items()}), flush=True)
         results["by_frame_size"] = per_size
         pf = pool(tmp, 300)
         best = 0

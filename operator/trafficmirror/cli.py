@@ -38,9 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="watch only this namespace (repeatable); cluster-wide when omitted",
     )
     operator.add_argument("--liveness", default="http://0.0.0.0:8081/healthz", help="liveness endpoint URL")
-    operator.add_argument(
-        "--peering", default="trafficmirror", help="kopf peering object: a second instance pauses"
-    )
+    operator.add_argument("--peering", default="trafficmirror", help="kopf peering object: a second instance pauses")
     operator.add_argument("--standalone", action="store_true", help="no peering (development only)")
     operator.add_argument("--log-level", default="INFO")
     operator.set_defaults(handler=_run_operator)

@@ -14,9 +14,7 @@ def _env_float(name: str, default: float) -> float:
 @dataclass(frozen=True)
 class OperatorConfig:
     region: str = field(
-        default_factory=lambda: (
-            os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
-        )
+        default_factory=lambda: os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
     )
     cluster_name: str = field(default_factory=lambda: os.environ.get("TRAFFICMIRROR_CLUSTER_NAME", "default"))
     # Drift check: one batched Describe per kind per period, whatever the number of resources.
@@ -25,15 +23,9 @@ class OperatorConfig:
     support_overrides_file: Path | None = field(
         default_factory=lambda: Path(p) if (p := os.environ.get("TRAFFICMIRROR_SUPPORT_OVERRIDES")) else None
     )
-    metrics_port: int = field(
-        default_factory=lambda: int(os.environ.get("TRAFFICMIRROR_METRICS_PORT", "8080"))
-    )
-    aws_max_attempts: int = field(
-        default_factory=lambda: int(os.environ.get("TRAFFICMIRROR_AWS_MAX_ATTEMPTS", "8"))
-    )
-    worker_threads: int = field(
-        default_factory=lambda: int(os.environ.get("TRAFFICMIRROR_WORKER_THREADS", "32"))
-    )
+    metrics_port: int = field(default_factory=lambda: int(os.environ.get("TRAFFICMIRROR_METRICS_PORT", "8080")))
+    aws_max_attempts: int = field(default_factory=lambda: int(os.environ.get("TRAFFICMIRROR_AWS_MAX_ATTEMPTS", "8")))
+    worker_threads: int = field(default_factory=lambda: int(os.environ.get("TRAFFICMIRROR_WORKER_THREADS", "32")))
 
 
 RESYNC_SECONDS = OperatorConfig().resync_seconds  # kopf timers take their interval at import

@@ -19,9 +19,7 @@ def main() -> int:
         print(f"control plane up at {plane.url}")
         plane.kubectl("apply", "--server-side", "-f", str(REPO_ROOT / "crds"))
         for crd in ("mirrortargets", "mirrorfilters", "mirrorsessions"):
-            plane.kubectl(
-                "wait", "--for=condition=Established", "--timeout=60s", f"crd/{crd}.trafficmirror.io"
-            )
+            plane.kubectl("wait", "--for=condition=Established", "--timeout=60s", f"crd/{crd}.trafficmirror.io")
         applied = plane.kubectl("apply", "--server-side", "-f", str(REPO_ROOT / "examples"))
         print(applied.stdout, end="")
         shown = plane.kubectl("get", "mirrortargets,mirrorfilters,mirrorsessions", "-o", "wide")

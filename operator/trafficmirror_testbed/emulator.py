@@ -439,8 +439,7 @@ def _replay(request: Any, action: str, lookup: Callable[[str], Resource | None])
     if record.fingerprint != _fingerprint(request, action):
         raise _error(
             "IdempotentParameterMismatch",
-            "Arguments on this idempotent request are inconsistent with arguments used in "
-            "previous request(s).",
+            "Arguments on this idempotent request are inconsistent with arguments used in previous request(s).",
         )
     current = lookup(record.resource_id)
     return current.to_dict(request.ec2_backend) if current is not None else record.snapshot
@@ -680,9 +679,7 @@ def create_traffic_mirror_target(self: Any) -> ActionResult:
     backend.traffic_mirror_targets[target.id] = target
     _apply_tags(backend, target.id, tags)
     _remember(self, action, target)
-    return ActionResult(
-        {"TrafficMirrorTarget": target.to_dict(backend), "ClientToken": self._get_param("ClientToken")}
-    )
+    return ActionResult({"TrafficMirrorTarget": target.to_dict(backend), "ClientToken": self._get_param("ClientToken")})
 
 
 @_locked
@@ -774,9 +771,7 @@ def modify_traffic_mirror_filter_network_services(self: Any) -> ActionResult:
     remove = list(self._get_param("RemoveNetworkServices") or [])
     for service in add + remove:
         if service not in NETWORK_SERVICES:
-            raise _invalid(
-                f"The network service '{service}' is invalid. Valid values: {', '.join(NETWORK_SERVICES)}."
-            )
+            raise _invalid(f"The network service '{service}' is invalid. Valid values: {', '.join(NETWORK_SERVICES)}.")
     services = [s for s in mirror_filter.network_services if s not in remove]
     services += [s for s in add if s not in services]
     mirror_filter.network_services = services
@@ -852,11 +847,7 @@ def _check_ports_need_tcp_udp(rule: FilterRule) -> None:
 
 def _check_rule_number_free(backend: Any, rule: FilterRule) -> None:
     for other in _state(backend).rules_of(rule.filter_id):
-        if (
-            other.id != rule.id
-            and other.direction == rule.direction
-            and other.rule_number == rule.rule_number
-        ):
+        if other.id != rule.id and other.direction == rule.direction and other.rule_number == rule.rule_number:
             raise _error(
                 "TrafficMirrorFilterRuleAlreadyExists",
                 f"A traffic mirror filter rule with rule number {rule.rule_number} and direction "
@@ -871,9 +862,7 @@ def create_traffic_mirror_filter_rule(self: Any) -> ActionResult:
     state = _state(backend)
     replay = _replay(self, action, state.rules.get)
     if replay is not None:
-        return ActionResult(
-            {"TrafficMirrorFilterRule": replay, "ClientToken": self._get_param("ClientToken")}
-        )
+        return ActionResult({"TrafficMirrorFilterRule": replay, "ClientToken": self._get_param("ClientToken")})
 
     mirror_filter = _get_filter(backend, _required(self, "TrafficMirrorFilterId"))
     rule = FilterRule(
@@ -936,9 +925,7 @@ def modify_traffic_mirror_filter_rule(self: Any) -> ActionResult:
     if any(new_ports.values()) and not protocol_sent:
         # The Terraform trap: AWS refuses a new port range unless the protocol comes in the same request,
         # even when the rule already has TCP or UDP.
-        raise _invalid(
-            "Protocol must be specified in the same request as a source or destination port range."
-        )
+        raise _invalid("Protocol must be specified in the same request as a source or destination port range.")
     if protocol_sent:
         changed.protocol = _protocol(self._get_param("Protocol"))
     if new_ports["source"] is not None:
@@ -1057,9 +1044,7 @@ def modify_traffic_mirror_session(self: Any) -> ActionResult:
     remove = list(self._get_param("RemoveFields") or [])
     for name in remove:
         if name not in _SESSION_FIELDS:
-            raise _invalid(
-                f"The field '{name}' cannot be removed. Valid values: {', '.join(_SESSION_FIELDS)}."
-            )
+            raise _invalid(f"The field '{name}' cannot be removed. Valid values: {', '.join(_SESSION_FIELDS)}.")
     changed = dataclasses.replace(session, seq=session.seq)
 
     target_id = self._get_param("TrafficMirrorTargetId")
@@ -1082,9 +1067,7 @@ def modify_traffic_mirror_session(self: Any) -> ActionResult:
         changed.virtual_network_id = vni
     length = _optional_int(self, "PacketLength")
     if length is not None or changed.traffic_mirror_target_id != session.traffic_mirror_target_id:
-        changed.packet_length = _check_packet_length(
-            length if length is not None else session.packet_length, target
-        )
+        changed.packet_length = _check_packet_length(length if length is not None else session.packet_length, target)
     if self._get_param("Description") is not None:
         changed.description = self._get_param("Description")
 
@@ -1124,9 +1107,7 @@ def modify_instance_attribute(self: Any) -> ActionResult:
         instance_id = self._get_param("InstanceId")
         instance = self.ec2_backend.get_instance(instance_id)
         if instance.state != "stopped":
-            raise _error(
-                "IncorrectInstanceState", f"The instance '{instance_id}' is not in the 'stopped' state."
-            )
+            raise _error("IncorrectInstanceState", f"The instance '{instance_id}' is not in the 'stopped' state.")
     return _MOTO_MODIFY_INSTANCE_ATTRIBUTE(self)
 
 
@@ -1284,9 +1265,7 @@ def main(argv: list[str] | None = None) -> int:
         description="moto server with the trafficmirror extension (EC2 Traffic Mirroring as AWS answers it).",
     )
     parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument(
-        "--port", type=int, default=5000, help="0 picks a free port (printed on the ready line)"
-    )
+    parser.add_argument("--port", type=int, default=5000, help="0 picks a free port (printed on the ready line)")
     parser.add_argument(
         "--target-type-check",
         action=argparse.BooleanOptionalAction,
@@ -1387,9 +1366,7 @@ class Emulator:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"emulator exited with {self.process.returncode}:\n{self.log_tail()}")
-            match = re.search(
-                re.escape(READY_MARKER) + r"(http://\S+)", self.log_path.read_text(errors="replace")
-            )
+            match = re.search(re.escape(READY_MARKER) + r"(http://\S+)", self.log_path.read_text(errors="replace"))
             if match:
                 self.endpoint_url = match.group(1)
                 self.port = int(self.endpoint_url.rsplit(":", 1)[1])

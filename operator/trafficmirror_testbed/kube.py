@@ -91,9 +91,7 @@ class ControlPlane:
                 check=True,
                 capture_output=True,
             )
-        (self.work_dir / "tokens.csv").write_text(
-            f'{self.admin_token},{ADMIN_USER},{ADMIN_USER},"system:masters"\n'
-        )
+        (self.work_dir / "tokens.csv").write_text(f'{self.admin_token},{ADMIN_USER},{ADMIN_USER},"system:masters"\n')
 
     def start_etcd(self) -> None:
         log = self.work_dir / "etcd.log"
@@ -152,9 +150,7 @@ class ControlPlane:
         if not self.ca_file.exists():
             return False
         context = ssl.create_default_context(cafile=str(self.ca_file))
-        request = urllib.request.Request(
-            f"{self.url}/readyz", headers={"Authorization": f"Bearer {self.admin_token}"}
-        )
+        request = urllib.request.Request(f"{self.url}/readyz", headers={"Authorization": f"Bearer {self.admin_token}"})
         try:
             with urllib.request.urlopen(request, timeout=2, context=context) as response:
                 return bool(response.status == 200)
@@ -162,9 +158,7 @@ class ControlPlane:
             return False
 
     def _write_kubeconfig(self) -> None:
-        self.kubeconfig.write_text(
-            kubeconfig_text(self.url, str(self.ca_file), self.admin_token, user=ADMIN_USER)
-        )
+        self.kubeconfig.write_text(kubeconfig_text(self.url, str(self.ca_file), self.admin_token, user=ADMIN_USER))
 
     def stop_apiserver(self) -> None:
         _terminate(self._apiserver)
@@ -179,9 +173,7 @@ class ControlPlane:
         _terminate(self._etcd)
         self._etcd = None
 
-    def kubectl(
-        self, *args: str, input: str | None = None, check: bool = True
-    ) -> subprocess.CompletedProcess[str]:
+    def kubectl(self, *args: str, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [str(self.bin_dir / "kubectl"), "--kubeconfig", str(self.kubeconfig), *args],
             input=input,

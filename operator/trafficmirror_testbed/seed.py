@@ -115,9 +115,7 @@ def _image(ec2: Any) -> str:
 
 
 def _node(role: str, instance: dict[str, Any]) -> Node:
-    primary = next(
-        eni for eni in instance["NetworkInterfaces"] if eni.get("Attachment", {}).get("DeviceIndex", 0) == 0
-    )
+    primary = next(eni for eni in instance["NetworkInterfaces"] if eni.get("Attachment", {}).get("DeviceIndex", 0) == 0)
     return Node(
         role=role,
         instance_id=instance["InstanceId"],

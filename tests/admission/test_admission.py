@@ -176,9 +176,7 @@ REGION_IMMUTABLE = ("spec.region", "region is immutable")
 ADOPT_ID_IMMUTABLE = ("spec.adoptId", "adoptId is immutable")
 
 REFUSED_UPDATES = [
-    Transition(
-        "target-moved-to-another-region", "target-maximal.yaml", {"region": "eu-west-1"}, REGION_IMMUTABLE
-    ),
+    Transition("target-moved-to-another-region", "target-maximal.yaml", {"region": "eu-west-1"}, REGION_IMMUTABLE),
     Transition(
         "target-given-a-region-after-creation",
         "target-eni-minimal.yaml",
@@ -210,9 +208,7 @@ REFUSED_UPDATES = [
         {"adoptId": "tmf-fedcba9876543210f"},
         ADOPT_ID_IMMUTABLE,
     ),
-    Transition(
-        "session-moved-to-another-region", "session-maximal.yaml", {"region": "us-east-2"}, REGION_IMMUTABLE
-    ),
+    Transition("session-moved-to-another-region", "session-maximal.yaml", {"region": "us-east-2"}, REGION_IMMUTABLE),
     Transition(
         "session-adopting-after-creation",
         "session-minimal.yaml",

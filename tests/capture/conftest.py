@@ -44,7 +44,5 @@ def work() -> Iterator[Path]:
 def vxsend(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The C sendmmsg VXLAN sender shared with the benchmark, compiled once per session."""
     out = tmp_path_factory.mktemp("bin") / "vxsend"
-    subprocess.run(
-        ["gcc", "-O2", "-Wall", "-Werror", "-o", str(out), str(REPO / "bench/capture/vxsend.c")], check=True
-    )
+    subprocess.run(["gcc", "-O2", "-Wall", "-Werror", "-o", str(out), str(REPO / "bench/capture/vxsend.c")], check=True)
     return out

@@ -235,9 +235,7 @@ class AgentProc:
         try:
             text = self.get("/metrics")[1]
         except OSError as exc:
-            raise AssertionError(
-                f"agent unreachable ({exc}), exit code {self.proc.poll()}:\n{self.log()}"
-            ) from exc
+            raise AssertionError(f"agent unreachable ({exc}), exit code {self.proc.poll()}:\n{self.log()}") from exc
         for line in text.splitlines():
             if line and not line.startswith("#"):
                 k, _, v = line.rpartition(" ")
@@ -294,9 +292,7 @@ def caps_of(pid: int) -> dict[str, str]:
     """Capability sets of the agent's Python process (the child of ip-netns-exec/setpriv)."""
     status = Path(f"/proc/{pid}/status").read_text()
     return {
-        k: v.strip()
-        for k, v in (line.split(":", 1) for line in status.splitlines())
-        if k.startswith(("Cap", "Uid"))
+        k: v.strip() for k, v in (line.split(":", 1) for line in status.splitlines()) if k.startswith(("Cap", "Uid"))
     }
 
 

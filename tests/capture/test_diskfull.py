@@ -41,9 +41,7 @@ def _send(bed: Bed, n: int, tag: bytes) -> None:
         time.sleep(0.01)
 
 
-def test_disk_full_is_reported_files_stay_valid_and_capture_resumes(
-    bed: Bed, work: Path, small_disk: Path
-) -> None:
+def test_disk_full_is_reported_files_stay_valid_and_capture_resumes(bed: Bed, work: Path, small_disk: Path) -> None:
     out = small_disk / "out"
     agent = AgentProc(
         bed,
@@ -91,9 +89,7 @@ def test_disk_full_is_reported_files_stay_valid_and_capture_resumes(
         f.unlink()
     time.sleep(1.5)  # the writer retries once a second
     _send(bed, 100, b"after")
-    agent.wait_for(
-        lambda m: m['trafficmirror_capture_packets_total{namespace="ops",session="full"}'] == written + 100
-    )
+    agent.wait_for(lambda m: m['trafficmirror_capture_packets_total{namespace="ops",session="full"}'] == written + 100)
     assert agent.stop() == 0
     after = sorted((out / "ops" / "full").iterdir())
     assert after

@@ -20,16 +20,11 @@ NS = 1_000_000_000
 
 def _send(bed: Bed, vni: int, n: int, tag: bytes = b"p", size: int = 100) -> None:
     bed.send_datagrams(
-        [
-            vxlan.header(vni) + ipv4_udp("10.0.0.1", "10.0.0.2", 5, 6, tag + b"%06d" % i + b"." * size)
-            for i in range(n)
-        ]
+        [vxlan.header(vni) + ipv4_udp("10.0.0.1", "10.0.0.2", 5, 6, tag + b"%06d" % i + b"." * size) for i in range(n)]
     )
 
 
-def test_time_rotation_is_aligned_to_the_wall_clock_and_retention_keeps_the_newest(
-    bed: Bed, work: Path
-) -> None:
+def test_time_rotation_is_aligned_to_the_wall_clock_and_retention_keeps_the_newest(bed: Bed, work: Path) -> None:
     agent = AgentProc(
         bed,
         work,
@@ -172,8 +167,5 @@ def test_pcap_get_merges_a_sessions_files_in_time_order(bed: Bed, work: Path) ->
     assert ts == sorted(ts) and len(ts) == 200
     # --since cuts by packet time, not just by file.
     cut = ts[100]
-    r = sh(
-        f"{PYTHON} -m trafficmirror.capture pcap get ns/merge --dir {work / 'out'} -o {out} "
-        f"--since {cut / 1e9:.9f}"
-    )
+    r = sh(f"{PYTHON} -m trafficmirror.capture pcap get ns/merge --dir {work / 'out'} -o {out} --since {cut / 1e9:.9f}")
     assert abs(len(pcapng.read_file(str(out)).packets) - 100) <= 2  # float seconds: sub-µs rounding

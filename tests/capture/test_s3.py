@@ -153,9 +153,7 @@ def test_s3_outage_spools_and_uploads_later_and_sigterm_ships(bed: Bed, work: Pa
 
     # Phase 1: a file big enough for a multipart upload, then rotation closes it.
     _send(bed, 6000, b"one", size=1200)
-    agent.wait_for(
-        lambda m: m.get('trafficmirror_capture_uploads_total{destination="s3",result="ok"}', 0) >= 1
-    )
+    agent.wait_for(lambda m: m.get('trafficmirror_capture_uploads_total{destination="s3",result="ok"}', 0) >= 1)
     before = moto.objects()
     assert len(before) == 1
     big = before[0]
@@ -165,9 +163,7 @@ def test_s3_outage_spools_and_uploads_later_and_sigterm_ships(bed: Bed, work: Pa
     # Phase 2: S3 goes away; closed files wait in the spool and the failure is loud.
     moto.stop()
     _send(bed, 5500, b"two", size=1200)
-    m = agent.wait_for(
-        lambda m: m.get('trafficmirror_capture_uploads_total{destination="s3",result="failed"}', 0) >= 1
-    )
+    m = agent.wait_for(lambda m: m.get('trafficmirror_capture_uploads_total{destination="s3",result="failed"}', 0) >= 1)
     assert m["trafficmirror_capture_spool_files"] >= 1
     code, body = agent.get("/healthz")
     assert code == 503 and "shipping to s3 failing" in body
@@ -197,9 +193,9 @@ def test_s3_outage_spools_and_uploads_later_and_sigterm_ships(bed: Bed, work: Pa
         head = o["head"]
         assert head["ServerSideEncryption"] == "aws:kms"  # moto does not check the key exists
         assert head["SSEKMSKeyId"] == KMS_KEY
-        assert re.fullmatch(
-            node_prefix + r"\d{4}/\d\d/\d\d/\d\d/node-a-\d{8}T\d{6}\.\d{3}Z-\d{6}\.pcapng", o["key"]
-        ), o["key"]
+        assert re.fullmatch(node_prefix + r"\d{4}/\d\d/\d\d/\d\d/node-a-\d{8}T\d{6}\.\d{3}Z-\d{6}\.pcapng", o["key"]), (
+            o["key"]
+        )
         meta = head["Metadata"]
         assert meta["vni"] == "77" and meta["session"] == "api" and meta["namespace"] == "payments"
         assert meta["node"] == "node-a" and meta["source-eni"] == "eni-0feed"

@@ -84,9 +84,7 @@ def test_unknown_vni_gets_its_own_file_and_is_counted(bed: Bed, work: Path) -> N
 def test_kernel_vni_filter_drops_other_sessions_in_the_kernel(bed: Bed, work: Path) -> None:
     bed.add_vxlan(100)
     bed.add_vxlan(200)
-    agent = AgentProc(
-        bed, work, ["--output-dir", str(work / "out"), "--session", "100=a/s", "--kernel-vni-filter"]
-    )
+    agent = AgentProc(bed, work, ["--output-dir", str(work / "out"), "--session", "100=a/s", "--kernel-vni-filter"])
     agent.wait_ready()
     bed.send_frames(200, [ipv4_udp("10.0.0.1", "10.0.0.2", 1, 2, b"x%d" % i) for i in range(50)])
     bed.send_frames(100, [ipv4_udp("10.0.0.1", "10.0.0.2", 1, 2, b"y%d" % i) for i in range(5)])
@@ -130,9 +128,7 @@ def test_truncated_mirror_packets_restore_orig_len(bed: Bed, work: Path) -> None
 
 
 def test_keep_malformed_writes_them_to_a_separate_file_wireshark_can_dissect(bed: Bed, work: Path) -> None:
-    agent = AgentProc(
-        bed, work, ["--output-dir", str(work / "out"), "--session", "5=a/s", "--keep-malformed"]
-    )
+    agent = AgentProc(bed, work, ["--output-dir", str(work / "out"), "--session", "5=a/s", "--keep-malformed"])
     agent.wait_ready()
     bad = [b"\x08\0\0", b"\x00" * 40, vxlan.header(5) + b"\x01\x02"]
     bed.send_datagrams([*bad, vxlan.header(5) + ipv4_udp("10.0.0.1", "10.0.0.2", 1, 2, b"ok")])

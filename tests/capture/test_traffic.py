@@ -71,9 +71,7 @@ def test_mirrored_icmp_udp_http_exactly_as_on_the_wire(bed: Bed, work: Path) -> 
     http = _start_http(bed, work / "www")
     try:
         bed.add_vxlan(100)
-        agent = AgentProc(
-            bed, work, ["--session", "100=shop/web@eni-0abc1234", "--output-dir", str(work / "out")]
-        )
+        agent = AgentProc(bed, work, ["--session", "100=shop/web@eni-0abc1234", "--output-dir", str(work / "out")])
         agent.wait_ready()
         caps = caps_of(_agent_pid(agent))
         assert caps["CapEff"] == caps["CapPrm"] == caps["CapBnd"] == caps["CapAmb"] == "0" * 16
@@ -129,9 +127,7 @@ def test_mirrored_icmp_udp_http_exactly_as_on_the_wire(bed: Bed, work: Path) -> 
     # Exactly the frames tcpdump saw on the source interface, byte for byte.
     ours = pcapng.read_file(str(f))
     wire = pcapng.read_file(str(work / "ref.pcap"))
-    assert collections.Counter(p.data for p in ours.packets) == collections.Counter(
-        p.data for p in wire.packets
-    )
+    assert collections.Counter(p.data for p in ours.packets) == collections.Counter(p.data for p in wire.packets)
     assert all(p.caplen == p.orig_len for p in ours.packets)
 
     assert tshark_clean(f, "-Y", "icmp.type == 8").count("\n") == 4
@@ -161,9 +157,7 @@ def test_mirrored_icmp_udp_http_exactly_as_on_the_wire(bed: Bed, work: Path) -> 
 
     # The interface block names the session; the statistics block carries the counts.
     assert ours.interfaces[0].name == "shop/web"
-    assert (
-        ours.interfaces[0].description == "vni=100 session=shop/web eni=eni-0abc1234 node=node-a cluster=test"
-    )
+    assert ours.interfaces[0].description == "vni=100 session=shop/web eni=eni-0abc1234 node=node-a cluster=test"
     assert ours.interfaces[0].tsresol_ns == 1.0
     assert ours.statistics[-1].received == len(ours.packets)
     assert ours.statistics[-1].os_dropped == 0

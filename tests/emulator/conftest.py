@@ -80,9 +80,7 @@ class Mirror:
         return str(created["TrafficMirrorTarget"]["TrafficMirrorTargetId"])
 
     def filter(self, **kwargs: Any) -> str:
-        return str(
-            self.ec2.create_traffic_mirror_filter(**kwargs)["TrafficMirrorFilter"]["TrafficMirrorFilterId"]
-        )
+        return str(self.ec2.create_traffic_mirror_filter(**kwargs)["TrafficMirrorFilter"]["TrafficMirrorFilterId"])
 
     def rule(self, filter_id: str, number: int, direction: str = "ingress", **kwargs: Any) -> str:
         params: dict[str, Any] = {

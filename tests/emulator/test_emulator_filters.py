@@ -14,9 +14,7 @@ ANY = "0.0.0.0/0"
 def test_create_describe_delete_filter(ec2: Any) -> None:
     created = ec2.create_traffic_mirror_filter(
         Description="everything",
-        TagSpecifications=[
-            {"ResourceType": "traffic-mirror-filter", "Tags": [{"Key": "owner", "Value": "f1"}]}
-        ],
+        TagSpecifications=[{"ResourceType": "traffic-mirror-filter", "Tags": [{"Key": "owner", "Value": "f1"}]}],
     )["TrafficMirrorFilter"]
     assert created["TrafficMirrorFilterId"].startswith("tmf-")
     assert created["Description"] == "everything"
@@ -35,19 +33,15 @@ def test_describe_filters_by_tag_and_description_with_paging(ec2: Any) -> None:
         tags = [{"Key": "trafficmirror.io/owner", "Value": "ns/x" if n % 2 else "ns/y"}]
         spec = [{"ResourceType": "traffic-mirror-filter", "Tags": tags}]
         ids.append(
-            ec2.create_traffic_mirror_filter(Description=f"f{n}", TagSpecifications=spec)[
-                "TrafficMirrorFilter"
-            ]["TrafficMirrorFilterId"]
+            ec2.create_traffic_mirror_filter(Description=f"f{n}", TagSpecifications=spec)["TrafficMirrorFilter"][
+                "TrafficMirrorFilterId"
+            ]
         )
-    by_tag = ec2.describe_traffic_mirror_filters(
-        Filters=[{"Name": "tag:trafficmirror.io/owner", "Values": ["ns/x"]}]
-    )
+    by_tag = ec2.describe_traffic_mirror_filters(Filters=[{"Name": "tag:trafficmirror.io/owner", "Values": ["ns/x"]}])
     assert [f["TrafficMirrorFilterId"] for f in by_tag["TrafficMirrorFilters"]] == ids[1::2]
     by_description = ec2.describe_traffic_mirror_filters(Filters=[{"Name": "description", "Values": ["f4"]}])
     assert [f["TrafficMirrorFilterId"] for f in by_description["TrafficMirrorFilters"]] == [ids[4]]
-    by_id = ec2.describe_traffic_mirror_filters(
-        Filters=[{"Name": "traffic-mirror-filter-id", "Values": [ids[0]]}]
-    )
+    by_id = ec2.describe_traffic_mirror_filters(Filters=[{"Name": "traffic-mirror-filter-id", "Values": [ids[0]]}])
     assert [f["TrafficMirrorFilterId"] for f in by_id["TrafficMirrorFilters"]] == [ids[0]]
 
     page = ec2.describe_traffic_mirror_filters(MaxResults=5)
@@ -97,9 +91,7 @@ def test_filter_client_token(ec2: Any, expect_error: Any) -> None:
     first = ec2.create_traffic_mirror_filter(Description="a", ClientToken="uid-f")["TrafficMirrorFilter"]
     again = ec2.create_traffic_mirror_filter(Description="a", ClientToken="uid-f")["TrafficMirrorFilter"]
     assert again["TrafficMirrorFilterId"] == first["TrafficMirrorFilterId"]
-    expect_error(
-        "IdempotentParameterMismatch", ec2.create_traffic_mirror_filter, Description="b", ClientToken="uid-f"
-    )
+    expect_error("IdempotentParameterMismatch", ec2.create_traffic_mirror_filter, Description="b", ClientToken="uid-f")
 
 
 def test_create_rule_is_visible_in_the_filter(ec2: Any, mirror: Any) -> None:
@@ -119,9 +111,7 @@ def test_create_rule_is_visible_in_the_filter(ec2: Any, mirror: Any) -> None:
     assert created["DestinationPortRange"] == {"FromPort": 443, "ToPort": 443}
     egress = mirror.rule(filter_id, 100, "egress", RuleAction="reject")
 
-    described = ec2.describe_traffic_mirror_filters(TrafficMirrorFilterIds=[filter_id])[
-        "TrafficMirrorFilters"
-    ][0]
+    described = ec2.describe_traffic_mirror_filters(TrafficMirrorFilterIds=[filter_id])["TrafficMirrorFilters"][0]
     assert described["IngressFilterRules"] == [created]
     assert [r["TrafficMirrorFilterRuleId"] for r in described["EgressFilterRules"]] == [egress]
     assert described["EgressFilterRules"][0]["RuleAction"] == "reject"
@@ -142,9 +132,7 @@ def test_describe_filter_rules(ec2: Any, mirror: Any) -> None:
     ingress = mirror.rule(filter_id, 10, Protocol=17)
     egress = mirror.rule(filter_id, 10, "egress")
     mirror.rule(other, 10)
-    found = ec2.describe_traffic_mirror_filter_rules(TrafficMirrorFilterId=filter_id)[
-        "TrafficMirrorFilterRules"
-    ]
+    found = ec2.describe_traffic_mirror_filter_rules(TrafficMirrorFilterId=filter_id)["TrafficMirrorFilterRules"]
     assert [r["TrafficMirrorFilterRuleId"] for r in found] == [ingress, egress]
     udp = ec2.describe_traffic_mirror_filter_rules(Filters=[{"Name": "protocol", "Values": ["17"]}])
     assert [r["TrafficMirrorFilterRuleId"] for r in udp["TrafficMirrorFilterRules"]] == [ingress]
@@ -192,9 +180,9 @@ def test_modify_rule_can_change_direction(ec2: Any, mirror: Any) -> None:
 def test_delete_rule(ec2: Any, mirror: Any) -> None:
     filter_id = mirror.filter()
     rule_id = mirror.rule(filter_id, 1)
-    assert ec2.delete_traffic_mirror_filter_rule(TrafficMirrorFilterRuleId=rule_id)[
-        "TrafficMirrorFilterRuleId"
-    ] == (rule_id)
+    assert ec2.delete_traffic_mirror_filter_rule(TrafficMirrorFilterRuleId=rule_id)["TrafficMirrorFilterRuleId"] == (
+        rule_id
+    )
     assert ec2.describe_traffic_mirror_filters()["TrafficMirrorFilters"][0]["IngressFilterRules"] == []
 
 
@@ -230,9 +218,7 @@ def test_rule_limit_is_ten_per_filter(mirror: Any, expect_error: Any) -> None:
     for number in range(1, 6):
         mirror.rule(filter_id, number, "ingress")
         mirror.rule(filter_id, number, "egress")
-    message = expect_error(
-        "TrafficMirrorFilterRuleLimitExceeded", mirror.rule, filter_id=filter_id, number=99
-    )
+    message = expect_error("TrafficMirrorFilterRuleLimitExceeded", mirror.rule, filter_id=filter_id, number=99)
     assert "(10)" in message
 
 
@@ -301,9 +287,7 @@ def test_modify_port_range_needs_the_protocol_again(ec2: Any, mirror: Any, expec
 
 def test_rule_values_are_checked(mirror: Any, expect_error: Any) -> None:
     filter_id = mirror.filter()
-    expect_error(
-        "InvalidParameterValue", mirror.rule, filter_id=filter_id, number=1, SourceCidrBlock="10.0.0/33"
-    )
+    expect_error("InvalidParameterValue", mirror.rule, filter_id=filter_id, number=1, SourceCidrBlock="10.0.0/33")
     expect_error("InvalidParameterValue", mirror.rule, filter_id=filter_id, number=0)
     expect_error("InvalidParameterValue", mirror.rule, filter_id=filter_id, number=1, Protocol=256)
     expect_error(
@@ -320,9 +304,7 @@ def test_rule_client_token(ec2: Any, mirror: Any, expect_error: Any) -> None:
     filter_id = mirror.filter()
     first = mirror.rule(filter_id, 1, ClientToken="uid-r")
     assert mirror.rule(filter_id, 1, ClientToken="uid-r") == first
-    expect_error(
-        "IdempotentParameterMismatch", mirror.rule, filter_id=filter_id, number=2, ClientToken="uid-r"
-    )
+    expect_error("IdempotentParameterMismatch", mirror.rule, filter_id=filter_id, number=2, ClientToken="uid-r")
     assert len(ec2.describe_traffic_mirror_filter_rules()["TrafficMirrorFilterRules"]) == 1
 
 
@@ -332,9 +314,7 @@ def test_modify_network_services(ec2: Any, mirror: Any) -> None:
         TrafficMirrorFilterId=filter_id, AddNetworkServices=["amazon-dns"]
     )["TrafficMirrorFilter"]
     assert added["NetworkServices"] == ["amazon-dns"]
-    described = ec2.describe_traffic_mirror_filters(TrafficMirrorFilterIds=[filter_id])[
-        "TrafficMirrorFilters"
-    ][0]
+    described = ec2.describe_traffic_mirror_filters(TrafficMirrorFilterIds=[filter_id])["TrafficMirrorFilters"][0]
     assert described["NetworkServices"] == ["amazon-dns"]
     removed = ec2.modify_traffic_mirror_filter_network_services(
         TrafficMirrorFilterId=filter_id, RemoveNetworkServices=["amazon-dns"]

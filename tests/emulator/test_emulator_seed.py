@@ -13,9 +13,7 @@ pytestmark = pytest.mark.emulator
 
 
 def test_world_has_every_role_on_its_type(ec2: Any, world: World) -> None:
-    assert (
-        set(world.nodes) == set(ROLES) >= {"web", "capture", "legacy-web", "legacy-capture", "gpu", "metal"}
-    )
+    assert set(world.nodes) == set(ROLES) >= {"web", "capture", "legacy-web", "legacy-capture", "gpu", "metal"}
     for role, (instance_type, subnet_key) in ROLES.items():
         node = world.nodes[role]
         assert node.instance_type == instance_type
@@ -45,12 +43,7 @@ def test_instances_are_running_and_tagged(ec2: Any, world: World) -> None:
 
 def test_seeding_again_finds_the_same_world(ec2: Any, world: World) -> None:
     assert seed_world(ec2) == world
-    assert (
-        len(
-            ec2.describe_vpcs(Filters=[{"Name": "tag:trafficmirror.io/testbed", "Values": ["world"]}])["Vpcs"]
-        )
-        == 1
-    )
+    assert len(ec2.describe_vpcs(Filters=[{"Name": "tag:trafficmirror.io/testbed", "Values": ["world"]}])["Vpcs"]) == 1
     running = ec2.describe_instances(Filters=[{"Name": "tag:trafficmirror.io/testbed", "Values": ["world"]}])
     assert sum(len(r["Instances"]) for r in running["Reservations"]) == len(ROLES)
 

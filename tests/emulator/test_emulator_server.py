@@ -81,12 +81,8 @@ def test_reachable_through_aws_endpoint_url(emulator: Emulator, monkeypatch: pyt
 
 def test_tagging_api_lists_mirror_resources(emulator: Emulator) -> None:
     ec2 = emulator.client("ec2")
-    spec = [
-        {"ResourceType": "traffic-mirror-filter", "Tags": [{"Key": "trafficmirror.io/uid", "Value": "u1"}]}
-    ]
-    filter_id = ec2.create_traffic_mirror_filter(TagSpecifications=spec)["TrafficMirrorFilter"][
-        "TrafficMirrorFilterId"
-    ]
+    spec = [{"ResourceType": "traffic-mirror-filter", "Tags": [{"Key": "trafficmirror.io/uid", "Value": "u1"}]}]
+    filter_id = ec2.create_traffic_mirror_filter(TagSpecifications=spec)["TrafficMirrorFilter"]["TrafficMirrorFilterId"]
     tagging = emulator.client("resourcegroupstaggingapi")
     found = tagging.get_resources(TagFilters=[{"Key": "trafficmirror.io/uid", "Values": ["u1"]}])
     assert [m["ResourceARN"].rsplit("/", 1)[1] for m in found["ResourceTagMappingList"]] == [filter_id]

@@ -25,9 +25,7 @@ def test_create_describe_delete_session(ec2: Any, mirror: Any, world: World) -> 
         PacketLength=128,
         VirtualNetworkId=12388352,
         Description="web to capture",
-        TagSpecifications=[
-            {"ResourceType": "traffic-mirror-session", "Tags": [{"Key": "owner", "Value": "s"}]}
-        ],
+        TagSpecifications=[{"ResourceType": "traffic-mirror-session", "Tags": [{"Key": "owner", "Value": "s"}]}],
     )["TrafficMirrorSession"]
     assert created["TrafficMirrorSessionId"].startswith("tms-")
     assert created["NetworkInterfaceId"] == world.eni("web")
@@ -41,9 +39,7 @@ def test_create_describe_delete_session(ec2: Any, mirror: Any, world: World) -> 
     assert created["OwnerId"] == "123456789012"
     assert created["Tags"] == [{"Key": "owner", "Value": "s"}]
 
-    described = ec2.describe_traffic_mirror_sessions(
-        TrafficMirrorSessionIds=[created["TrafficMirrorSessionId"]]
-    )
+    described = ec2.describe_traffic_mirror_sessions(TrafficMirrorSessionIds=[created["TrafficMirrorSessionId"]])
     assert described["TrafficMirrorSessions"] == [created]
     ec2.delete_traffic_mirror_session(TrafficMirrorSessionId=created["TrafficMirrorSessionId"])
     assert ec2.describe_traffic_mirror_sessions()["TrafficMirrorSessions"] == []
@@ -63,9 +59,7 @@ def test_describe_sessions_by_filters_and_pages(ec2: Any, mirror: Any, world: Wo
     target, filter_id = mirror.target("capture"), mirror.filter()
     sources = [eni for _, eni in mirror.launch("t3.small", count=3)]
     made = [
-        mirror.session(
-            eni, target, TrafficMirrorFilterId=filter_id, SessionNumber=n + 1, VirtualNetworkId=100 + n
-        )
+        mirror.session(eni, target, TrafficMirrorFilterId=filter_id, SessionNumber=n + 1, VirtualNetworkId=100 + n)
         for n, eni in enumerate(sources)
     ]
     ids = [s["TrafficMirrorSessionId"] for s in made]
@@ -213,9 +207,7 @@ def test_supported_types_pass(mirror: Any, instance_type: str) -> None:
     assert mirror.session(eni)["NetworkInterfaceId"] == eni
 
 
-def test_target_on_t2_micro_is_refused_at_session_time(
-    ec2: Any, mirror: Any, world: World, expect_error: Any
-) -> None:
+def test_target_on_t2_micro_is_refused_at_session_time(ec2: Any, mirror: Any, world: World, expect_error: Any) -> None:
     target = mirror.target("legacy-capture")  # accepted here ...
     message = expect_error(
         "NetworkInterfaceNotSupported",
@@ -231,9 +223,7 @@ def test_target_type_check_can_be_switched_off(emulator: Emulator, mirror: Any) 
     assert session["TrafficMirrorSessionId"].startswith("tms-")
 
 
-def test_source_check_stays_when_target_check_is_off(
-    emulator: Emulator, mirror: Any, expect_error: Any
-) -> None:
+def test_source_check_stays_when_target_check_is_off(emulator: Emulator, mirror: Any, expect_error: Any) -> None:
     emulator.configure(target_type_check=False)
     expect_error("NetworkInterfaceNotSupported", mirror.session, source="legacy-web")
 
@@ -271,16 +261,12 @@ def test_type_rules_can_be_overridden_at_run_time(emulator: Emulator, mirror: An
 
 def test_source_eni_without_instance_is_not_type_checked(ec2: Any, mirror: Any, world: World) -> None:
     # An ALB's, RDS's or Fargate task's ENI: no instance, nothing to refuse.
-    eni = ec2.create_network_interface(SubnetId=world.subnet_ids["a"])["NetworkInterface"][
-        "NetworkInterfaceId"
-    ]
+    eni = ec2.create_network_interface(SubnetId=world.subnet_ids["a"])["NetworkInterface"]["NetworkInterfaceId"]
     assert mirror.session(eni)["NetworkInterfaceId"] == eni
 
 
 # -- The target must be usable ----------------------------------------------------------------------------
-def test_target_whose_instance_is_stopped_is_invalid(
-    ec2: Any, mirror: Any, world: World, expect_error: Any
-) -> None:
+def test_target_whose_instance_is_stopped_is_invalid(ec2: Any, mirror: Any, world: World, expect_error: Any) -> None:
     target = mirror.target("capture")
     ec2.stop_instances(InstanceIds=[world.instance("capture")])
     message = expect_error("InvalidTrafficMirrorTarget", mirror.session, source="web", target=target)
@@ -288,9 +274,7 @@ def test_target_whose_instance_is_stopped_is_invalid(
 
 
 def test_target_whose_eni_is_gone_is_invalid(ec2: Any, mirror: Any, world: World, expect_error: Any) -> None:
-    eni = ec2.create_network_interface(SubnetId=world.subnet_ids["b"])["NetworkInterface"][
-        "NetworkInterfaceId"
-    ]
+    eni = ec2.create_network_interface(SubnetId=world.subnet_ids["b"])["NetworkInterface"]["NetworkInterfaceId"]
     target = mirror.target(eni)
     ec2.delete_network_interface(NetworkInterfaceId=eni)
     message = expect_error("InvalidTrafficMirrorTarget", mirror.session, source="web", target=target)
@@ -315,9 +299,7 @@ def test_three_sessions_per_source_interface(ec2: Any, mirror: Any, world: World
 def test_session_number_is_unique_per_source_interface(mirror: Any, expect_error: Any) -> None:
     target = mirror.target("capture")
     mirror.session("web", target, SessionNumber=5)
-    message = expect_error(
-        "InvalidParameterValue", mirror.session, source="web", target=target, SessionNumber=5
-    )
+    message = expect_error("InvalidParameterValue", mirror.session, source="web", target=target, SessionNumber=5)
     assert "5" in message
     [(_, other)] = mirror.launch("t3.small")
     assert mirror.session(other, target, SessionNumber=5)["SessionNumber"] == 5  # another source may reuse it
@@ -361,9 +343,7 @@ def test_sources_per_target_limit_is_configurable(emulator: Emulator, mirror: An
     target = mirror.target("capture")
     mirror.session("web", target)
     [(_, second_source)] = mirror.launch("m5.large")
-    expect_error(
-        "TrafficMirrorSourcesPerTargetLimitExceeded", mirror.session, source=second_source, target=target
-    )
+    expect_error("TrafficMirrorSourcesPerTargetLimitExceeded", mirror.session, source=second_source, target=target)
 
 
 def test_nlb_target_caps_packet_length(ec2: Any, mirror: Any, expect_error: Any) -> None:
@@ -373,9 +353,7 @@ def test_nlb_target_caps_packet_length(ec2: Any, mirror: Any, expect_error: Any)
     expect_error("InvalidParameterValue", mirror.session, source="web", target=target_id, PacketLength=8501)
 
 
-def test_repointing_a_session_applies_the_target_checks(
-    ec2: Any, mirror: Any, world: World, expect_error: Any
-) -> None:
+def test_repointing_a_session_applies_the_target_checks(ec2: Any, mirror: Any, world: World, expect_error: Any) -> None:
     session = mirror.session("web", mirror.target("capture"))
     bad_target = mirror.target("legacy-capture")
     message = expect_error(

@@ -17,9 +17,7 @@ def test_create_describe_delete_eni_target(ec2: Any, world: World) -> None:
     created = ec2.create_traffic_mirror_target(
         NetworkInterfaceId=world.eni("capture"),
         Description="capture box",
-        TagSpecifications=[
-            {"ResourceType": "traffic-mirror-target", "Tags": [{"Key": "owner", "Value": "t1"}]}
-        ],
+        TagSpecifications=[{"ResourceType": "traffic-mirror-target", "Tags": [{"Key": "owner", "Value": "t1"}]}],
     )["TrafficMirrorTarget"]
     assert created["TrafficMirrorTargetId"].startswith("tmt-")
     assert created["Type"] == "network-interface"
@@ -179,11 +177,7 @@ def test_dry_run(ec2: Any, world: World, expect_error: Any) -> None:
 def test_create_tags_and_describe_tags_know_mirror_resources(ec2: Any, mirror: Any) -> None:
     target = mirror.target("capture")
     ec2.create_tags(Resources=[target], Tags=[{"Key": "later", "Value": "yes"}])
-    described = ec2.describe_traffic_mirror_targets(TrafficMirrorTargetIds=[target])["TrafficMirrorTargets"][
-        0
-    ]
+    described = ec2.describe_traffic_mirror_targets(TrafficMirrorTargetIds=[target])["TrafficMirrorTargets"][0]
     assert described["Tags"] == [{"Key": "later", "Value": "yes"}]
     tags = ec2.describe_tags(Filters=[{"Name": "resource-id", "Values": [target]}])["Tags"]
-    assert tags == [
-        {"Key": "later", "ResourceId": target, "ResourceType": "traffic-mirror-target", "Value": "yes"}
-    ]
+    assert tags == [{"Key": "later", "ResourceId": target, "ResourceType": "traffic-mirror-target", "Value": "yes"}]

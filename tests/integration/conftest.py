@@ -45,9 +45,7 @@ def world(ec2: Any, control_plane: ControlPlane) -> World:
         }
         for role, node in seeded.nodes.items()
     ]
-    control_plane.kubectl(
-        "apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": nodes})
-    )
+    control_plane.kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": nodes}))
     return seeded
 
 
@@ -139,9 +137,7 @@ class Cluster:
         self.control_plane.kubectl("apply", "-n", self.namespace, "-f", "-", input=json.dumps(manifest))
 
     def get(self, kind: str, name: str) -> dict[str, Any] | None:
-        result = self.control_plane.kubectl(
-            "get", "-n", self.namespace, kind, name, "-o", "json", check=False
-        )
+        result = self.control_plane.kubectl("get", "-n", self.namespace, kind, name, "-o", "json", check=False)
         if result.returncode != 0:
             return None
         loaded: dict[str, Any] = json.loads(result.stdout)

@@ -11,7 +11,11 @@ from trafficmirror_testbed.seed import World
 
 
 def _filter(name: str, ports: tuple[int, int] = (443, 443), **spec: Any) -> dict[str, Any]:
-    rule = {"ruleNumber": 10, "protocol": 6, "destinationPortRange": {"fromPort": ports[0], "toPort": ports[1]}}
+    rule = {
+        "ruleNumber": 10,
+        "protocol": 6,
+        "destinationPortRange": {"fromPort": ports[0], "toPort": ports[1]},
+    }
     return {"kind": "MirrorFilter", "metadata": {"name": name}, "spec": {"ingressRules": [rule], **spec}}
 
 
@@ -70,7 +74,9 @@ def test_rule_edits_are_applied_rule_by_rule_on_the_same_filter(cluster: Cluster
     before = cluster.wait_phase("mirrorfilter", "https", "Ready")["status"]
     cluster.apply(_filter("https", ports=(8000, 8443), egressRules=[{"ruleNumber": 20, "protocol": 17}]))
     after = cluster.wait_for(
-        "mirrorfilter", "https", lambda o: "egress/20" in o["status"].get("ruleIds", {}) and o["status"]["phase"] == "Ready"
+        "mirrorfilter",
+        "https",
+        lambda o: "egress/20" in o["status"].get("ruleIds", {}) and o["status"]["phase"] == "Ready",
     )["status"]
     assert after["trafficMirrorFilterId"] == before["trafficMirrorFilterId"]
     assert after["ruleIds"]["ingress/10"] == before["ruleIds"]["ingress/10"]  # modified in place
@@ -87,7 +93,11 @@ def test_session_number_and_packet_length_are_modified_in_place(
 ) -> None:
     session_id = mirrored["status"]["trafficMirrorSessionId"]
     cluster.apply(_session("web", source_eni, sessionNumber=2, packetLength=128))
-    cluster.wait_for("mirrorsession", "web", lambda o: o["status"].get("observedGeneration") == 2 and o["status"]["phase"] == "Ready")
+    cluster.wait_for(
+        "mirrorsession",
+        "web",
+        lambda o: o["status"].get("observedGeneration") == 2 and o["status"]["phase"] == "Ready",
+    )
     described = _aws_session(ec2, session_id)
     assert (described["SessionNumber"], described["PacketLength"]) == (2, 128)
 
@@ -98,7 +108,10 @@ def test_a_replaced_target_gets_the_sessions_before_the_old_one_goes(
     old_target = cluster.get("mirrortarget", "capture")["status"]["trafficMirrorTargetId"]
     cluster.apply(_target("capture", fresh_instance(ec2, world, "c5.large")[1]))
     session = cluster.wait_for(
-        "mirrorsession", "web", lambda o: o["status"].get("trafficMirrorTargetId") not in (None, old_target), timeout=60
+        "mirrorsession",
+        "web",
+        lambda o: o["status"].get("trafficMirrorTargetId") not in (None, old_target),
+        timeout=60,
     )
     new_target = session["status"]["trafficMirrorTargetId"]
     assert _aws_session(ec2, session["status"]["trafficMirrorSessionId"])["TrafficMirrorTargetId"] == new_target
@@ -108,11 +121,15 @@ def test_a_replaced_target_gets_the_sessions_before_the_old_one_goes(
 
 
 def test_deleting_everything_leaves_nothing_in_aws(cluster: Cluster, mirrored: Any, ec2: Any) -> None:
-    uids = [cluster.get(kind, name)["metadata"]["uid"] for kind, name in
-            (("mirrorsession", "web"), ("mirrortarget", "capture"), ("mirrorfilter", "https"))]
+    uids = [
+        cluster.get(kind, name)["metadata"]["uid"]
+        for kind, name in (("mirrorsession", "web"), ("mirrortarget", "capture"), ("mirrorfilter", "https"))
+    ]
     # Deleting the target first: it waits for its session instead of failing in AWS.
     cluster.delete("mirrortarget", "capture", wait=False)
-    waiting = cluster.wait_for("mirrortarget", "capture", lambda o: ready_condition(o)["reason"] == "WaitingForSessions")
+    waiting = cluster.wait_for(
+        "mirrortarget", "capture", lambda o: ready_condition(o)["reason"] == "WaitingForSessions"
+    )
     assert "web" in ready_condition(waiting)["message"]
     cluster.delete("mirrorsession", "web")
     cluster.delete("mirrorfilter", "https")
@@ -144,9 +161,12 @@ def test_orphan_policy_leaves_aws_alone_and_adoption_takes_it_back(
     adopted = cluster.wait_phase("mirrorsession", "adopted", "Ready")
     assert adopted["status"]["trafficMirrorSessionId"] == session_id
     cluster.delete("mirrorsession", "adopted")
-    assert ec2.describe_traffic_mirror_sessions(Filters=[{"Name": "traffic-mirror-session-id", "Values": [session_id]}])[
-        "TrafficMirrorSessions"
-    ] == []
+    assert (
+        ec2.describe_traffic_mirror_sessions(Filters=[{"Name": "traffic-mirror-session-id", "Values": [session_id]}])[
+            "TrafficMirrorSessions"
+        ]
+        == []
+    )
 
 
 def test_out_of_band_deletion_and_changes_are_repaired(cluster: Cluster, mirrored: Any, ec2: Any) -> None:
@@ -158,7 +178,9 @@ def test_out_of_band_deletion_and_changes_are_repaired(cluster: Cluster, mirrore
     recreated = cluster.wait_for(
         "mirrorsession",
         "web",
-        lambda o: o["status"].get("trafficMirrorSessionId") not in (None, session_id) and o["status"]["phase"] == "Ready",
+        lambda o: (
+            o["status"].get("trafficMirrorSessionId") not in (None, session_id) and o["status"]["phase"] == "Ready"
+        ),
         timeout=30,
     )
     assert _aws_session(ec2, recreated["status"]["trafficMirrorSessionId"])["SessionNumber"] == 1
@@ -169,11 +191,13 @@ def test_out_of_band_deletion_and_changes_are_repaired(cluster: Cluster, mirrore
     cluster.wait_for(
         "mirrorfilter",
         "https",
-        lambda o: len(
-            ec2.describe_traffic_mirror_filters(TrafficMirrorFilterIds=[filter_id])["TrafficMirrorFilters"][0][
-                "IngressFilterRules"
-            ]
-        )
-        == 1,
+        lambda o: (
+            len(
+                ec2.describe_traffic_mirror_filters(TrafficMirrorFilterIds=[filter_id])["TrafficMirrorFilters"][0][
+                    "IngressFilterRules"
+                ]
+            )
+            == 1
+        ),
         timeout=30,
     )

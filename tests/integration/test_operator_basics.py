@@ -19,9 +19,7 @@ def accept_all(name: str) -> dict[str, Any]:
 
 def test_three_manifests_give_a_ready_session_in_aws(cluster: Cluster, world: World, ec2: Any) -> None:
     cluster.apply(accept_all("all"))
-    cluster.apply(
-        {"kind": "MirrorTarget", "metadata": {"name": "capture"}, "spec": {"nodeName": "capture-node"}}
-    )
+    cluster.apply({"kind": "MirrorTarget", "metadata": {"name": "capture"}, "spec": {"nodeName": "capture-node"}})
     cluster.apply(
         {
             "kind": "MirrorSession",

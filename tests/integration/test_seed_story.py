@@ -10,9 +10,9 @@ from tests.integration.conftest import RESYNC_SECONDS, Cluster, condition, ready
 
 def _run_instance(ec2: Any, instance_type: str, subnet_id: str) -> tuple[str, str]:
     image = ec2.describe_images()["Images"][0]["ImageId"]
-    instance = ec2.run_instances(
-        ImageId=image, InstanceType=instance_type, MinCount=1, MaxCount=1, SubnetId=subnet_id
-    )["Instances"][0]
+    instance = ec2.run_instances(ImageId=image, InstanceType=instance_type, MinCount=1, MaxCount=1, SubnetId=subnet_id)[
+        "Instances"
+    ][0]
     return instance["InstanceId"], instance["NetworkInterfaces"][0]["NetworkInterfaceId"]
 
 
@@ -29,9 +29,7 @@ def _sessions_on(ec2: Any, eni: str) -> list[dict[str, Any]]:
     return sessions
 
 
-def test_t2_micro_is_refused_clearly_and_recovers_after_the_type_change(
-    cluster: Cluster, ec2: Any, world: Any
-) -> None:
+def test_t2_micro_is_refused_clearly_and_recovers_after_the_type_change(cluster: Cluster, ec2: Any, world: Any) -> None:
     subnet = next(iter(world.subnet_ids.values()))
     web, web_eni = _run_instance(ec2, "t2.micro", subnet)
     capture, capture_eni = _run_instance(ec2, "t2.micro", subnet)
@@ -50,7 +48,11 @@ def test_t2_micro_is_refused_clearly_and_recovers_after_the_type_change(
         return {
             "kind": "MirrorSession",
             "metadata": {"name": name},
-            "spec": {"source": {"networkInterfaceId": eni}, "targetRef": {"name": "ec2-2"}, "filterRef": {"name": "all"}},
+            "spec": {
+                "source": {"networkInterfaceId": eni},
+                "targetRef": {"name": "ec2-2"},
+                "filterRef": {"name": "all"},
+            },
         }
 
     # A t2.micro source fails before AWS is asked: no session exists in AWS for it.
@@ -76,13 +78,17 @@ def test_t2_micro_is_refused_clearly_and_recovers_after_the_type_change(
     versions_before = [cluster.get("mirrorsession", n)["metadata"]["resourceVersion"] for n in ("ec2-1", "good-source")]
     time.sleep(3 * RESYNC_SECONDS)
     assert cluster.operator.aws_calls("CreateTrafficMirrorSession") == creates_before
-    assert [cluster.get("mirrorsession", n)["metadata"]["resourceVersion"] for n in ("ec2-1", "good-source")] == versions_before
+    assert [
+        cluster.get("mirrorsession", n)["metadata"]["resourceVersion"] for n in ("ec2-1", "good-source")
+    ] == versions_before
 
     # The fix from the report: both instances become t3.small; the sessions recover by themselves.
     _change_type(ec2, web, "t3.small")
     _change_type(ec2, capture, "t3.small")
     ready = cluster.wait_phase("mirrorsession", "ec2-1", "Ready", timeout=60)
     cluster.wait_phase("mirrorsession", "good-source", "Ready", timeout=60)
-    assert [s["TrafficMirrorSessionId"] for s in _sessions_on(ec2, web_eni)] == [ready["status"]["trafficMirrorSessionId"]]
+    assert [s["TrafficMirrorSessionId"] for s in _sessions_on(ec2, web_eni)] == [
+        ready["status"]["trafficMirrorSessionId"]
+    ]
     assert ready["status"]["sourceInstanceType"] == "t3.small"
     del good_source

@@ -69,9 +69,7 @@ def test_s3_key_layout() -> None:
         "start": T0 + 13 * 3600 * S,
         "file": "node-20260101T130000.000Z-000001.pcapng.gz",
     }
-    assert (
-        s3_key("pcap/", meta) == "pcap/prod/shop/web/2026/01/01/13/node-20260101T130000.000Z-000001.pcapng.gz"
-    )
+    assert s3_key("pcap/", meta) == "pcap/prod/shop/web/2026/01/01/13/node-20260101T130000.000Z-000001.pcapng.gz"
     assert s3_key("", meta).startswith("prod/shop/web/2026/")
 
 

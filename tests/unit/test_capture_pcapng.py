@@ -31,9 +31,7 @@ def test_interface_statistics_round_trip() -> None:
     blob = (
         pcapng.section_header("t")
         + pcapng.interface_description("a", "b")
-        + pcapng.interface_statistics(
-            0, 5, start_ns=1, end_ns=5, received=7, if_dropped=2, os_dropped=3, comment="x"
-        )
+        + pcapng.interface_statistics(0, 5, start_ns=1, end_ns=5, received=7, if_dropped=2, os_dropped=3, comment="x")
     )
     (st,) = pcapng.read_pcapng(io.BytesIO(blob)).statistics
     assert (st.received, st.if_dropped, st.os_dropped, st.comment) == (7, 2, 3, "x")
@@ -60,10 +58,6 @@ def test_valid_prefix_length_cuts_a_torn_tail(tmp_path: object) -> None:
     import pathlib
 
     p = pathlib.Path(str(tmp_path)) / "f.pcapng"
-    whole = (
-        pcapng.section_header("t")
-        + pcapng.interface_description("a", "b")
-        + pcapng.enhanced_packet(1, b"ab", 2)
-    )
+    whole = pcapng.section_header("t") + pcapng.interface_description("a", "b") + pcapng.enhanced_packet(1, b"ab", 2)
     p.write_bytes(whole + pcapng.enhanced_packet(2, b"cd", 2)[:-3])
     assert pcapng.valid_prefix_length(str(p)) == len(whole)

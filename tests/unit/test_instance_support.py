@@ -40,9 +40,7 @@ def nitro(instance_type: str) -> InstanceTypeFacts:
 
 
 def xen(instance_type: str, *, current_generation: bool = True) -> InstanceTypeFacts:
-    return InstanceTypeFacts(
-        instance_type, hypervisor="xen", bare_metal=False, current_generation=current_generation
-    )
+    return InstanceTypeFacts(instance_type, hypervisor="xen", bare_metal=False, current_generation=current_generation)
 
 
 def bare_metal(instance_type: str) -> InstanceTypeFacts:
@@ -81,23 +79,15 @@ UNSUPPORTED_CASES = [
     pytest.param(nitro("c6i.large"), SupportRule.DENIED_FAMILY, "c5.large", id="c6i.large-nitro-denylist"),
     pytest.param(nitro("m6i.xlarge"), SupportRule.DENIED_FAMILY, "m5.xlarge", id="m6i.xlarge-nitro-denylist"),
     pytest.param(nitro("r6i.large"), SupportRule.DENIED_FAMILY, "r5.large", id="r6i.large-nitro-denylist"),
-    pytest.param(
-        nitro("c7g.medium"), SupportRule.DENIED_FAMILY, "c6g.medium", id="c7g.medium-graviton-stays-graviton"
-    ),
+    pytest.param(nitro("c7g.medium"), SupportRule.DENIED_FAMILY, "c6g.medium", id="c7g.medium-graviton-stays-graviton"),
     pytest.param(nitro("m7i.large"), SupportRule.DENIED_FAMILY, "m5.large", id="m7i.large-nitro-denylist"),
     pytest.param(
         nitro("m6i.32xlarge"), SupportRule.DENIED_FAMILY, "m5.24xlarge", id="m6i.32xlarge-largest-replacement"
     ),
     pytest.param(bare_metal("m5.metal"), SupportRule.BARE_METAL, "m5.24xlarge", id="m5.metal-bare-metal"),
-    pytest.param(
-        bare_metal("u-6tb1.metal"), SupportRule.BARE_METAL, "u-6tb1.112xlarge", id="u-6tb1.metal-bare-metal"
-    ),
-    pytest.param(
-        bare_metal("c5n.metal"), SupportRule.BARE_METAL, "c5n.18xlarge", id="c5n.metal-n.metal-style"
-    ),
-    pytest.param(
-        bare_metal("m5n.metal"), SupportRule.BARE_METAL, "m5n.24xlarge", id="m5n.metal-n.metal-style"
-    ),
+    pytest.param(bare_metal("u-6tb1.metal"), SupportRule.BARE_METAL, "u-6tb1.112xlarge", id="u-6tb1.metal-bare-metal"),
+    pytest.param(bare_metal("c5n.metal"), SupportRule.BARE_METAL, "c5n.18xlarge", id="c5n.metal-n.metal-style"),
+    pytest.param(bare_metal("m5n.metal"), SupportRule.BARE_METAL, "m5n.24xlarge", id="m5n.metal-n.metal-style"),
     pytest.param(
         bare_metal("i3.metal"),
         SupportRule.BARE_METAL,
@@ -110,9 +100,7 @@ UNSUPPORTED_CASES = [
         "c5.24xlarge",
         id="c7i.metal-24xl-denied-family",
     ),
-    pytest.param(
-        nitro("p4d.24xlarge"), SupportRule.DENIED_PREFIX, "p3dn.24xlarge", id="p4d.24xlarge-field-report"
-    ),
+    pytest.param(nitro("p4d.24xlarge"), SupportRule.DENIED_PREFIX, "p3dn.24xlarge", id="p4d.24xlarge-field-report"),
 ]
 
 
@@ -262,9 +250,7 @@ def test_reasons_name_the_rule_and_cite_the_sources() -> None:
             SupportRule.NITRO,
             id="deny-type-leaves-family",
         ),
-        pytest.param(
-            {"allow": ["p4d"]}, nitro("p4d.24xlarge"), SUPPORTED, SupportRule.OVERRIDE_FAMILY, id="allow-p4d"
-        ),
+        pytest.param({"allow": ["p4d"]}, nitro("p4d.24xlarge"), SUPPORTED, SupportRule.OVERRIDE_FAMILY, id="allow-p4d"),
         pytest.param(
             {"allow": ["c6i"], "deny": ["c6i.large"]},
             nitro("c6i.large"),
@@ -331,9 +317,7 @@ def test_overrides_replace_rather_than_accumulate() -> None:
     assert decide_support(nitro("c6i.large"), table).verdict is UNSUPPORTED
 
 
-@pytest.mark.parametrize(
-    "empty", [None, "", {}, "allow: []\n"], ids=["none", "empty-text", "empty-map", "empty-list"]
-)
+@pytest.mark.parametrize("empty", [None, "", {}, "allow: []\n"], ids=["none", "empty-text", "empty-map", "empty-list"])
 def test_empty_overrides_change_nothing(empty: dict[str, Any] | str | None) -> None:
     assert SupportOverrides.parse(empty) == SupportOverrides()
 
@@ -348,9 +332,7 @@ def test_empty_overrides_change_nothing(empty: dict[str, Any] | str | None) -> N
         pytest.param("- c6i\n", "must be a mapping", id="a-list-not-a-mapping"),
     ],
 )
-def test_malformed_overrides_are_rejected_with_a_clear_message(
-    overrides: dict[str, Any] | str, complaint: str
-) -> None:
+def test_malformed_overrides_are_rejected_with_a_clear_message(overrides: dict[str, Any] | str, complaint: str) -> None:
     with pytest.raises(InstanceSupportConfigError, match="instance-support override") as raised:
         SupportOverrides.parse(overrides)
     assert complaint in str(raised.value)

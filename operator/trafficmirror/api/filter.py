@@ -84,9 +84,7 @@ class FilterRule(
 ):
     rule_number: int = Field(ge=1, le=32766, description="Evaluation order within a direction, lowest first.")
     action: Literal["accept", "reject"] = "accept"
-    protocol: int | None = Field(
-        default=None, ge=0, le=255, description="IANA protocol number; all when omitted."
-    )
+    protocol: int | None = Field(default=None, ge=0, le=255, description="IANA protocol number; all when omitted.")
     source_cidr_block: CidrBlock = "0.0.0.0/0"
     destination_cidr_block: CidrBlock = "0.0.0.0/0"
     source_port_range: PortRange | None = None

@@ -25,15 +25,11 @@ ObjectName = Annotated[str, Field(min_length=1, max_length=253, pattern=r"^[a-z0
 class MirrorSource(
     CamelModel,
     json_schema_extra={
-        "x-kubernetes-validations": [
-            exactly_one_of("networkInterfaceId", "instanceId", "nodeName", what="source")
-        ]
+        "x-kubernetes-validations": [exactly_one_of("networkInterfaceId", "instanceId", "nodeName", what="source")]
     },
 ):
     network_interface_id: NetworkInterfaceId | None = None
-    instance_id: InstanceId | None = Field(
-        default=None, description="An EC2 instance; its primary ENI is used."
-    )
+    instance_id: InstanceId | None = Field(default=None, description="An EC2 instance; its primary ENI is used.")
     node_name: NodeName | None = None
 
     @model_validator(mode="after")
@@ -49,9 +45,7 @@ class LocalObjectReference(CamelModel):
 
 class MirrorSessionSpec(
     CommonSpec,
-    json_schema_extra={
-        "x-kubernetes-validations": [immutable_once_set("region"), immutable_once_set("adoptId")]
-    },
+    json_schema_extra={"x-kubernetes-validations": [immutable_once_set("region"), immutable_once_set("adoptId")]},
 ):
     source: MirrorSource
     target_ref: LocalObjectReference = Field(description="The MirrorTarget to send to.")
@@ -79,9 +73,7 @@ class MirrorSessionSpec(
 
 class MirrorSessionStatus(CommonStatus):
     traffic_mirror_session_id: str | None = None
-    virtual_network_id: int | None = Field(
-        default=None, description="The VNI in use; capture files are named by it."
-    )
+    virtual_network_id: int | None = Field(default=None, description="The VNI in use; capture files are named by it.")
     source_network_interface_id: str | None = None
     source_instance_type: str | None = None
     traffic_mirror_target_id: str | None = None

@@ -7,7 +7,6 @@ from typing import Annotated
 from pydantic import Field, model_validator
 
 from trafficmirror.api.common import (
-    CamelModel,
     CommonSpec,
     CommonStatus,
     InstanceId,
@@ -49,9 +48,7 @@ class MirrorTargetSpec(
     },
 ):
     network_interface_id: NetworkInterfaceId | None = None
-    instance_id: InstanceId | None = Field(
-        default=None, description="An EC2 instance; its primary ENI is used."
-    )
+    instance_id: InstanceId | None = Field(default=None, description="An EC2 instance; its primary ENI is used.")
     node_name: NodeName | None = None
     network_load_balancer_arn: NetworkLoadBalancerArn | None = None
     gateway_load_balancer_endpoint_id: GatewayLoadBalancerEndpointId | None = None
@@ -78,9 +75,7 @@ TARGET_FIELDS = (
 class MirrorTargetStatus(CommonStatus):
     traffic_mirror_target_id: str | None = None
     network_interface_id: str | None = Field(default=None, description="The ENI the target resolved to.")
-    instance_type: str | None = Field(
-        default=None, description="Instance type behind the target ENI, if any."
-    )
+    instance_type: str | None = Field(default=None, description="Instance type behind the target ENI, if any.")
     previous_target_ids: list[str] | None = Field(
         default=None, description="Replaced targets, deleted as soon as no session uses them."
     )

@@ -109,9 +109,7 @@ def _tags(items: Iterable[dict[str, str]] | None) -> dict[str, str]:
 
 
 def _tag_spec(resource_type: str, tags: dict[str, str]) -> list[dict[str, Any]]:
-    return [
-        {"ResourceType": resource_type, "Tags": [{"Key": k, "Value": v} for k, v in sorted(tags.items())]}
-    ]
+    return [{"ResourceType": resource_type, "Tags": [{"Key": k, "Value": v} for k, v in sorted(tags.items())]}]
 
 
 def _port_range(raw: dict[str, Any] | None) -> PortRange | None:
@@ -241,9 +239,7 @@ class Ec2Mirror:
             botocore.exceptions.EndpointConnectionError,
             botocore.exceptions.ConnectionClosedError,
         ) as error:
-            raise AwsError(
-                operation, "EndpointUnreachable", str(error), classify("ServiceUnavailable")
-            ) from error
+            raise AwsError(operation, "EndpointUnreachable", str(error), classify("ServiceUnavailable")) from error
 
     def _pages(self, operation: str, key: str, **kwargs: Any) -> Iterator[dict[str, Any]]:
         token: str | None = None
@@ -285,8 +281,7 @@ class Ec2Mirror:
     def describe_targets(self, target_ids: list[str] | None = None) -> list[AwsTarget]:
         args = {"TrafficMirrorTargetIds": target_ids} if target_ids else {}
         return [
-            _target_from_aws(t)
-            for t in self._pages("describe_traffic_mirror_targets", "TrafficMirrorTargets", **args)
+            _target_from_aws(t) for t in self._pages("describe_traffic_mirror_targets", "TrafficMirrorTargets", **args)
         ]
 
     def delete_target(self, target_id: str) -> None:
@@ -305,8 +300,7 @@ class Ec2Mirror:
     def describe_filters(self, filter_ids: list[str] | None = None) -> list[AwsFilter]:
         args = {"TrafficMirrorFilterIds": filter_ids} if filter_ids else {}
         return [
-            _filter_from_aws(f)
-            for f in self._pages("describe_traffic_mirror_filters", "TrafficMirrorFilters", **args)
+            _filter_from_aws(f) for f in self._pages("describe_traffic_mirror_filters", "TrafficMirrorFilters", **args)
         ]
 
     def delete_filter(self, filter_id: str) -> None:
@@ -370,9 +364,7 @@ class Ec2Mirror:
             for s in self._pages("describe_traffic_mirror_sessions", "TrafficMirrorSessions", **args)
         ]
 
-    def modify_session(
-        self, session_id: str, changes: dict[str, Any], remove_fields: list[str]
-    ) -> AwsSession:
+    def modify_session(self, session_id: str, changes: dict[str, Any], remove_fields: list[str]) -> AwsSession:
         response = self._call(
             "modify_traffic_mirror_session",
             TrafficMirrorSessionId=session_id,

@@ -59,7 +59,7 @@ RETRYABLE_CODES = {
 def classify(code: str, http_status: int | None = None) -> ErrorClass:
     if code == "NetworkInterfaceNotSupported":
         return ErrorClass.UNSUPPORTED_INSTANCE
-    if code in QUOTA_NAMES or code.endswith("LimitExceeded") and code != "RequestLimitExceeded":
+    if code in QUOTA_NAMES or (code.endswith("LimitExceeded") and code != "RequestLimitExceeded"):
         return ErrorClass.QUOTA
     if code in NOT_FOUND_CODES or code.endswith(".NotFound"):
         return ErrorClass.NOT_FOUND

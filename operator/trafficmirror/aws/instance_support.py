@@ -184,9 +184,7 @@ class SupportOverrides:
             try:
                 loaded = yaml.safe_load(overrides)
             except yaml.YAMLError as exc:
-                raise InstanceSupportConfigError(
-                    f"instance-support override is not valid YAML: {exc}"
-                ) from exc
+                raise InstanceSupportConfigError(f"instance-support override is not valid YAML: {exc}") from exc
             overrides = {} if loaded is None else loaded
         if not isinstance(overrides, Mapping):
             raise InstanceSupportConfigError(
@@ -337,9 +335,7 @@ class SupportTable:
         denied_families: dict[str, DeniedFamily] = {}
         for group in document.denied_families:
             for family in group.families:
-                denied_families[family] = DeniedFamily(
-                    since=str(group.since), source_ids=tuple(group.sources)
-                )
+                denied_families[family] = DeniedFamily(since=str(group.since), source_ids=tuple(group.sources))
         return cls(
             version=str(document.version),
             sources=_frozen_mapping(
@@ -363,9 +359,7 @@ class SupportTable:
             supported_nitro_families=frozenset(document.supported_nitro_families.families),
             supported_nitro_source_ids=tuple(document.supported_nitro_families.sources),
             alternatives=_frozen_mapping({k: tuple(v) for k, v in document.alternatives.items()}),
-            alternatives_by_class=_frozen_mapping(
-                {k: tuple(v) for k, v in document.alternatives_by_class.items()}
-            ),
+            alternatives_by_class=_frozen_mapping({k: tuple(v) for k, v in document.alternatives_by_class.items()}),
             family_sizes=_frozen_mapping({k: tuple(v) for k, v in document.family_sizes.items()}),
         )
 
@@ -383,9 +377,7 @@ class SupportTable:
         problems += [f"cites unknown source {source!r}" for source in sorted(set(cited) - set(self.sources))]
         supported = self.supported_xen_families | self.supported_nitro_families
         denied = set(self.denied_families) | self.previous_generation_families
-        problems += [
-            f"lists {family!r} as both supported and denied" for family in sorted(supported & denied)
-        ]
+        problems += [f"lists {family!r} as both supported and denied" for family in sorted(supported & denied)]
         suggested = {
             family
             for candidates in (*self.alternatives.values(), *self.alternatives_by_class.values())
@@ -418,9 +410,7 @@ def _packaged_table() -> SupportTable:
     resource = resources.files("trafficmirror")
     for part in PACKAGED_TABLE_RESOURCE:
         resource = resource / part
-    return SupportTable.from_yaml(
-        resource.read_text(encoding="utf-8"), origin="packaged instance_support.yaml"
-    )
+    return SupportTable.from_yaml(resource.read_text(encoding="utf-8"), origin="packaged instance_support.yaml")
 
 
 def load_support_table(overrides: SupportOverrides | Mapping[str, Any] | str | None = None) -> SupportTable:
@@ -447,9 +437,7 @@ def decide_support(
     rejected_types = frozenset(name.strip().lower() for name in remembered_rejections)
     judgement = _judge(facts, table, rejected_types)
     alternative = (
-        _suggest_alternative(facts, table, rejected_types)
-        if judgement.verdict is SupportVerdict.UNSUPPORTED
-        else None
+        _suggest_alternative(facts, table, rejected_types) if judgement.verdict is SupportVerdict.UNSUPPORTED else None
     )
     return SupportDecision(
         verdict=judgement.verdict, reason=judgement.reason, alternative=alternative, rule=judgement.rule
@@ -576,8 +564,7 @@ def _judge(facts: InstanceTypeFacts, table: SupportTable, rejected_types: frozen
     return _Judgement(
         SupportVerdict.UNKNOWN,
         SupportRule.NO_FACTS,
-        f"the hypervisor of {instance_type} is unknown and {family} is not in instance-support table "
-        f"{table.version}",
+        f"the hypervisor of {instance_type} is unknown and {family} is not in instance-support table {table.version}",
     )
 
 
@@ -598,9 +585,7 @@ def _closest_size(wanted_size: str, offered_sizes: tuple[str, ...], *, largest: 
     return at_least_as_big[0] if at_least_as_big else by_capacity[-1]
 
 
-def _suggest_alternative(
-    facts: InstanceTypeFacts, table: SupportTable, rejected_types: frozenset[str]
-) -> str | None:
+def _suggest_alternative(facts: InstanceTypeFacts, table: SupportTable, rejected_types: frozenset[str]) -> str | None:
     instance_type = facts.instance_type.strip().lower()
     family, size = family_of(instance_type), size_of(instance_type)
     bare_metal = _is_bare_metal(facts)
@@ -618,8 +603,7 @@ def _suggest_alternative(
         candidate = f"{candidate_family}.{candidate_size}"
         # Judged by name only, exactly as a user reading the suggestion would get it judged.
         if candidate != instance_type and (
-            _judge(InstanceTypeFacts.name_only(candidate), table, rejected_types).verdict
-            is SupportVerdict.SUPPORTED
+            _judge(InstanceTypeFacts.name_only(candidate), table, rejected_types).verdict is SupportVerdict.SUPPORTED
         ):
             return candidate
     return None

@@ -172,9 +172,7 @@ def worker_main(idx: int, sock: socket.socket, ctrl: socket.socket, cfg: AgentCo
 class Agent:
     def __init__(self, cfg: AgentConfig) -> None:
         self.cfg = cfg
-        self.state = AgentState(
-            workers_expected=cfg.workers, rcvbuf_requested=cfg.rcvbuf, rmem_max=rx.rmem_max()
-        )
+        self.state = AgentState(workers_expected=cfg.workers, rcvbuf_requested=cfg.rcvbuf, rmem_max=rx.rmem_max())
         self.sessions: dict[int, Session] = {s.vni: s for s in cfg.sessions}
         self.socks: list[socket.socket] = []
         self.workers: list[tuple[int, socket.socket]] = []  # (pid, ctrl)

@@ -57,8 +57,7 @@ def add_capture_commands(subparsers: argparse._SubParsersAction) -> None:  # typ
         "--rcvbuf",
         type=parse_size,
         default=64 << 20,
-        help="receive buffer to ask for (capped by "
-        "net.core.rmem_max; the granted size is logged and exported)",
+        help="receive buffer to ask for (capped by net.core.rmem_max; the granted size is logged and exported)",
     )
     g.add_argument("--workers", type=int, default=1, help="worker processes (SO_REUSEPORT, steered by VNI)")
     g.add_argument(
@@ -69,9 +68,7 @@ def add_capture_commands(subparsers: argparse._SubParsersAction) -> None:  # typ
     g.add_argument("--no-accelerate", action="store_true", help="use the Python receive loop")
     g = cap.add_argument_group("sessions (VNI -> namespace/name)")
     g.add_argument("--session", action="append", default=[], metavar="VNI=NS/NAME[@ENI]")
-    g.add_argument(
-        "--sessions-file", help="YAML/JSON list of {vni, namespace, name, sourceEni} or MirrorSessions"
-    )
+    g.add_argument("--sessions-file", help="YAML/JSON list of {vni, namespace, name, sourceEni} or MirrorSessions")
     g.add_argument("--kube", action="store_true", help="watch MirrorSessions (read-only) on the apiserver")
     g.add_argument("--kube-server", help="apiserver URL (default: in-cluster)")
     g.add_argument("--kube-token-file")
@@ -84,9 +81,7 @@ def add_capture_commands(subparsers: argparse._SubParsersAction) -> None:  # typ
         default="write",
         help="datagrams of VNIs no session claims: a per-VNI file, or only counted",
     )
-    g.add_argument(
-        "--keep-malformed", action="store_true", help="keep malformed datagrams in a separate file"
-    )
+    g.add_argument("--keep-malformed", action="store_true", help="keep malformed datagrams in a separate file")
     g = cap.add_argument_group("files")
     g.add_argument("--work-dir", default="/var/lib/trafficmirror", help="open files and the shipping spool")
     g.add_argument("--format", choices=["pcapng", "pcap"], default="pcapng")
@@ -105,9 +100,7 @@ def add_capture_commands(subparsers: argparse._SubParsersAction) -> None:  # typ
     g.add_argument("--cluster", default=_env("TRAFFICMIRROR_CLUSTER", "default"))
     g = cap.add_argument_group("shipping")
     g.add_argument("--output-dir", help="ship closed files to this directory (PVC / hostPath)")
-    g.add_argument(
-        "--retain-files", type=int, help="keep at most this many files per session in --output-dir"
-    )
+    g.add_argument("--retain-files", type=int, help="keep at most this many files per session in --output-dir")
     g.add_argument("--retain-bytes", type=parse_size, help="keep at most this many bytes per session")
     g.add_argument("--s3-bucket", help="ship closed files to this bucket")
     g.add_argument("--s3-prefix", default="pcap")
@@ -119,9 +112,7 @@ def add_capture_commands(subparsers: argparse._SubParsersAction) -> None:  # typ
     g = cap.add_argument_group("operations")
     g.add_argument("--metrics-address", default="0.0.0.0")
     g.add_argument("--metrics-port", type=int, default=9090, help="-1 disables; 0 picks a free port")
-    g.add_argument(
-        "--shutdown-timeout", type=float, default=25.0, help="seconds to flush and ship on SIGTERM"
-    )
+    g.add_argument("--shutdown-timeout", type=float, default=25.0, help="seconds to flush and ship on SIGTERM")
     g.add_argument("--log-level", default="INFO")
     cap.set_defaults(func=run_capture)
 

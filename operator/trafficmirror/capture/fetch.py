@@ -18,9 +18,7 @@ from trafficmirror.capture import pcapng
 from trafficmirror.capture.sessions import safe_component
 
 NAME_RESOLUTION_NS = 1_000_000
-_NAME = re.compile(
-    r"^(?P<node>.+)-(?P<start>\d{8}T\d{6}(?:\.\d{3})?Z)-(?P<seq>\d+)\.(?:pcapng|pcap)(?:\.gz)?$"
-)
+_NAME = re.compile(r"^(?P<node>.+)-(?P<start>\d{8}T\d{6}(?:\.\d{3})?Z)-(?P<seq>\d+)\.(?:pcapng|pcap)(?:\.gz)?$")
 
 
 @dataclass(frozen=True)
@@ -106,9 +104,7 @@ class DirSource:
 
 
 class S3Source:
-    def __init__(
-        self, bucket: str, prefix: str, cluster: str, endpoint_url: str | None, region: str | None
-    ) -> None:
+    def __init__(self, bucket: str, prefix: str, cluster: str, endpoint_url: str | None, region: str | None) -> None:
         import boto3
 
         self.bucket = bucket
@@ -138,9 +134,7 @@ class S3Source:
         return path
 
 
-def _packets(
-    path: str, iface_base: int, since: int | None, until: int | None
-) -> Iterator[tuple[int, int, bytes]]:
+def _packets(path: str, iface_base: int, since: int | None, until: int | None) -> Iterator[tuple[int, int, bytes]]:
     cap = pcapng.read_file(path)
     for p in cap.packets:
         if (since is None or p.ts_ns >= since) and (until is None or p.ts_ns <= until):
@@ -205,9 +199,7 @@ def main(args: argparse.Namespace) -> int:
         print("NAMESPACE/SESSION\tFILES\tBYTES\tFIRST\tLAST")
         for (ns, name), fs in sorted(sessions.items()):
             starts = [f.start_ns for f in fs]
-            print(
-                f"{ns}/{name}\t{len(fs)}\t{sum(f.size for f in fs)}\t{_iso(min(starts))}\t{_iso(max(starts))}"
-            )
+            print(f"{ns}/{name}\t{len(fs)}\t{sum(f.size for f in fs)}\t{_iso(min(starts))}\t{_iso(max(starts))}")
         return 0
     ns, name = _split(args.session)
     files = select(src.list(ns, name), since, until)

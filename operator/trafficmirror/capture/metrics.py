@@ -59,9 +59,7 @@ class AgentState:
 
     def ready(self) -> bool:
         with self.lock:
-            return (
-                self.sessions_loaded and len(self.workers) >= self.workers_expected and not self.workers_dead
-            )
+            return self.sessions_loaded and len(self.workers) >= self.workers_expected and not self.workers_dead
 
 
 class _Collector(Collector):
@@ -78,9 +76,7 @@ class _Collector(Collector):
             "bytes": CounterMetricFamily(
                 P + "bytes", "Bytes of mirrored frames (wire length), by session", labels=labels
             ),
-            "files": CounterMetricFamily(
-                P + "files", "Files closed and handed to shipping, by session", labels=labels
-            ),
+            "files": CounterMetricFamily(P + "files", "Files closed and handed to shipping, by session", labels=labels),
             "dropped": CounterMetricFamily(
                 P + "write_dropped_packets",
                 "Packets lost to write errors (disk full), by session",
@@ -105,9 +101,7 @@ class _Collector(Collector):
             for k, fam in fams.items():
                 fam.add_metric([ns, name], a[k])
         yield from fams.values()
-        m = CounterMetricFamily(
-            P + "malformed", "Datagrams not written to a session, by reason", labels=["reason"]
-        )
+        m = CounterMetricFamily(P + "malformed", "Datagrams not written to a session, by reason", labels=["reason"])
         for reason in ("short_header", "bad_flags", "short_frame", "receive_truncated", "unknown_vni"):
             m.add_metric([reason], malformed.get(reason, 0))
         yield m
@@ -141,12 +135,8 @@ class _Collector(Collector):
                 up.add_metric([dest, "ok"], s.ship.ok[dest])
                 up.add_metric([dest, "failed"], s.ship.failed[dest])
             yield up
-            yield GaugeMetricFamily(
-                P + "spool_files", "Closed files waiting to be shipped", value=s.ship.spool_files
-            )
-            yield GaugeMetricFamily(
-                P + "spool_bytes", "Bytes waiting to be shipped", value=s.ship.spool_bytes
-            )
+            yield GaugeMetricFamily(P + "spool_files", "Closed files waiting to be shipped", value=s.ship.spool_files)
+            yield GaugeMetricFamily(P + "spool_bytes", "Bytes waiting to be shipped", value=s.ship.spool_bytes)
 
 
 def serve(state: AgentState, address: str, port: int) -> ThreadingHTTPServer:

@@ -75,9 +75,7 @@ def section_header(application: str, hardware: str = "", os_name: str = "") -> b
     return _block(BT_SHB, body)
 
 
-def interface_description(
-    name: str, description: str, snaplen: int = 0, linktype: int = LINKTYPE_ETHERNET
-) -> bytes:
+def interface_description(name: str, description: str, snaplen: int = 0, linktype: int = LINKTYPE_ETHERNET) -> bytes:
     opts = [(IF_NAME, name.encode()), (IF_DESCRIPTION, description.encode()), (IF_TSRESOL, bytes((9,)))]
     body = struct.pack("<HHI", linktype, 0, snaplen) + _options(opts)
     return _block(BT_IDB, body)

@@ -187,9 +187,7 @@ def kernel_drops(sock: socket.socket) -> int:
 class Receiver:
     """Batch receive + decapsulate + frame, in Python. ``fmt`` is "pcapng" or "pcap"."""
 
-    def __init__(
-        self, sock: socket.socket, *, fmt: str = "pcapng", snaplen: int = 0, keep_malformed: bool = False
-    ):
+    def __init__(self, sock: socket.socket, *, fmt: str = "pcapng", snaplen: int = 0, keep_malformed: bool = False):
         self.sock = sock
         self.fmt = fmt
         self.snaplen = snaplen or RECV_BUFSIZE

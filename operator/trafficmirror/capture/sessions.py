@@ -113,9 +113,7 @@ def build_map(sessions: Iterable[Session]) -> dict[int, Session]:
     out: dict[int, Session] = {}
     for s in sorted(sessions, key=lambda s: s.key):
         if s.vni in out:
-            log.warning(
-                "VNI %d claimed by both %s and %s; using %s", s.vni, out[s.vni].key, s.key, out[s.vni].key
-            )
+            log.warning("VNI %d claimed by both %s and %s; using %s", s.vni, out[s.vni].key, s.key, out[s.vni].key)
             continue
         out[s.vni] = s
     return out

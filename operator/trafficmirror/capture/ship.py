@@ -67,9 +67,7 @@ def backoff_s(failures: int, base: float = 1.0) -> float:
     return float(min(base * 2 ** max(failures - 1, 0), MAX_BACKOFF_S))
 
 
-def retention_victims(
-    files: list[tuple[str, int]], max_files: int | None, max_bytes: int | None
-) -> list[str]:
+def retention_victims(files: list[tuple[str, int]], max_files: int | None, max_bytes: int | None) -> list[str]:
     """Oldest-first names to delete so at most ``max_files`` files / ``max_bytes`` bytes remain.
 
     Names start with ``<node>-<UTC start>``; ordering is by the start time part, so several nodes'
@@ -192,9 +190,7 @@ class S3Destination:
         extra["ContentType"] = "application/vnd.tcpdump.pcap"
         if meta["file"].endswith(".gz"):
             extra["ContentEncoding"] = "gzip"
-        self.client.upload_file(
-            path, self.bucket, s3_key(self.prefix, meta), ExtraArgs=extra, Config=self.transfer
-        )
+        self.client.upload_file(path, self.bucket, s3_key(self.prefix, meta), ExtraArgs=extra, Config=self.transfer)
 
 
 # --- the shipper ----------------------------------------------------------------------------

@@ -177,9 +177,7 @@ class Stream:
         """Append framed records; a batch that crosses a rotation point is split at the exact
         record, so size limits and wall-clock windows hold per packet, not per batch."""
         while True:
-            if not self.is_open and (
-                time.monotonic() < self.failed_until or not self._open(first_ts, kernel_drops)
-            ):
+            if not self.is_open and (time.monotonic() < self.failed_until or not self._open(first_ts, kernel_drops)):
                 self.stats.dropped += packets
                 return
             cut = self._cut(records, last_ts)
@@ -428,9 +426,7 @@ class Writer:
                     if not self.write_unknown:
                         continue
                     session = unknown_session(vni)
-                stream = self.streams[vni] = Stream(
-                    session, self.cfg, self._stream_stats(session), self._error
-                )
+                stream = self.streams[vni] = Stream(session, self.cfg, self._stream_stats(session), self._error)
             elif not stream.session.known:
                 st.malformed["unknown_vni"] += g.packets
             stream.append(g.buf, g.packets, g.wire_bytes, g.first_ts, g.last_ts, drops)

@@ -1,3 +1,7 @@
 """kopf glue: importing this package registers every handler. Decisions live in trafficmirror.reconcile."""
 
-from trafficmirror.handlers import filter, indexes, session, startup, target  # noqa: F401
+from trafficmirror.handlers import filter as filter
+from trafficmirror.handlers import indexes as indexes
+from trafficmirror.handlers import session as session
+from trafficmirror.handlers import startup as startup
+from trafficmirror.handlers import target as target

@@ -77,9 +77,7 @@ def write(kind: str, body: kopf.Body, patch: kopf.Patch, outcome: Outcome) -> No
         kopf.event(body, type=event.type, reason=event.reason, message=event.message[:1024])
     patch.status["phase"] = outcome.phase.value
     patch.status["observedGeneration"] = generation
-    patch.status["conditions"] = merge_conditions(
-        status.get("conditions", []), outcome.conditions, generation
-    )
+    patch.status["conditions"] = merge_conditions(status.get("conditions", []), outcome.conditions, generation)
     for key, value in outcome.status_fields.items():
         patch.status[key] = value
     for key, value in outcome.annotations.items():

@@ -21,7 +21,7 @@ def node_provider_ids(name: str, spec: kopf.Spec, **_: Any) -> dict[str, str]:
 
 
 def _dependency(name: str, status: kopf.Status, id_field: str) -> Dependency:
-    ready = next((c for c in status.get("conditions", []) if c.get("type") == "Ready"), {})
+    ready: dict[str, Any] = next((c for c in status.get("conditions", []) if c.get("type") == "Ready"), {})
     return Dependency(
         name=name,
         phase=status.get("phase"),
@@ -32,16 +32,12 @@ def _dependency(name: str, status: kopf.Status, id_field: str) -> Dependency:
 
 
 @kopf.index(*TARGETS)
-def target_states(
-    namespace: str, name: str, status: kopf.Status, **_: Any
-) -> dict[tuple[str, str], Dependency]:
+def target_states(namespace: str, name: str, status: kopf.Status, **_: Any) -> dict[tuple[str, str], Dependency]:
     return {(namespace, name): _dependency(name, status, "trafficMirrorTargetId")}
 
 
 @kopf.index(*FILTERS)
-def filter_states(
-    namespace: str, name: str, status: kopf.Status, **_: Any
-) -> dict[tuple[str, str], Dependency]:
+def filter_states(namespace: str, name: str, status: kopf.Status, **_: Any) -> dict[tuple[str, str], Dependency]:
     return {(namespace, name): _dependency(name, status, "trafficMirrorFilterId")}
 
 

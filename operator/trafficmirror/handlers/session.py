@@ -111,9 +111,7 @@ async def resync(
     status = body.get("status", {})
     if body["metadata"].get("deletionTimestamp"):
         return
-    ready_reason = next(
-        (c.get("reason") for c in status.get("conditions", []) if c.get("type") == "Ready"), None
-    )
+    ready_reason = next((c.get("reason") for c in status.get("conditions", []) if c.get("type") == "Ready"), None)
     if status.get("phase") == Phase.FAILED.value and ready_reason == UNSUPPORTED:
         # The seed's fix is to change the instance type: look again, without asking AWS to create.
         await _reconcile(body, patch, retry, logger, memo, node_provider_ids, target_states, filter_states)
@@ -136,12 +134,8 @@ async def resync(
         status.get("virtualNetworkId"),
     ):
         return
-    logger.info(
-        f"drift: {status.get('trafficMirrorSessionId')} is {'changed' if known else 'missing'} in AWS"
-    )
-    await _reconcile(
-        body, patch, retry, logger, memo, node_provider_ids, target_states, filter_states, known=known
-    )
+    logger.info(f"drift: {status.get('trafficMirrorSessionId')} is {'changed' if known else 'missing'} in AWS")
+    await _reconcile(body, patch, retry, logger, memo, node_provider_ids, target_states, filter_states, known=known)
 
 
 @kopf.on.delete(*SESSIONS)

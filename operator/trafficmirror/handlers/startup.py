@@ -26,9 +26,7 @@ def _observe(operation: str, result: str) -> None:
 
 
 @kopf.on.startup()
-async def configure(
-    settings: kopf.OperatorSettings, memo: kopf.Memo, logger: logging.Logger, **_: Any
-) -> None:
+async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: logging.Logger, **_: Any) -> None:
     config = OperatorConfig()
     settings.persistence.finalizer = FINALIZER
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=ANNOTATION_PREFIX)
@@ -41,9 +39,7 @@ async def configure(
     settings.batching.error_delays = (1, 2, 5, 10, 30, 60)
     # boto3 is blocking: reconciles run in threads, enough of them for many objects at once.
     asyncio.get_running_loop().set_default_executor(
-        concurrent.futures.ThreadPoolExecutor(
-            max_workers=config.worker_threads, thread_name_prefix="reconcile"
-        )
+        concurrent.futures.ThreadPoolExecutor(max_workers=config.worker_threads, thread_name_prefix="reconcile")
     )
     overrides = config.support_overrides_file.read_text() if config.support_overrides_file else None
     clients: dict[str, Ec2Mirror] = {}

@@ -150,9 +150,7 @@ def merge_conditions(
     return list(by_type.values())
 
 
-def transition_events(
-    previous_phase: str | None, previous_reason: str | None, outcome: Outcome
-) -> list[Event]:
+def transition_events(previous_phase: str | None, previous_reason: str | None, outcome: Outcome) -> list[Event]:
     """An Event for every change of phase or reason, on top of what the reconciler asked for."""
     events = list(outcome.events)
     if (previous_phase, previous_reason) != (outcome.phase.value, outcome.ready_reason) and not any(

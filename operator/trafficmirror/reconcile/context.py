@@ -39,7 +39,5 @@ def outcome_for_aws_error(error: AwsError, **status_fields: Any) -> Outcome:
             **status_fields,
         )
     if error.error_class in (ErrorClass.TERMINAL, ErrorClass.UNSUPPORTED_INSTANCE):
-        return failed(
-            "AwsRejected", f"{error.operation} was rejected: {error.code}: {error.message}", **status_fields
-        )
+        return failed("AwsRejected", f"{error.operation} was rejected: {error.code}: {error.message}", **status_fields)
     raise RetryLater(str(error), delay=10)

@@ -53,9 +53,7 @@ def resolve_network_interface(
         return aws.primary_network_interface(instance_id)
     except AwsError as error:
         if error.error_class is ErrorClass.NOT_FOUND:
-            raise Unresolvable(
-                "InstanceNotFound", f"instance {instance_id} does not exist: {error.message}"
-            ) from error
+            raise Unresolvable("InstanceNotFound", f"instance {instance_id} does not exist: {error.message}") from error
         raise
 
 

@@ -68,9 +68,7 @@ def rule_changes(desired: list[RuleParams], actual: list[AwsFilterRule]) -> Rule
     wanted = {p.key: p for p in desired}
     return RuleChanges(
         delete=[r for key, r in sorted(by_key.items()) if key not in wanted],
-        modify=[
-            (by_key[key], p) for key, p in sorted(wanted.items()) if key in by_key and by_key[key].params != p
-        ],
+        modify=[(by_key[key], p) for key, p in sorted(wanted.items()) if key in by_key and by_key[key].params != p],
         create=[p for key, p in sorted(wanted.items()) if key not in by_key],
     )
 
@@ -98,30 +96,20 @@ def reconcile_filter(
     known: AwsFilter | None = None,
 ) -> Outcome:
     aws = ctx.aws_for_region(spec.region)
-    current_id: str | None = (
-        status.get("trafficMirrorFilterId") or annotations.get(AWS_ID_ANNOTATION) or spec.adopt_id
-    )
+    current_id: str | None = status.get("trafficMirrorFilterId") or annotations.get(AWS_ID_ANNOTATION) or spec.adopt_id
     events: list[Event] = []
     try:
         actual = None
         if current_id:
-            actual = (
-                known
-                if known is not None and known.filter_id == current_id
-                else _describe_one(aws, current_id)
-            )
+            actual = known if known is not None and known.filter_id == current_id else _describe_one(aws, current_id)
             if actual is None:
                 if current_id == spec.adopt_id:
-                    return failed(
-                        "AdoptedResourceNotFound", f"TrafficMirrorFilter {current_id} does not exist"
-                    )
+                    return failed("AdoptedResourceNotFound", f"TrafficMirrorFilter {current_id} does not exist")
                 events.append(Event("Warning", "Recreating", f"{current_id} was deleted outside Kubernetes"))
                 current_id = None
         if actual is None:
             # The token does not depend on the rules: they are added after, one by one.
-            token = client_token(
-                owner.uid, {"filter": owner.uid, "replaces": status.get("trafficMirrorFilterId")}
-            )
+            token = client_token(owner.uid, {"filter": owner.uid, "replaces": status.get("trafficMirrorFilterId")})
             intent = annotations.get(CREATE_INTENT_ANNOTATION)
             if intent != token:
                 actual = _find_orphan(aws, owner) if intent else None
@@ -136,7 +124,7 @@ def reconcile_filter(
                     tags=owner_tags(owner, spec.tags),
                 )
                 events.append(Event("Normal", "Created", f"created TrafficMirrorFilter {actual.filter_id}"))
-            current_id = actual.filter_id
+        current_id = actual.filter_id
         changes = rule_changes(desired_rules(spec), list(actual.rules))
         rule_ids = _apply_rule_changes(
             aws, owner, current_id, actual, changes, sorted((status.get("ruleIds") or {}).values())
@@ -213,8 +201,6 @@ def delete_filter(
         if error.error_class is ErrorClass.NOT_FOUND:
             return None
         if error.error_class is ErrorClass.IN_USE:
-            return pending(
-                "WaitingForSessions", f"{filter_id} is still used by mirror sessions in AWS", retry_after=5
-            )
+            return pending("WaitingForSessions", f"{filter_id} is still used by mirror sessions in AWS", retry_after=5)
         return outcome_for_aws_error(error)
     return None

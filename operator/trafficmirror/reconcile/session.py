@@ -81,13 +81,9 @@ def _waiting_for(kind: str, dependency: Dependency | None, ref_name: str) -> Out
         return None
     reason = f"WaitingFor{kind}"
     if dependency is None:
-        return pending(
-            reason, f"Mirror{kind} {ref_name} does not exist", retry_after=DEPENDENCY_RETRY_SECONDS
-        )
+        return pending(reason, f"Mirror{kind} {ref_name} does not exist", retry_after=DEPENDENCY_RETRY_SECONDS)
     detail = f" ({dependency.phase}: {dependency.reason})" if dependency.phase else ""
-    return pending(
-        reason, f"Mirror{kind} {ref_name} is not ready{detail}", retry_after=DEPENDENCY_RETRY_SECONDS
-    )
+    return pending(reason, f"Mirror{kind} {ref_name} is not ready{detail}", retry_after=DEPENDENCY_RETRY_SECONDS)
 
 
 def _describe_one(aws: Ec2Mirror, session_id: str) -> AwsSession | None:
@@ -151,30 +147,20 @@ def reconcile_session(
         packet_length=spec.packet_length,
         description=owner_description(owner, spec.description),
     )
-    current_id: str | None = (
-        status.get("trafficMirrorSessionId") or annotations.get(AWS_ID_ANNOTATION) or spec.adopt_id
-    )
+    current_id: str | None = status.get("trafficMirrorSessionId") or annotations.get(AWS_ID_ANNOTATION) or spec.adopt_id
     events: list[Event] = []
     try:
         actual = None
         if current_id:
-            actual = (
-                known
-                if known is not None and known.session_id == current_id
-                else _describe_one(aws, current_id)
-            )
+            actual = known if known is not None and known.session_id == current_id else _describe_one(aws, current_id)
             if actual is None:
                 if current_id == spec.adopt_id:
-                    return failed(
-                        "AdoptedResourceNotFound", f"TrafficMirrorSession {current_id} does not exist"
-                    )
+                    return failed("AdoptedResourceNotFound", f"TrafficMirrorSession {current_id} does not exist")
                 events.append(Event("Warning", "Recreating", f"{current_id} was deleted outside Kubernetes"))
             elif actual.network_interface_id != source_eni:
                 # AWS cannot move a session to another source ENI: delete and create anew.
                 _delete_quietly(aws, actual.session_id)
-                events.append(
-                    Event("Normal", "Recreating", f"source changed to {source_eni}; replacing {current_id}")
-                )
+                events.append(Event("Normal", "Recreating", f"source changed to {source_eni}; replacing {current_id}"))
                 actual = None
         if actual is None:
             if _still_refused(aws, ctx, status, target.network_interface_id):
@@ -184,9 +170,7 @@ def reconcile_session(
             if intent != token:
                 actual = _find_orphan(aws, owner, source_eni) if intent else None
                 if actual is None:
-                    outcome = pending(
-                        "Creating", "creating the TrafficMirrorSession", retry_after=0, **source_fields
-                    )
+                    outcome = pending("Creating", "creating the TrafficMirrorSession", retry_after=0, **source_fields)
                     outcome.annotations[CREATE_INTENT_ANNOTATION] = token
                     return outcome
             else:
@@ -245,14 +229,12 @@ def _current_type(aws: Ec2Mirror, ctx: ReconcileContext, network_interface_id: s
     return check_support(aws, network_interface_id, ctx.support_table, frozenset()).instance_type
 
 
-def _still_refused(
-    aws: Ec2Mirror, ctx: ReconcileContext, status: dict[str, Any], target_eni: str | None
-) -> bool:
+def _still_refused(aws: Ec2Mirror, ctx: ReconcileContext, status: dict[str, Any], target_eni: str | None) -> bool:
     """A target AWS refused stays refused until its instance type changes: do not ask AWS again before."""
     refused, refused_type = status.get("rejectedNetworkInterfaceId"), status.get("rejectedInstanceType")
     if not refused or refused != target_eni or not refused_type:
         return False
-    return _current_type(aws, ctx, refused) == refused_type
+    return bool(_current_type(aws, ctx, refused) == refused_type)
 
 
 def _find_orphan(aws: Ec2Mirror, owner: Owner, source_eni: str) -> AwsSession | None:
@@ -281,7 +263,7 @@ def delete_session(spec: MirrorSessionSpec, status: dict[str, Any], ctx: Reconci
 
 
 def status_message(status: dict[str, Any]) -> str:
-    ready_condition = next((c for c in status.get("conditions", []) if c.get("type") == "Ready"), {})
+    ready_condition: dict[str, Any] = next((c for c in status.get("conditions", []) if c.get("type") == "Ready"), {})
     return str(ready_condition.get("message", "AWS refused the session for the instance type"))
 
 

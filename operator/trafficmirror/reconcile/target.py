@@ -84,22 +84,14 @@ def reconcile_target(
     endpoint = desired_endpoint(spec, network_interface_id)
     extra_conditions, events, instance_type = _instance_type_warning(network_interface_id, status, ctx)
 
-    current_id: str | None = (
-        status.get("trafficMirrorTargetId") or annotations.get(AWS_ID_ANNOTATION) or spec.adopt_id
-    )
+    current_id: str | None = status.get("trafficMirrorTargetId") or annotations.get(AWS_ID_ANNOTATION) or spec.adopt_id
     previous_ids: list[str] = list(status.get("previousTargetIds") or [])
     try:
         if current_id:
-            found = (
-                known
-                if known is not None and known.target_id == current_id
-                else _describe_one(aws, current_id)
-            )
+            found = known if known is not None and known.target_id == current_id else _describe_one(aws, current_id)
             if found is None:
                 if current_id == spec.adopt_id:
-                    return failed(
-                        "AdoptedResourceNotFound", f"TrafficMirrorTarget {current_id} does not exist"
-                    )
+                    return failed("AdoptedResourceNotFound", f"TrafficMirrorTarget {current_id} does not exist")
                 events.append(Event("Warning", "Recreating", f"{current_id} was deleted outside Kubernetes"))
                 current_id = None
             elif endpoint_of(found) != endpoint:
@@ -137,9 +129,7 @@ def reconcile_target(
     outcome = ready(f"TrafficMirrorTarget {current_id} is ready")
     if remaining:
         outcome.conditions.append(
-            ConditionUpdate(
-                "Replaced", "False", "WaitingForSessions", f"{', '.join(remaining)} still used by sessions"
-            )
+            ConditionUpdate("Replaced", "False", "WaitingForSessions", f"{', '.join(remaining)} still used by sessions")
         )
         outcome.retry_after = REPLACEMENT_RETRY_SECONDS
     outcome.conditions += extra_conditions
@@ -172,11 +162,7 @@ def _instance_type_warning(
         return [condition], [], None
     if not check.unsupported:
         return (
-            [
-                ConditionUpdate(
-                    INSTANCE_TYPE_CONDITION, "True", "Supported", f"{check.instance_type} is supported"
-                )
-            ],
+            [ConditionUpdate(INSTANCE_TYPE_CONDITION, "True", "Supported", f"{check.instance_type} is supported")],
             [],
             check.instance_type,
         )
@@ -197,9 +183,9 @@ def _instance_type_warning(
 
 def _find_orphan(aws: Ec2Mirror, owner: Owner, endpoint: dict[str, str], exclude: list[str]) -> str | None:
     for target in aws.describe_targets():
-        if target.target_id not in exclude and is_owned_by(target.tags, target.description, owner):
-            if endpoint_of(target) == endpoint:
-                return target.target_id
+        owned = target.target_id not in exclude and is_owned_by(target.tags, target.description, owner)
+        if owned and endpoint_of(target) == endpoint:
+            return target.target_id
     return None
 
 
