@@ -41,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     operator.add_argument("--peering", default="trafficmirror", help="kopf peering object: a second instance pauses")
     operator.add_argument("--standalone", action="store_true", help="no peering (development only)")
     operator.add_argument("--log-level", default="INFO")
-    operator.set_defaults(handler=_run_operator)
+    operator.set_defaults(func=_run_operator)
     try:
         from trafficmirror.capture.cli import add_capture_commands
     except ImportError:  # the capture package is optional in a minimal install
@@ -53,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return int(args.handler(args) or 0)
+    return int(args.func(args) or 0)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from trafficmirror.aws.ec2 import Ec2Mirror
 from trafficmirror.aws.errors import AwsError, ErrorClass
@@ -41,3 +41,17 @@ def outcome_for_aws_error(error: AwsError, **status_fields: Any) -> Outcome:
     if error.error_class in (ErrorClass.TERMINAL, ErrorClass.UNSUPPORTED_INSTANCE):
         return failed("AwsRejected", f"{error.operation} was rejected: {error.code}: {error.message}", **status_fields)
     raise RetryLater(str(error), delay=10)
+
+
+Resource = TypeVar("Resource")
+
+
+def describe_one(describe: Callable[[list[str]], list[Resource]], aws_id: str) -> Resource | None:
+    """One resource by its AWS ID, or None when AWS says it does not exist."""
+    try:
+        found = describe([aws_id])
+    except AwsError as error:
+        if error.error_class is ErrorClass.NOT_FOUND:
+            return None
+        raise
+    return found[0] if found else None

@@ -23,7 +23,7 @@ from trafficmirror.reconcile.common import (
     pending,
     ready,
 )
-from trafficmirror.reconcile.context import ReconcileContext, outcome_for_aws_error
+from trafficmirror.reconcile.context import ReconcileContext, describe_one, outcome_for_aws_error
 
 
 def rule_params(direction: str, rule: FilterRule) -> RuleParams:
@@ -77,23 +77,13 @@ def network_service_changes(desired: list[str], actual: tuple[str, ...]) -> tupl
     return sorted(set(desired) - set(actual)), sorted(set(actual) - set(desired))
 
 
-def _describe_one(aws: Ec2Mirror, filter_id: str) -> AwsFilter | None:
-    try:
-        found = aws.describe_filters([filter_id])
-    except AwsError as error:
-        if error.error_class is ErrorClass.NOT_FOUND:
-            return None
-        raise
-    return found[0] if found else None
-
-
 def reconcile_filter(
     owner: Owner,
     spec: MirrorFilterSpec,
     status: dict[str, Any],
     annotations: dict[str, str],
     ctx: ReconcileContext,
-    known: AwsFilter | None = None,
+    known: AwsFilter | None = None,  # from the resync snapshot, by the ID in status: saves a Describe
 ) -> Outcome:
     aws = ctx.aws_for_region(spec.region)
     current_id: str | None = status.get("trafficMirrorFilterId") or annotations.get(AWS_ID_ANNOTATION) or spec.adopt_id
@@ -101,7 +91,11 @@ def reconcile_filter(
     try:
         actual = None
         if current_id:
-            actual = known if known is not None and known.filter_id == current_id else _describe_one(aws, current_id)
+            actual = (
+                known
+                if known is not None and known.filter_id == current_id
+                else describe_one(aws.describe_filters, current_id)
+            )
             if actual is None:
                 if current_id == spec.adopt_id:
                     return failed("AdoptedResourceNotFound", f"TrafficMirrorFilter {current_id} does not exist")

@@ -29,7 +29,7 @@ from trafficmirror.reconcile.common import (
     pending,
     ready,
 )
-from trafficmirror.reconcile.context import ReconcileContext, outcome_for_aws_error
+from trafficmirror.reconcile.context import ReconcileContext, describe_one, outcome_for_aws_error
 from trafficmirror.reconcile.endpoints import (
     SupportCheck,
     Unresolvable,
@@ -86,16 +86,6 @@ def _waiting_for(kind: str, dependency: Dependency | None, ref_name: str) -> Out
     return pending(reason, f"Mirror{kind} {ref_name} is not ready{detail}", retry_after=DEPENDENCY_RETRY_SECONDS)
 
 
-def _describe_one(aws: Ec2Mirror, session_id: str) -> AwsSession | None:
-    try:
-        found = aws.describe_sessions([session_id])
-    except AwsError as error:
-        if error.error_class is ErrorClass.NOT_FOUND:
-            return None
-        raise
-    return found[0] if found else None
-
-
 def reconcile_session(
     owner: Owner,
     spec: MirrorSessionSpec,
@@ -104,7 +94,7 @@ def reconcile_session(
     ctx: ReconcileContext,
     target: Dependency | None,
     mirror_filter: Dependency | None,
-    known: AwsSession | None = None,
+    known: AwsSession | None = None,  # from the resync snapshot, by the ID in status: saves a Describe
 ) -> Outcome:
     aws = ctx.aws_for_region(spec.region)
     try:
@@ -152,7 +142,11 @@ def reconcile_session(
     try:
         actual = None
         if current_id:
-            actual = known if known is not None and known.session_id == current_id else _describe_one(aws, current_id)
+            actual = (
+                known
+                if known is not None and known.session_id == current_id
+                else describe_one(aws.describe_sessions, current_id)
+            )
             if actual is None:
                 if current_id == spec.adopt_id:
                     return failed("AdoptedResourceNotFound", f"TrafficMirrorSession {current_id} does not exist")

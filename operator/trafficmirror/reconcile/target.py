@@ -23,7 +23,7 @@ from trafficmirror.reconcile.common import (
     pending,
     ready,
 )
-from trafficmirror.reconcile.context import ReconcileContext, outcome_for_aws_error
+from trafficmirror.reconcile.context import ReconcileContext, describe_one, outcome_for_aws_error
 from trafficmirror.reconcile.endpoints import Unresolvable, check_support, resolve_network_interface
 
 INSTANCE_TYPE_CONDITION = "InstanceTypeSupported"
@@ -48,23 +48,13 @@ def desired_endpoint(spec: MirrorTargetSpec, network_interface_id: str | None) -
     return {"NetworkInterfaceId": network_interface_id}
 
 
-def _describe_one(aws: Ec2Mirror, target_id: str) -> AwsTarget | None:
-    try:
-        found = aws.describe_targets([target_id])
-    except AwsError as error:
-        if error.error_class is ErrorClass.NOT_FOUND:
-            return None
-        raise
-    return found[0] if found else None
-
-
 def reconcile_target(
     owner: Owner,
     spec: MirrorTargetSpec,
     status: dict[str, Any],
     annotations: dict[str, str],
     ctx: ReconcileContext,
-    known: AwsTarget | None = None,
+    known: AwsTarget | None = None,  # from the resync snapshot, by the ID in status: saves a Describe
 ) -> Outcome:
     aws = ctx.aws_for_region(spec.region)
     network_interface_id: str | None = None
@@ -88,7 +78,11 @@ def reconcile_target(
     previous_ids: list[str] = list(status.get("previousTargetIds") or [])
     try:
         if current_id:
-            found = known if known is not None and known.target_id == current_id else _describe_one(aws, current_id)
+            found = (
+                known
+                if known is not None and known.target_id == current_id
+                else describe_one(aws.describe_targets, current_id)
+            )
             if found is None:
                 if current_id == spec.adopt_id:
                     return failed("AdoptedResourceNotFound", f"TrafficMirrorTarget {current_id} does not exist")
