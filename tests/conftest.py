@@ -36,6 +36,18 @@ def namespace(control_plane: ControlPlane, request: pytest.FixtureRequest) -> It
     name = f"t-{readable}-{digest}"
     control_plane.kubectl("create", "namespace", name)
     yield name
+    # No controller-manager runs here, so deleting the namespace would not delete what is in it:
+    # delete our objects first, so that a running operator cleans up AWS and stops seeing them.
+    control_plane.kubectl(
+        "delete",
+        "-n",
+        name,
+        "mirrorsessions,mirrortargets,mirrorfilters",
+        "--all",
+        "--wait=true",
+        "--timeout=60s",
+        check=False,
+    )
     control_plane.kubectl("delete", "namespace", name, "--wait=false", check=False)
 
 

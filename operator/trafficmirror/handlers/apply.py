@@ -47,9 +47,14 @@ async def run(
     logger: logging.Logger,
     context: ReconcileContext,
     node_provider_ids: kopf.Index[str, str] | None = None,
+    from_timer: bool = False,
     **kwargs: Any,
 ) -> Outcome | None:
-    """Run a (blocking) reconcile in a thread, then write what it decided."""
+    """Run a (blocking) reconcile in a thread, then write what it decided.
+
+    From a timer nothing is raised: the next tick (one resync period later) carries on, which is
+    the backoff a periodic check wants, and a timer's retry would not see the status it just wrote.
+    """
     if node_provider_ids is not None:
         nodes = {name: next(iter(store), "") for name, store in node_provider_ids.items()}
         context = dataclasses.replace(context, node_provider_ids=nodes)
@@ -57,13 +62,16 @@ async def run(
         outcome = await asyncio.to_thread(reconcile, ctx=context, **kwargs)
     except (RetryLater, AwsError) as error:
         RECONCILES.labels(kind, "retry").inc()
+        if from_timer:
+            logger.warning(f"resync will try again next period: {error}")
+            return None
         raise kopf.TemporaryError(str(error), delay=backoff(retry)) from error
     if outcome is None:
         RECONCILES.labels(kind, "done").inc()
         return None
     write(kind, body, patch, outcome)
     RECONCILES.labels(kind, outcome.phase.value).inc()
-    if outcome.retry_after is not None:
+    if outcome.retry_after is not None and not from_timer:
         message = next((c.message for c in outcome.conditions if c.type == "Ready"), "")
         # Waiting on something else is not an error: short, steady delays; only failures back off.
         raise kopf.TemporaryError(message, delay=outcome.retry_after)
@@ -100,3 +108,20 @@ def _count_phase(kind: str, uid: str, phase: str | None) -> None:
 
 def forget(uid: str) -> None:
     _count_phase("", uid, None)
+
+
+# Failures that the world can fix without a spec change: the resync looks at them again.
+RECOVERABLE_FAILURES = frozenset({"UnsupportedInstanceType"})
+
+
+def resync_action(body: kopf.Body) -> str:
+    """What a drift timer does with an object: 'skip', 'compare' (Ready: against the snapshot) or 'reconcile'."""
+    status = body.get("status", {})
+    if body["metadata"].get("deletionTimestamp"):
+        return "skip"
+    phase = status.get("phase")
+    if phase == "Ready":
+        return "compare"
+    if phase == "Failed" and _ready_reason(status) not in RECOVERABLE_FAILURES:
+        return "skip"  # terminal: only a spec change (an update handler) moves it
+    return "reconcile"  # Pending, or a Failed the world may have fixed

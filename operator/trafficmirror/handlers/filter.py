@@ -32,7 +32,13 @@ async def reconcile(
 
 
 async def _reconcile(
-    body: kopf.Body, patch: kopf.Patch, retry: int, logger: logging.Logger, memo: kopf.Memo, known: Any = None
+    body: kopf.Body,
+    patch: kopf.Patch,
+    retry: int,
+    logger: logging.Logger,
+    memo: kopf.Memo,
+    known: Any = None,
+    from_timer: bool = False,
 ) -> None:
     await apply.run(
         KIND,
@@ -47,6 +53,7 @@ async def _reconcile(
         status=dict(body.get("status", {})),
         annotations=dict(body["metadata"].get("annotations", {})),
         known=known,
+        from_timer=from_timer,
     )
 
 
@@ -54,19 +61,20 @@ async def _reconcile(
 async def resync(
     body: kopf.Body, patch: kopf.Patch, retry: int, logger: logging.Logger, memo: kopf.Memo, **_: Any
 ) -> None:
-    status = body.get("status", {})
-    if status.get("phase") != Phase.READY.value or body["metadata"].get("deletionTimestamp"):
+    action = apply.resync_action(body)
+    if action == "skip":
         return
+    status = body.get("status", {})
     spec = MirrorFilterSpec.model_validate(dict(body["spec"]))
-    known = (await memo.snapshot.get("filters", spec.region)).get(status.get("trafficMirrorFilterId"))
-    if known is not None:
-        in_sync = rule_changes(desired_rules(spec), list(known.rules)).empty and network_service_changes(
-            list(spec.network_services or []), known.network_services
-        ) == ([], [])
-        if in_sync:
-            return
-    logger.info(f"drift: {status.get('trafficMirrorFilterId')} is {'changed' if known else 'missing'} in AWS")
-    await _reconcile(body, patch, retry, logger, memo, known=known)
+    known = None
+    if action == "compare":
+        known = (await memo.snapshot.get("filters", spec.region)).get(status.get("trafficMirrorFilterId"))
+        rules_in_sync = known is not None and rule_changes(desired_rules(spec), list(known.rules)).empty
+        services = network_service_changes(list(spec.network_services or []), known.network_services) if known else None
+        if rules_in_sync and services == ([], []):
+            return  # in sync: no call beyond the shared Describe
+        logger.info(f"drift: {status.get('trafficMirrorFilterId')} is {'changed' if known else 'missing'} in AWS")
+    await _reconcile(body, patch, retry, logger, memo, known=known, from_timer=True)
 
 
 @kopf.on.delete(*FILTERS)

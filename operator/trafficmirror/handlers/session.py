@@ -12,7 +12,7 @@ from trafficmirror.api import MirrorSessionSpec, Phase
 from trafficmirror.config import RESYNC_SECONDS
 from trafficmirror.handlers import apply
 from trafficmirror.handlers.indexes import SESSIONS, one
-from trafficmirror.reconcile.session import UNSUPPORTED, delete_session, reconcile_session
+from trafficmirror.reconcile.session import delete_session, reconcile_session
 
 KIND = "MirrorSession"
 FOLLOW_SECONDS = 5.0  # how soon a session notices its target or filter got a new AWS ID
@@ -45,6 +45,7 @@ async def _reconcile(
     target_states: kopf.Index[Any, Any],
     filter_states: kopf.Index[Any, Any],
     known: Any = None,
+    from_timer: bool = False,
 ) -> None:
     spec = MirrorSessionSpec.model_validate(dict(body["spec"]))
     namespace = body["metadata"]["namespace"]
@@ -64,6 +65,7 @@ async def _reconcile(
         target=one(target_states, (namespace, spec.target_ref.name)),
         mirror_filter=one(filter_states, (namespace, spec.filter_ref.name)),
         known=known,
+        from_timer=from_timer,
     )
 
 
@@ -93,7 +95,7 @@ async def follow_dependencies(
     if not (target.aws_id and mirror_filter.aws_id):
         return
     logger.info(f"following target/filter: {current} → {(target.aws_id, mirror_filter.aws_id)}")
-    await _reconcile(body, patch, retry, logger, memo, node_provider_ids, target_states, filter_states)
+    await _reconcile(body, patch, retry, logger, memo, node_provider_ids, target_states, filter_states, from_timer=True)
 
 
 @kopf.timer(*SESSIONS, interval=RESYNC_SECONDS, initial_delay=RESYNC_SECONDS)
@@ -108,34 +110,33 @@ async def resync(
     filter_states: kopf.Index[Any, Any],
     **_: Any,
 ) -> None:
+    action = apply.resync_action(body)
+    if action == "skip":
+        return
     status = body.get("status", {})
-    if body["metadata"].get("deletionTimestamp"):
-        return
-    ready_reason = next((c.get("reason") for c in status.get("conditions", []) if c.get("type") == "Ready"), None)
-    if status.get("phase") == Phase.FAILED.value and ready_reason == UNSUPPORTED:
-        # The seed's fix is to change the instance type: look again, without asking AWS to create.
-        await _reconcile(body, patch, retry, logger, memo, node_provider_ids, target_states, filter_states)
-        return
-    if status.get("phase") != Phase.READY.value:
-        return
     spec = MirrorSessionSpec.model_validate(dict(body["spec"]))
-    known = (await memo.snapshot.get("sessions", spec.region)).get(status.get("trafficMirrorSessionId"))
-    if known is not None and (
-        known.target_id,
-        known.filter_id,
-        known.session_number,
-        known.packet_length,
-        known.virtual_network_id,
-    ) == (
-        status.get("trafficMirrorTargetId"),
-        status.get("trafficMirrorFilterId"),
-        spec.session_number,
-        spec.packet_length,
-        status.get("virtualNetworkId"),
-    ):
-        return
-    logger.info(f"drift: {status.get('trafficMirrorSessionId')} is {'changed' if known else 'missing'} in AWS")
-    await _reconcile(body, patch, retry, logger, memo, node_provider_ids, target_states, filter_states, known=known)
+    known = None
+    if action == "compare":
+        known = (await memo.snapshot.get("sessions", spec.region)).get(status.get("trafficMirrorSessionId"))
+        observed = (
+            (known.target_id, known.filter_id, known.session_number, known.packet_length, known.virtual_network_id)
+            if known
+            else None
+        )
+        recorded = (
+            status.get("trafficMirrorTargetId"),
+            status.get("trafficMirrorFilterId"),
+            spec.session_number,
+            spec.packet_length,
+            status.get("virtualNetworkId"),
+        )
+        if observed == recorded:
+            return  # in sync: no call beyond the shared Describe
+        logger.info(f"drift: {status.get('trafficMirrorSessionId')} is {'changed' if known else 'missing'} in AWS")
+    # Not Ready: Pending, or Failed for an instance type the user may since have changed (the seed's fix).
+    await _reconcile(
+        body, patch, retry, logger, memo, node_provider_ids, target_states, filter_states, known=known, from_timer=True
+    )
 
 
 @kopf.on.delete(*SESSIONS)

@@ -39,6 +39,7 @@ async def _reconcile(
     memo: kopf.Memo,
     node_provider_ids: kopf.Index[str, str],
     known: Any = None,
+    from_timer: bool = False,
 ) -> None:
     await apply.run(
         KIND,
@@ -54,6 +55,7 @@ async def _reconcile(
         status=dict(body.get("status", {})),
         annotations=dict(body["metadata"].get("annotations", {})),
         known=known,
+        from_timer=from_timer,
     )
 
 
@@ -67,19 +69,19 @@ async def resync(
     node_provider_ids: kopf.Index[str, str],
     **_: Any,
 ) -> None:
-    status = body.get("status", {})
-    if status.get("phase") != Phase.READY.value or body["metadata"].get("deletionTimestamp"):
+    action = apply.resync_action(body)
+    if action == "skip":
         return
+    status = body.get("status", {})
     spec = MirrorTargetSpec.model_validate(dict(body["spec"]))
-    known = (await memo.snapshot.get("targets", spec.region)).get(status.get("trafficMirrorTargetId"))
-    if (
-        known is not None
-        and endpoint_of(known).get("NetworkInterfaceId") == status.get("networkInterfaceId")
-        and not status.get("previousTargetIds")
-    ):
-        return  # in sync: no call beyond the shared Describe
-    logger.info(f"drift: {status.get('trafficMirrorTargetId')} is {'changed' if known else 'missing'} in AWS")
-    await _reconcile(body, patch, retry, logger, memo, node_provider_ids, known=known)
+    known = None
+    if action == "compare":
+        known = (await memo.snapshot.get("targets", spec.region)).get(status.get("trafficMirrorTargetId"))
+        in_sync = known is not None and endpoint_of(known).get("NetworkInterfaceId") == status.get("networkInterfaceId")
+        if in_sync and not status.get("previousTargetIds"):
+            return  # no call beyond the shared Describe
+        logger.info(f"drift: {status.get('trafficMirrorTargetId')} is {'changed' if known else 'missing'} in AWS")
+    await _reconcile(body, patch, retry, logger, memo, node_provider_ids, known=known, from_timer=True)
 
 
 @kopf.on.delete(*TARGETS)
