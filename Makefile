@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: test demo crds lint unit deps testbed bench-operator bench-capture clean
+.PHONY: test demo crds lint unit deps testbed bench-operator bench-capture clean checkov manifests chart-test
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -18,8 +18,21 @@ deps: $(VENV)/.installed
 testbed:
 	bash hack/build-testbed.sh >/dev/null
 
-crds: $(VENV)/.installed
+crds: $(VENV)/.installed testbed
 	$(PY) -m trafficmirror.api.crd crds
+	bash hack/render-manifests.sh
+
+CHECKOV_VENV ?= $(or $(TRAFFICMIRROR_CACHE),$(HOME)/.cache/trafficmirror)/checkov-venv
+
+# checkov lives in its own venv: it pins boto3, packaging and networkx to versions the project cannot use.
+checkov:
+	test -x $(CHECKOV_VENV)/bin/checkov || { python3 -m venv $(CHECKOV_VENV) && $(CHECKOV_VENV)/bin/pip install -q checkov==3.3.30; }
+
+manifests: testbed
+	bash hack/render-manifests.sh
+
+chart-test: $(VENV)/.installed testbed checkov
+	$(VENV)/bin/pytest tests/chart $(PYTEST_ARGS)
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check operator tests bench
@@ -27,7 +40,7 @@ lint: $(VENV)/.installed
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
 
-test: deps testbed lint
+test: deps testbed checkov lint
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 unit: $(VENV)/.installed
