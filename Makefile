@@ -20,6 +20,7 @@ testbed:
 
 crds: $(VENV)/.installed testbed
 	$(PY) -m trafficmirror.api.crd crds
+	$(PY) -m trafficmirror.api.reference README.md
 	bash hack/render-manifests.sh
 
 CHECKOV_VENV ?= $(or $(TRAFFICMIRROR_CACHE),$(HOME)/.cache/trafficmirror)/checkov-venv
@@ -41,7 +42,7 @@ lint: $(VENV)/.installed
 	$(VENV)/bin/lint-imports
 
 test: deps testbed checkov lint
-	$(VENV)/bin/pytest $(PYTEST_ARGS)
+	CHECKOV=$(CHECKOV_VENV)/bin/checkov $(VENV)/bin/pytest $(PYTEST_ARGS)
 
 unit: $(VENV)/.installed
 	$(VENV)/bin/pytest tests/unit $(PYTEST_ARGS)

@@ -50,3 +50,12 @@ def test_every_crd_has_status_subresource_printer_columns_and_short_names() -> N
         assert columns[:2] == ["Phase", "AWS-ID"] and columns[-2:] == ["Reason", "Age"], name
         assert crd["spec"]["names"]["shortNames"], name
         assert "trafficmirror" in crd["spec"]["names"]["categories"], name
+
+
+def test_the_readme_field_reference_matches_the_models(tmp_path: object) -> None:
+    from trafficmirror.api.reference import END, START, reference_markdown
+
+    readme = (REPO_ROOT / "README.md").read_text()
+    assert START in readme and END in readme
+    generated = readme.split(START, 1)[1].split(END, 1)[0].strip()
+    assert generated == reference_markdown().strip(), "README field reference is stale: run `make crds`"
