@@ -15,7 +15,10 @@ def _run_operator(args: argparse.Namespace) -> int:
 
     import trafficmirror.handlers  # noqa: F401  (registers the handlers)
 
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    # JSON lines by default (one object per record, with the resource's namespace/name): what log
+    # pipelines index; `--log-format full` for reading by eye.
+    kopf.configure(log_format=kopf.LogFormat[args.log_format.upper()], log_refkey="object")
+    logging.getLogger().setLevel(args.log_level)
     asyncio.run(
         kopf.operator(
             clusterwide=not args.namespace,
@@ -41,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     operator.add_argument("--peering", default="trafficmirror", help="kopf peering object: a second instance pauses")
     operator.add_argument("--standalone", action="store_true", help="no peering (development only)")
     operator.add_argument("--log-level", default="INFO")
+    operator.add_argument("--log-format", choices=["json", "full", "plain"], default="json")
     operator.set_defaults(func=_run_operator)
     try:
         from trafficmirror.capture.cli import add_capture_commands

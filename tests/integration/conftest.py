@@ -71,6 +71,8 @@ class OperatorProcess:
                 "-m",
                 "trafficmirror.cli",
                 "operator",
+                "--log-format",
+                "full",
                 "--liveness",
                 f"http://127.0.0.1:{free_port()}/healthz",
             ],
