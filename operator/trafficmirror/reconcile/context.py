@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 from trafficmirror.aws.ec2 import Ec2Mirror
 from trafficmirror.aws.errors import AwsError, ErrorClass
 from trafficmirror.aws.instance_support import SupportTable
-from trafficmirror.reconcile.common import Outcome, failed
+from trafficmirror.reconcile.common import CREATE_INTENT_ANNOTATION, Event, Outcome, failed, pending
 
 
 class RetryLater(Exception):
@@ -55,3 +55,61 @@ def describe_one(describe: Callable[[list[str]], list[Resource]], aws_id: str) -
             return None
         raise
     return found[0] if found else None
+
+
+class Decided(Exception):
+    """A step reached the reconcile's outcome early (e.g. the intent to write before a create)."""
+
+    def __init__(self, outcome: Outcome) -> None:
+        super().__init__(outcome.ready_reason)
+        self.outcome = outcome
+
+
+def recorded_resource(
+    current_id: str | None,
+    adopt_id: str | None,
+    aws_kind: str,
+    known: Resource | None,
+    describe: Callable[[list[str]], list[Resource]],
+    events: list[Event],
+) -> Resource | None:
+    """The AWS resource the object records, or None when there is none yet or it was deleted outside."""
+    if not current_id:
+        return None
+    found = known if known is not None else describe_one(describe, current_id)
+    if found is None:
+        if current_id == adopt_id:
+            raise Decided(failed("AdoptedResourceNotFound", f"{aws_kind} {current_id} does not exist"))
+        events.append(Event("Warning", "Recreating", f"{current_id} was deleted outside Kubernetes"))
+    return found
+
+
+def create_once(
+    *,
+    aws_kind: str,
+    token: str,
+    annotations: dict[str, str],
+    find_orphan: Callable[[], Resource | None],
+    create: Callable[[str], Resource],
+    id_of: Callable[[Resource], str],
+    events: list[Event],
+    **status_fields: Any,
+) -> Resource:
+    """Create at most once per token, even across crashes.
+
+    The token is written to an annotation first (one reconcile), and sent to AWS only on the next:
+    if a later attempt finds another token there, the spec changed while the fate of that create
+    was unknown, so AWS is searched for a resource this object owns before anything is created.
+    """
+    intent = annotations.get(CREATE_INTENT_ANNOTATION)
+    if intent == token:
+        created = create(token)
+        events.append(Event("Normal", "Created", f"created {aws_kind} {id_of(created)}"))
+        return created
+    orphan = find_orphan() if intent else None
+    if orphan is not None:
+        events.append(Event("Normal", "Adopted", f"found {aws_kind} {id_of(orphan)} created by an earlier attempt"))
+        return orphan
+    outcome = pending("Creating", f"creating the {aws_kind}", retry_after=0, **status_fields)
+    outcome.annotations[CREATE_INTENT_ANNOTATION] = token
+    raise Decided(outcome)

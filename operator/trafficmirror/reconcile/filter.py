@@ -16,14 +16,21 @@ from trafficmirror.reconcile.common import (
     Outcome,
     Owner,
     client_token,
-    failed,
     is_owned_by,
     owner_description,
     owner_tags,
     pending,
     ready,
 )
-from trafficmirror.reconcile.context import ReconcileContext, describe_one, outcome_for_aws_error
+from trafficmirror.reconcile.context import (
+    Decided,
+    ReconcileContext,
+    create_once,
+    outcome_for_aws_error,
+    recorded_resource,
+)
+
+AWS_KIND = "TrafficMirrorFilter"
 
 
 def rule_params(direction: str, rule: FilterRule) -> RuleParams:
@@ -89,35 +96,22 @@ def reconcile_filter(
     current_id: str | None = status.get("trafficMirrorFilterId") or annotations.get(AWS_ID_ANNOTATION) or spec.adopt_id
     events: list[Event] = []
     try:
-        actual = None
-        if current_id:
-            actual = (
-                known
-                if known is not None and known.filter_id == current_id
-                else describe_one(aws.describe_filters, current_id)
-            )
-            if actual is None:
-                if current_id == spec.adopt_id:
-                    return failed("AdoptedResourceNotFound", f"TrafficMirrorFilter {current_id} does not exist")
-                events.append(Event("Warning", "Recreating", f"{current_id} was deleted outside Kubernetes"))
-                current_id = None
+        actual = recorded_resource(current_id, spec.adopt_id, AWS_KIND, known, aws.describe_filters, events)
         if actual is None:
-            # The token does not depend on the rules: they are added after, one by one.
-            token = client_token(owner.uid, {"filter": owner.uid, "replaces": status.get("trafficMirrorFilterId")})
-            intent = annotations.get(CREATE_INTENT_ANNOTATION)
-            if intent != token:
-                actual = _find_orphan(aws, owner) if intent else None
-                if actual is None:
-                    outcome = pending("Creating", "creating the TrafficMirrorFilter", retry_after=0)
-                    outcome.annotations[CREATE_INTENT_ANNOTATION] = token
-                    return outcome
-            else:
-                actual = aws.create_filter(
+            actual = create_once(
+                aws_kind=AWS_KIND,
+                # The token does not depend on the rules: they are added after, one by one.
+                token=client_token(owner.uid, {"filter": owner.uid, "replaces": status.get("trafficMirrorFilterId")}),
+                annotations=annotations,
+                find_orphan=lambda: _find_orphan(aws, owner),
+                create=lambda token: aws.create_filter(
                     client_token=token,
                     description=owner_description(owner, spec.description),
                     tags=owner_tags(owner, spec.tags),
-                )
-                events.append(Event("Normal", "Created", f"created TrafficMirrorFilter {actual.filter_id}"))
+                ),
+                id_of=lambda created: created.filter_id,
+                events=events,
+            )
         current_id = actual.filter_id
         changes = rule_changes(desired_rules(spec), list(actual.rules))
         rule_ids = _apply_rule_changes(
@@ -128,6 +122,8 @@ def reconcile_filter(
             aws.set_network_services(current_id, add, remove)
     except AwsError as error:
         return outcome_for_aws_error(error, trafficMirrorFilterId=current_id)
+    except Decided as decided:
+        return decided.outcome
     if not changes.empty or add or remove:
         events.append(
             Event(

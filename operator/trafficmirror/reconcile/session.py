@@ -29,7 +29,13 @@ from trafficmirror.reconcile.common import (
     pending,
     ready,
 )
-from trafficmirror.reconcile.context import ReconcileContext, describe_one, outcome_for_aws_error
+from trafficmirror.reconcile.context import (
+    Decided,
+    ReconcileContext,
+    create_once,
+    outcome_for_aws_error,
+    recorded_resource,
+)
 from trafficmirror.reconcile.endpoints import (
     SupportCheck,
     Unresolvable,
@@ -37,6 +43,7 @@ from trafficmirror.reconcile.endpoints import (
     resolve_network_interface,
 )
 
+AWS_KIND = "TrafficMirrorSession"
 UNSUPPORTED = "UnsupportedInstanceType"
 DEPENDENCY_RETRY_SECONDS = 3.0
 _ENI_IN_MESSAGE = re.compile(r"(eni-[0-9a-f]+)")
@@ -140,36 +147,25 @@ def reconcile_session(
     current_id: str | None = status.get("trafficMirrorSessionId") or annotations.get(AWS_ID_ANNOTATION) or spec.adopt_id
     events: list[Event] = []
     try:
-        actual = None
-        if current_id:
-            actual = (
-                known
-                if known is not None and known.session_id == current_id
-                else describe_one(aws.describe_sessions, current_id)
-            )
-            if actual is None:
-                if current_id == spec.adopt_id:
-                    return failed("AdoptedResourceNotFound", f"TrafficMirrorSession {current_id} does not exist")
-                events.append(Event("Warning", "Recreating", f"{current_id} was deleted outside Kubernetes"))
-            elif actual.network_interface_id != source_eni:
-                # AWS cannot move a session to another source ENI: delete and create anew.
-                _delete_quietly(aws, actual.session_id)
-                events.append(Event("Normal", "Recreating", f"source changed to {source_eni}; replacing {current_id}"))
-                actual = None
+        actual = recorded_resource(current_id, spec.adopt_id, AWS_KIND, known, aws.describe_sessions, events)
+        if actual is not None and actual.network_interface_id != source_eni:
+            # AWS cannot move a session to another source ENI: delete and create anew.
+            _delete_quietly(aws, actual.session_id)
+            events.append(Event("Normal", "Recreating", f"source changed to {source_eni}; replacing {current_id}"))
+            actual = None
         if actual is None:
             if _still_refused(aws, ctx, status, target.network_interface_id):
                 return failed(UNSUPPORTED, status_message(status), **_refusal_fields(status), **source_fields)
-            token = client_token(owner.uid, {"params": asdict(desired), "replaces": current_id})
-            intent = annotations.get(CREATE_INTENT_ANNOTATION)
-            if intent != token:
-                actual = _find_orphan(aws, owner, source_eni) if intent else None
-                if actual is None:
-                    outcome = pending("Creating", "creating the TrafficMirrorSession", retry_after=0, **source_fields)
-                    outcome.annotations[CREATE_INTENT_ANNOTATION] = token
-                    return outcome
-            else:
-                actual = aws.create_session(desired, client_token=token, tags=owner_tags(owner, spec.tags))
-                events.append(Event("Normal", "Created", f"created TrafficMirrorSession {actual.session_id}"))
+            actual = create_once(
+                aws_kind=AWS_KIND,
+                token=client_token(owner.uid, {"params": asdict(desired), "replaces": current_id}),
+                annotations=annotations,
+                find_orphan=lambda: _find_orphan(aws, owner, source_eni),
+                create=lambda token: aws.create_session(desired, client_token=token, tags=owner_tags(owner, spec.tags)),
+                id_of=lambda session: session.session_id,
+                events=events,
+                **source_fields,
+            )
         changes, remove = session_modifications(actual, desired)
         if changes or remove:
             actual = aws.modify_session(actual.session_id, changes, remove)
@@ -178,6 +174,8 @@ def reconcile_session(
         if error.error_class is ErrorClass.UNSUPPORTED_INSTANCE:
             return _rejected_instance(aws, ctx, error, support, source_fields)
         return outcome_for_aws_error(error, **source_fields)
+    except Decided as decided:
+        return decided.outcome
 
     outcome = ready(
         f"mirroring {source_eni} to {target.aws_id} with VNI {actual.virtual_network_id}",

@@ -23,9 +23,16 @@ from trafficmirror.reconcile.common import (
     pending,
     ready,
 )
-from trafficmirror.reconcile.context import ReconcileContext, describe_one, outcome_for_aws_error
+from trafficmirror.reconcile.context import (
+    Decided,
+    ReconcileContext,
+    create_once,
+    outcome_for_aws_error,
+    recorded_resource,
+)
 from trafficmirror.reconcile.endpoints import Unresolvable, check_support, resolve_network_interface
 
+AWS_KIND = "TrafficMirrorTarget"
 INSTANCE_TYPE_CONDITION = "InstanceTypeSupported"
 REPLACEMENT_RETRY_SECONDS = 3.0
 
@@ -77,48 +84,36 @@ def reconcile_target(
     current_id: str | None = status.get("trafficMirrorTargetId") or annotations.get(AWS_ID_ANNOTATION) or spec.adopt_id
     previous_ids: list[str] = list(status.get("previousTargetIds") or [])
     try:
-        if current_id:
-            found = (
-                known
-                if known is not None and known.target_id == current_id
-                else describe_one(aws.describe_targets, current_id)
+        found = recorded_resource(current_id, spec.adopt_id, AWS_KIND, known, aws.describe_targets, events)
+        if found is not None and endpoint_of(found) != endpoint:
+            events.append(
+                Event("Normal", "Replacing", f"{found.target_id} points at {endpoint_of(found)}; replacing it")
             )
-            if found is None:
-                if current_id == spec.adopt_id:
-                    return failed("AdoptedResourceNotFound", f"TrafficMirrorTarget {current_id} does not exist")
-                events.append(Event("Warning", "Recreating", f"{current_id} was deleted outside Kubernetes"))
-                current_id = None
-            elif endpoint_of(found) != endpoint:
-                events.append(
-                    Event("Normal", "Replacing", f"{current_id} points at {endpoint_of(found)}; replacing it")
-                )
-                previous_ids.append(current_id)
-                current_id = None
-        if not current_id:
-            token = client_token(owner.uid, {"endpoint": endpoint, "replaces": previous_ids})
-            intent = annotations.get(CREATE_INTENT_ANNOTATION)
-            if intent != token:
-                adopted = _find_orphan(aws, owner, endpoint, exclude=previous_ids) if intent else None
-                if adopted is None:
-                    # Record the token before asking AWS: a crash after the create cannot lose track of it.
-                    outcome = pending("Creating", "creating the TrafficMirrorTarget", retry_after=0)
-                    outcome.annotations[CREATE_INTENT_ANNOTATION] = token
-                    return outcome
-                current_id = adopted
-            else:
-                created = aws.create_target(
+            previous_ids.append(found.target_id)
+            found = None
+        if found is None:
+            found = create_once(
+                aws_kind=AWS_KIND,
+                token=client_token(owner.uid, {"endpoint": endpoint, "replaces": previous_ids}),
+                annotations=annotations,
+                find_orphan=lambda: _find_orphan(aws, owner, endpoint, exclude=previous_ids),
+                create=lambda token: aws.create_target(
                     client_token=token,
                     description=owner_description(owner, spec.description),
                     tags=owner_tags(owner, spec.tags),
                     network_interface_id=endpoint.get("NetworkInterfaceId"),
                     network_load_balancer_arn=endpoint.get("NetworkLoadBalancerArn"),
                     gateway_load_balancer_endpoint_id=endpoint.get("GatewayLoadBalancerEndpointId"),
-                )
-                current_id = created.target_id
-                events.append(Event("Normal", "Created", f"created TrafficMirrorTarget {current_id}"))
+                ),
+                id_of=lambda target: target.target_id,
+                events=events,
+            )
+        current_id = found.target_id
         remaining = _delete_unused(aws, previous_ids)
     except AwsError as error:
         return outcome_for_aws_error(error, previousTargetIds=previous_ids)
+    except Decided as decided:
+        return decided.outcome
 
     outcome = ready(f"TrafficMirrorTarget {current_id} is ready")
     if remaining:
@@ -175,11 +170,11 @@ def _instance_type_warning(
     )
 
 
-def _find_orphan(aws: Ec2Mirror, owner: Owner, endpoint: dict[str, str], exclude: list[str]) -> str | None:
+def _find_orphan(aws: Ec2Mirror, owner: Owner, endpoint: dict[str, str], exclude: list[str]) -> AwsTarget | None:
     for target in aws.describe_targets():
         owned = target.target_id not in exclude and is_owned_by(target.tags, target.description, owner)
         if owned and endpoint_of(target) == endpoint:
-            return target.target_id
+            return target
     return None
 
 
