@@ -436,10 +436,15 @@ def _translate(error: botocore.exceptions.ClientError) -> AwsError:
 
 
 def _observe_calls(client: Any, observe: CallObserver) -> None:
-    """Count every HTTP attempt, retries included, so a hot loop shows in the metrics."""
+    """Count every HTTP attempt, retries included, so that a retry storm inside botocore shows too."""
 
-    def after_call(http_response: Any, parsed: dict[str, Any], model: Any, **_: Any) -> None:
+    def after_attempt(response: Any, operation: Any, caught_exception: Any = None, **_: Any) -> None:
+        if response is None:
+            observe(operation.name, type(caught_exception).__name__ if caught_exception else "NoResponse")
+            return
+        _, parsed = response
         code = parsed.get("Error", {}).get("Code") if isinstance(parsed, dict) else None
-        observe(model.name, code or "ok")
+        observe(operation.name, code or "ok")
 
-    client.meta.events.register("after-call.ec2", after_call)
+    # needs-retry fires once per attempt, before botocore decides whether to retry.
+    client.meta.events.register("needs-retry.ec2", after_attempt)

@@ -7,6 +7,7 @@ import dataclasses
 import logging
 import random
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import kopf
@@ -114,14 +115,30 @@ def forget(uid: str) -> None:
 RECOVERABLE_FAILURES = frozenset({"UnsupportedInstanceType"})
 
 
-def resync_action(body: kopf.Body) -> str:
-    """What a drift timer does with an object: 'skip', 'compare' (Ready: against the snapshot) or 'reconcile'."""
+def resync_action(body: kopf.Body, period: float, now: datetime | None = None) -> str:
+    """What a drift timer does with an object: 'skip', 'compare' (Ready: against the snapshot) or 'reconcile'.
+
+    A Pending object belongs to the change handlers, which retry it themselves; the timer steps in
+    only when one has been Pending for two periods (nobody is moving it), or when it waits on the
+    create recorded by the timer's own last run ('Creating').
+    """
     status = body.get("status", {})
     if body["metadata"].get("deletionTimestamp"):
         return "skip"
-    phase = status.get("phase")
+    phase, reason = status.get("phase"), _ready_reason(status)
     if phase == "Ready":
         return "compare"
-    if phase == "Failed" and _ready_reason(status) not in RECOVERABLE_FAILURES:
-        return "skip"  # terminal: only a spec change (an update handler) moves it
-    return "reconcile"  # Pending, or a Failed the world may have fixed
+    if phase == "Failed":
+        return "reconcile" if reason in RECOVERABLE_FAILURES else "skip"  # others need a spec change
+    if reason == "Creating":
+        return "reconcile"
+    return "reconcile" if _seconds_in_state(status, now or datetime.now(UTC)) >= 2 * period else "skip"
+
+
+def _seconds_in_state(status: dict[str, Any], now: datetime) -> float:
+    ready: dict[str, Any] = next((c for c in status.get("conditions", []) if c.get("type") == "Ready"), {})
+    try:
+        since = datetime.strptime(ready["lastTransitionTime"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    except (KeyError, ValueError):
+        return float("inf")
+    return (now - since).total_seconds()

@@ -61,7 +61,7 @@ async def _reconcile(
 async def resync(
     body: kopf.Body, patch: kopf.Patch, retry: int, logger: logging.Logger, memo: kopf.Memo, **_: Any
 ) -> None:
-    action = apply.resync_action(body)
+    action = apply.resync_action(body, memo.config.resync_seconds)
     if action == "skip":
         return
     status = body.get("status", {})

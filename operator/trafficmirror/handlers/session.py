@@ -110,7 +110,7 @@ async def resync(
     filter_states: kopf.Index[Any, Any],
     **_: Any,
 ) -> None:
-    action = apply.resync_action(body)
+    action = apply.resync_action(body, memo.config.resync_seconds)
     if action == "skip":
         return
     status = body.get("status", {})

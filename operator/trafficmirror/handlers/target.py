@@ -69,7 +69,7 @@ async def resync(
     node_provider_ids: kopf.Index[str, str],
     **_: Any,
 ) -> None:
-    action = apply.resync_action(body)
+    action = apply.resync_action(body, memo.config.resync_seconds)
     if action == "skip":
         return
     status = body.get("status", {})
