@@ -6,9 +6,10 @@ session-wide operator is frozen through kopf's peering for the duration (a highe
 `kopf freeze` writes), so only the operator under test touches the objects. AWS is always checked by asking the
 emulator directly, never through the proxy.
 
-Scale: N = 40 sessions (plus 5 targets and 5 filters, 50 objects) per test instead of the issue's 200, to keep
-the module within a few minutes on a 2-core machine; every session has its own source ENI and at most 8 sessions
-share a target (the emulator's sources-per-target quota is 10).
+Scale: the kill test creates 200 sessions (plus 25 targets and 25 filters, 250 objects); the apiserver-restart
+and throttling tests 40 sessions (50 objects), to keep the module within a few minutes on a 2-core machine.
+Every session has its own source ENI and at most 8 sessions share a target (the emulator's sources-per-target
+quota is 10).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from trafficmirror_testbed.kube import ControlPlane, free_port
 from trafficmirror_testbed.seed import World
 
 SESSIONS = 40
+CRASH_SESSIONS = 200  # the issue's 200 creates: the kills land among them
 SESSIONS_PER_TARGET = 8
 PLURALS = {"MirrorSession": "mirrorsessions", "MirrorTarget": "mirrortargets", "MirrorFilter": "mirrorfilters"}
 SESSION_CREATE = "CreateTrafficMirrorSession"
@@ -388,7 +390,7 @@ def test_kills_and_lost_create_responses_leave_no_duplicate_and_no_orphan(bed: F
     4 times at seeded-random points of the creates: some right after a lost answer (AWS has the resource, the
     operator has not recorded it), the others after a random number of further create calls. botocore's own
     retry is off (TRAFFICMIRROR_AWS_MAX_ATTEMPTS=0) so every lost answer reaches the operator's reconcile."""
-    objects = mirror_objects(bed, "crash")
+    objects = mirror_objects(bed, "crash", sessions=CRASH_SESSIONS)
     bed.proxy.configure(drop_response_for=CREATE_ACTIONS, drop_ratio=0.5)
     operator = bed.operator(TRAFFICMIRROR_AWS_MAX_ATTEMPTS="0")
     apply_all(bed, objects)
