@@ -3,7 +3,9 @@ changes (a replaced target), the timer and the dependency index bring the sessio
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import kopf
@@ -12,10 +14,11 @@ from trafficmirror.api import MirrorSessionSpec, Phase
 from trafficmirror.config import RESYNC_SECONDS
 from trafficmirror.handlers import apply
 from trafficmirror.handlers.indexes import SESSIONS, one
-from trafficmirror.reconcile.session import delete_session, reconcile_session
+from trafficmirror.reconcile.session import Dependency, delete_session, reconcile_session
 
 KIND = "MirrorSession"
-FOLLOW_SECONDS = 5.0  # how soon a session notices its target or filter got a new AWS ID
+FOLLOW_SECONDS = 5.0
+DEPENDENCY_WAIT_SECONDS = 5.0  # how soon a session notices its target or filter got a new AWS ID
 
 
 @kopf.on.resume(*SESSIONS)
@@ -49,6 +52,9 @@ async def _reconcile(
 ) -> None:
     spec = MirrorSessionSpec.model_validate(dict(body["spec"]))
     namespace = body["metadata"]["namespace"]
+    target_key, filter_key = (namespace, spec.target_ref.name), (namespace, spec.filter_ref.name)
+    if not from_timer:
+        await _settled(lambda: (one(target_states, target_key), one(filter_states, filter_key)))
     await apply.run(
         KIND,
         reconcile_session,
@@ -62,11 +68,25 @@ async def _reconcile(
         spec=spec,
         status=dict(body.get("status", {})),
         annotations=dict(body["metadata"].get("annotations", {})),
-        target=one(target_states, (namespace, spec.target_ref.name)),
-        mirror_filter=one(filter_states, (namespace, spec.filter_ref.name)),
+        target=one(target_states, target_key),
+        mirror_filter=one(filter_states, filter_key),
         known=known,
         from_timer=from_timer,
     )
+
+
+async def _settled(dependencies: Callable[[], tuple[Dependency | None, Dependency | None]]) -> None:
+    """Wait a little for a target and filter created together with the session to become Ready.
+
+    Their states come from kopf's in-memory indexes, so waiting costs no API call; it saves the
+    session a round of "WaitingForTarget" and a retry when all three are applied at once.
+    """
+    deadline = asyncio.get_running_loop().time() + DEPENDENCY_WAIT_SECONDS
+    while asyncio.get_running_loop().time() < deadline:
+        states = dependencies()
+        if all(d is not None and d.phase in ("Ready", "Failed") for d in states):
+            return
+        await asyncio.sleep(0.2)
 
 
 @kopf.timer(*SESSIONS, interval=FOLLOW_SECONDS, initial_delay=FOLLOW_SECONDS)
