@@ -1,0 +1,980 @@
+"""Operator benchmark (`make bench-operator`): N MirrorSessions (with their targets and filters) at once.
+
+One AWS emulator (moto + traffic mirroring) and one real kube-apiserver + etcd, both on loopback.
+
+World: ceil(N/3) t3.small source instances (an ENI takes at most 3 sessions: session numbers 1..3) and
+ceil(N/10) c5.large target instances; session i mirrors source ENI i//3 (number i%3+1) to target i//10
+through filter i%F (F = N/10 by default, one ingress accept rule each). A target then has at most 5
+distinct source ENIs, under the emulator's default `sources_per_target_limit` of 10, which is left as is.
+
+1. Baseline (the limit): the same AWS resources made directly with boto3 against the same emulator:
+   targets + filters, then one rule per filter, then the sessions, each phase on a thread pool of the
+   operator's size (TRAFFICMIRROR_WORKER_THREADS, 32), one shared client as the operator has. Only the
+   create calls are made: the fewest calls that produce the same AWS state. They are then deleted
+   (not timed), so the operator starts from the same emulator state.
+2. Operator: started as in tests/integration (a subprocess, its own metrics port, resync period
+   --resync-seconds); all objects applied at once (--apply-chunks parallel `kubectl apply
+   --server-side` of one List each); the list `kubectl get mirrorsessions -A -o json` shows, read at
+   most every 2 s straight from the apiserver (--poll api, the default: kubectl's own decoding of
+   1,000 objects took 10-15 s of CPU per poll on this 2-core machine; --poll kubectl uses kubectl),
+   until all are Ready. Time to all Ready is from the start of the apply (also reported from its end).
+   Gives up after --timeout, or when a target or filter stays Failed for 3 periods (its sessions
+   can never be Ready); partial figures are still written.
+3. Steady state: after convergence, once `trafficmirror_reconciles_total` has not moved for a whole
+   period (at most --settle-timeout), `trafficmirror_aws_calls_total` (summed over operations) and
+   `trafficmirror_resync_describe_calls_total` are scraped at period boundaries; the figure is the
+   median delta over --periods windows of one period each.
+4. Peak RSS: VmHWM of the operator process, from /proc.
+5. Diagnostic: the operator's per-object DescribeNetworkInterfaces/DescribeInstances, replayed directly
+   (a sample of up to 2,000, scaled), to show what its extra lookups alone cost.
+
+Full figures go to bench/results/operator.json (the last run at the top, the last run of each size
+under `runs_by_sessions`, one summary line per run under `history`, with the git HEAD under test);
+the last line is the summary:  operator_converge_ratio=<x> resync_calls_per_period=<n> rss_mb=<n>
+(`none` for what a failed run could not measure, with exit status 1).
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import datetime
+import json
+import math
+import os
+import platform
+import re
+import shutil
+import signal
+import ssl
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+sys.path.insert(0, str(REPO / "operator"))
+
+from trafficmirror_testbed.emulator import Emulator  # noqa: E402
+from trafficmirror_testbed.kube import ControlPlane, free_port, testbed_bin_dir  # noqa: E402
+from trafficmirror_testbed.seed import seed_world  # noqa: E402
+
+RESULTS = REPO / "bench" / "results" / "operator.json"
+NAMESPACE = "bench"
+API_VERSION = "trafficmirror.io/v1alpha1"
+SESSIONS_PER_ENI = 3
+SESSIONS_PER_TARGET = 10
+OPERATOR_WORKER_THREADS = int(os.environ.get("TRAFFICMIRROR_WORKER_THREADS", "32"))
+POLL_SECONDS = 2.0
+TICK = os.sysconf("SC_CLK_TCK")
+TARGETS = {"ratio": 1.5, "resync_calls_per_period": 3, "rss_mb": 200}
+
+
+class GaveUp(Exception):
+    pass
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# /proc helpers
+# ---------------------------------------------------------------------------------------------------------
+def cpu_seconds(pid: int | None) -> float | None:
+    if pid is None:
+        return None
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
+def proc_status_kb(pid: int, key: str) -> int | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    return None
+
+
+class RssWatcher(threading.Thread):
+    """Polls VmHWM/VmRSS of one process; keeps the peak and a coarse time series."""
+
+    def __init__(self, pid: int, interval: float = 0.5) -> None:
+        super().__init__(daemon=True, name="rss-watch")
+        self.pid = pid
+        self.interval = interval
+        self.peak_kb = 0
+        self.samples: list[tuple[float, float]] = []  # (seconds since start, RSS MB), every ~5 s
+        self._stop = threading.Event()
+        self._start = time.monotonic()
+
+    def run(self) -> None:
+        last_sample = -10.0
+        while not self._stop.is_set():
+            self.poll()
+            now = time.monotonic() - self._start
+            if now - last_sample >= 5:
+                rss = proc_status_kb(self.pid, "VmRSS")
+                if rss is not None:
+                    self.samples.append((round(now, 1), round(rss / 1024, 1)))
+                last_sample = now
+            self._stop.wait(self.interval)
+
+    def poll(self) -> None:
+        hwm = proc_status_kb(self.pid, "VmHWM")
+        if hwm is not None:
+            self.peak_kb = max(self.peak_kb, hwm)
+
+    def stop(self) -> None:
+        self.poll()
+        self._stop.set()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The world
+# ---------------------------------------------------------------------------------------------------------
+def launch(
+    ec2: Any, image_id: str, subnet_id: str, instance_type: str, count: int, role: str, instances: list[str]
+) -> list[str]:
+    """`count` instances (their IDs appended to `instances`); their primary ENIs, in launch order."""
+    enis: list[str] = []
+    ids: list[str] = []
+    while len(ids) < count:
+        batch = min(100, count - len(ids))
+        reply = ec2.run_instances(
+            ImageId=image_id,
+            InstanceType=instance_type,
+            MinCount=batch,
+            MaxCount=batch,
+            SubnetId=subnet_id,
+            TagSpecifications=[
+                {"ResourceType": "instance", "Tags": [{"Key": "trafficmirror.io/bench", "Value": role}]}
+            ],
+        )
+        for instance in reply["Instances"]:
+            ids.append(instance["InstanceId"])
+            enis.append(instance["NetworkInterfaces"][0]["NetworkInterfaceId"])
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        states = [
+            i["State"]["Name"]
+            for chunk in range(0, len(ids), 200)
+            for r in ec2.describe_instances(InstanceIds=ids[chunk : chunk + 200])["Reservations"]
+            for i in r["Instances"]
+        ]
+        if all(s == "running" for s in states):
+            instances += ids
+            return enis
+        time.sleep(1)
+    raise GaveUp(f"{role} instances not running after 60 s")
+
+
+class Plan:
+    def __init__(self, sessions: int, filters: int, source_enis: list[str], target_enis: list[str]) -> None:
+        self.sessions = sessions
+        self.filters = filters
+        self.source_enis = source_enis
+        self.target_enis = target_enis
+
+    @property
+    def targets(self) -> int:
+        return len(self.target_enis)
+
+    def session(self, i: int) -> tuple[str, int, int, int]:
+        """(source ENI, session number, target index, filter index) of session i."""
+        return (
+            self.source_enis[i // SESSIONS_PER_ENI],
+            i % SESSIONS_PER_ENI + 1,
+            i // SESSIONS_PER_TARGET,
+            i % self.filters,
+        )
+
+    def manifests(self) -> list[dict[str, Any]]:
+        def obj(kind: str, name: str, spec: dict[str, Any]) -> dict[str, Any]:
+            return {
+                "apiVersion": API_VERSION,
+                "kind": kind,
+                "metadata": {"name": name, "namespace": NAMESPACE},
+                "spec": spec,
+            }
+
+        rule = {
+            "ruleNumber": 100,
+            "action": "accept",
+            "sourceCidrBlock": "0.0.0.0/0",
+            "destinationCidrBlock": "0.0.0.0/0",
+        }
+        items = [obj("MirrorTarget", f"t{t}", {"networkInterfaceId": eni}) for t, eni in enumerate(self.target_enis)]
+        items += [obj("MirrorFilter", f"f{f}", {"ingressRules": [rule]}) for f in range(self.filters)]
+        for i in range(self.sessions):
+            eni, number, target, flt = self.session(i)
+            spec = {
+                "source": {"networkInterfaceId": eni},
+                "targetRef": {"name": f"t{target}"},
+                "filterRef": {"name": f"f{flt}"},
+                "sessionNumber": number,
+            }
+            items.append(obj("MirrorSession", f"s{i}", spec))
+        return items
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Baseline: the same AWS resources, straight boto3
+# ---------------------------------------------------------------------------------------------------------
+def baseline(emulator: Emulator, plan: Plan, threads: int) -> dict[str, Any]:
+    import boto3
+    from botocore.config import Config
+
+    client = boto3.client(
+        "ec2",
+        endpoint_url=emulator.endpoint_url,
+        region_name=emulator.region,
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+        config=Config(retries={"mode": "standard", "max_attempts": 8}, max_pool_connections=threads),
+    )
+    calls: Counter[str] = Counter()
+    lock = threading.Lock()
+
+    def call(operation: str, **kwargs: Any) -> dict[str, Any]:
+        reply: dict[str, Any] = getattr(client, operation)(**kwargs)
+        with lock:
+            calls[operation] += 1
+        return reply
+
+    def rule_args(filter_id: str) -> dict[str, Any]:
+        return {
+            "TrafficMirrorFilterId": filter_id,
+            "TrafficDirection": "ingress",
+            "RuleNumber": 100,
+            "RuleAction": "accept",
+            "SourceCidrBlock": "0.0.0.0/0",
+            "DestinationCidrBlock": "0.0.0.0/0",
+        }
+
+    phases: dict[str, float] = {}
+    with concurrent.futures.ThreadPoolExecutor(max_workers=threads) as pool:
+        start = time.monotonic()
+        target_futures = [
+            pool.submit(call, "create_traffic_mirror_target", NetworkInterfaceId=eni) for eni in plan.target_enis
+        ]
+        filter_futures = [pool.submit(call, "create_traffic_mirror_filter") for _ in range(plan.filters)]
+        target_ids = [f.result()["TrafficMirrorTarget"]["TrafficMirrorTargetId"] for f in target_futures]
+        filter_ids = [f.result()["TrafficMirrorFilter"]["TrafficMirrorFilterId"] for f in filter_futures]
+        phases["targets_and_filters_s"] = time.monotonic() - start
+        list(pool.map(lambda fid: call("create_traffic_mirror_filter_rule", **rule_args(fid)), filter_ids))
+        phases["rules_s"] = time.monotonic() - start - phases["targets_and_filters_s"]
+
+        def make_session(i: int) -> str:
+            eni, number, target, flt = plan.session(i)
+            reply = call(
+                "create_traffic_mirror_session",
+                NetworkInterfaceId=eni,
+                TrafficMirrorTargetId=target_ids[target],
+                TrafficMirrorFilterId=filter_ids[flt],
+                SessionNumber=number,
+            )
+            return str(reply["TrafficMirrorSession"]["TrafficMirrorSessionId"])
+
+        session_ids = list(pool.map(make_session, range(plan.sessions)))
+        elapsed = time.monotonic() - start
+        phases["sessions_s"] = elapsed - phases["targets_and_filters_s"] - phases["rules_s"]
+
+        # Not timed: leave the emulator as the operator should find it.
+        cleanup_start = time.monotonic()
+        list(pool.map(lambda s: client.delete_traffic_mirror_session(TrafficMirrorSessionId=s), session_ids))
+        list(pool.map(lambda t: client.delete_traffic_mirror_target(TrafficMirrorTargetId=t), target_ids))
+        list(pool.map(lambda f: client.delete_traffic_mirror_filter(TrafficMirrorFilterId=f), filter_ids))
+        cleanup = time.monotonic() - cleanup_start
+    left = {
+        "sessions": len(client.describe_traffic_mirror_sessions(MaxResults=1000)["TrafficMirrorSessions"]),
+        "targets": len(client.describe_traffic_mirror_targets(MaxResults=1000)["TrafficMirrorTargets"]),
+        "filters": len(client.describe_traffic_mirror_filters(MaxResults=1000)["TrafficMirrorFilters"]),
+    }
+    if any(left.values()):
+        raise GaveUp(f"baseline cleanup left resources in the emulator: {left}")
+    return {
+        "seconds": round(elapsed, 3),
+        "threads": threads,
+        "calls": dict(calls),
+        "total_calls": sum(calls.values()),
+        "phases": {k: round(v, 3) for k, v in phases.items()},
+        "cleanup_seconds_untimed": round(cleanup, 3),
+    }
+
+
+def replay_lookups(
+    emulator: Emulator,
+    counts: dict[str, int],
+    enis: list[str],
+    instance_ids: list[str],
+    threads: int,
+    limit: int = 2000,
+) -> dict[str, Any]:
+    """Make the operator's per-object lookups (by one ID each, as it does) directly, timed."""
+    import boto3
+    from botocore.config import Config
+
+    client = boto3.client(
+        "ec2",
+        endpoint_url=emulator.endpoint_url,
+        region_name=emulator.region,
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+        config=Config(retries={"mode": "standard", "max_attempts": 8}, max_pool_connections=threads),
+    )
+    jobs: list[tuple[str, dict[str, Any]]] = []
+    jobs += [
+        ("describe_network_interfaces", {"NetworkInterfaceIds": [enis[i % len(enis)]]})
+        for i in range(counts.get("describe_network_interfaces", 0))
+    ]
+    jobs += [
+        ("describe_instances", {"InstanceIds": [instance_ids[i % len(instance_ids)]]})
+        for i in range(counts.get("describe_instances", 0))
+    ]
+    # At most `limit` of them, interleaved, and the time scaled to all: thousands take minutes here.
+    total = len(jobs)
+    if total > limit:
+        jobs = jobs[:: math.ceil(total / limit)]
+    start = time.monotonic()
+    with concurrent.futures.ThreadPoolExecutor(max_workers=threads) as pool:
+        list(pool.map(lambda job: getattr(client, job[0])(**job[1]), jobs))
+    elapsed = time.monotonic() - start
+    return {
+        "calls": counts,
+        "replayed": len(jobs),
+        "seconds_replayed": round(elapsed, 2),
+        "seconds_for_all": round(elapsed * total / max(1, len(jobs)), 1),
+        "threads": threads,
+    }
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The operator
+# ---------------------------------------------------------------------------------------------------------
+class Operator:
+    def __init__(self, control_plane: ControlPlane, emulator: Emulator, log_path: Path, resync: float) -> None:
+        self.metrics_port = free_port()
+        env = {
+            **control_plane.env(),
+            **emulator.env(),
+            "TRAFFICMIRROR_RESYNC_SECONDS": str(resync),
+            "TRAFFICMIRROR_METRICS_PORT": str(self.metrics_port),
+            "TRAFFICMIRROR_CLUSTER_NAME": "bench",
+            "PYTHONPATH": os.pathsep.join(p for p in (str(REPO / "operator"), os.environ.get("PYTHONPATH")) if p),
+        }
+        self.log_path = log_path
+        command = [sys.executable, "-m", "trafficmirror.cli", "operator", "--liveness"]
+        command.append(f"http://127.0.0.1:{free_port()}/healthz")
+        self.process = subprocess.Popen(command, env=env, stdout=log_path.open("ab"), stderr=subprocess.STDOUT)
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def metrics_text(self) -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=10) as response:
+            return str(response.read().decode())
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise GaveUp(f"operator exited with {self.process.returncode}:\n{self.log_tail()}")
+            try:
+                self.metrics_text()
+            except OSError:
+                time.sleep(0.2)
+                continue
+            # kopf starts its watches right after the startup handler that serves metrics; they may be
+            # refused for a second while the apiserver's storage for the fresh CRDs initializes.
+            time.sleep(3)
+            return
+        raise GaveUp(f"operator metrics never answered:\n{self.log_tail()}")
+
+    def log_tail(self, lines: int = 40) -> str:
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+    def stop(self) -> None:
+        if self.process.poll() is not None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+_SAMPLE = re.compile(r"^(?P<name>[a-zA-Z_:][a-zA-Z0-9_:]*)(\{(?P<labels>.*)\})?\s+(?P<value>\S+)$")
+
+
+def samples(text: str, name: str) -> dict[tuple[tuple[str, str], ...], float]:
+    out: dict[tuple[tuple[str, str], ...], float] = {}
+    for line in text.splitlines():
+        match = _SAMPLE.match(line)
+        if not match or match.group("name") != name:
+            continue
+        labels = tuple(sorted(re.findall(r'(\w+)="([^"]*)"', match.group("labels") or "")))
+        out[labels] = float(match.group("value"))
+    return out
+
+
+def by_label(text: str, name: str, label: str) -> dict[str, float]:
+    result: dict[str, float] = {}
+    for labels, value in samples(text, name).items():
+        key = dict(labels).get(label, "")
+        result[key] = result.get(key, 0.0) + value
+    return result
+
+
+def delta(after: dict[str, float], before: dict[str, float]) -> dict[str, float]:
+    return {k: v - before.get(k, 0.0) for k, v in after.items() if v - before.get(k, 0.0)}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# kubectl
+# ---------------------------------------------------------------------------------------------------------
+def apply_all(plane: ControlPlane, items: list[dict[str, Any]], chunks: int) -> list[subprocess.Popen[str]]:
+    """Start `chunks` parallel server-side applies, each of one List mixing all three kinds."""
+    procs = []
+    kubectl = str(plane.bin_dir / "kubectl")
+    for c in range(chunks):
+        part = items[c::chunks]
+        proc = subprocess.Popen(
+            [
+                kubectl,
+                "--kubeconfig",
+                str(plane.kubeconfig),
+                "apply",
+                "--server-side",
+                "--field-manager=bench",
+                "-f",
+                "-",
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert proc.stdin is not None
+        proc.stdin.write(json.dumps({"apiVersion": "v1", "kind": "List", "items": part}))
+        proc.stdin.close()
+        procs.append(proc)
+    return procs
+
+
+def phases_of(plane: ControlPlane, plural: str, via: str = "api") -> tuple[Counter[str], list[dict[str, Any]]]:
+    """The objects of a kind in all namespaces, as `kubectl get <plural> -A -o json` lists them.
+
+    via="api" asks the apiserver for the same list directly: kubectl's own decoding of ~1,000 objects
+    costs seconds of CPU on this 2-core machine, which the operator under test would lose.
+    """
+    if via == "kubectl":
+        result = plane.kubectl("get", plural, "-A", "-o", "json", check=False)
+        if result.returncode != 0:
+            return Counter({"<kubectl failed>": 1}), []
+        text = result.stdout
+    else:
+        context = ssl.create_default_context(cafile=str(plane.ca_file))
+        request = urllib.request.Request(
+            f"{plane.url}/apis/{API_VERSION}/{plural}", headers={"Authorization": f"Bearer {plane.admin_token}"}
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=60, context=context) as response:
+                text = response.read().decode()
+        except OSError as error:
+            return Counter({f"<list failed: {error}>": 1}), []
+    items: list[dict[str, Any]] = json.loads(text)["items"]
+    return Counter((o.get("status") or {}).get("phase") or "<none>" for o in items), items
+
+
+def ready_reason(obj: dict[str, Any]) -> str:
+    for condition in (obj.get("status") or {}).get("conditions", []):
+        if condition.get("type") == "Ready":
+            return f"{condition.get('reason')}: {condition.get('message')}"
+    return "<no Ready condition>"
+
+
+# ---------------------------------------------------------------------------------------------------------
+def machine_notes() -> dict[str, Any]:
+    cpu_model = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if "model name" in line
+        ),
+        "?",
+    )
+    mem_kb = next(
+        int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines() if line.startswith("MemTotal")
+    )
+    others = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    return {
+        "cpus": os.cpu_count(),
+        "cpu_model": cpu_model,
+        "mem_gb": round(mem_kb / 1024 / 1024, 1),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "load_avg_at_start": os.getloadavg(),
+        "concurrent_pytest_seen": any("pytest" in line for line in others.splitlines()),
+        "note": "shared 2-core VM: kube-apiserver, etcd, the emulator, the operator and kubectl share the cores; "
+        "other engineers' test runs may run at the same time, so timings carry noise",
+    }
+
+
+def operator_log_findings(text: str) -> dict[str, Any]:
+    """Counts of telling lines; the operator logs plain text or JSON lines (--log-format), both handled."""
+    lines = text.splitlines()
+    patterns: dict[str, tuple[str, ...]] = {
+        "connection_pool_full": ("Connection pool is full",),
+        "handler_failed_temporarily": ("failed temporarily",),
+        "waiting_for_target": ("failed temporarily: MirrorTarget", "is not ready"),
+        "waiting_for_filter": ("failed temporarily: MirrorFilter", "is not ready"),
+        "create_intent_passes": ("failed temporarily: creating the",),
+        "creation_processed": ("Creation is processed",),
+        "timer_follow_dependencies_runs": ("Timer 'follow_dependencies' succeeded",),
+        "timer_resync_runs": ("Timer 'resync' succeeded",),
+        "timer_orphaned": ("did not exit in time",),
+        "inconsistent_patches": ("finished with inconsistencies",),
+        "watch_request_retries": ("Request attempt",),
+        "throttled": ("Throttl",),
+        "tracebacks": ("Traceback",),
+        "drift": ("drift:",),
+    }
+    counts = {name: sum(1 for line in lines if all(x in line for x in ns)) for name, ns in patterns.items()}
+
+    def is_error(line: str) -> bool:
+        return " ERROR " in line or '"severity": "error"' in line
+
+    counts["error_lines"] = sum(1 for line in lines if is_error(line))
+    counts["warning_lines"] = sum(1 for line in lines if " WARNING " in line or '"severity": "warn' in line)
+    unexpected = [
+        line[:400]
+        for line in lines
+        if is_error(line) and "failed temporarily" not in line and "Request attempt" not in line
+    ][:5]
+    return {"lines": len(lines), "bytes": len(text), "counts": counts, "unexpected_errors": unexpected}
+
+
+def busy_jiffies() -> tuple[int, int]:
+    """(busy, total) CPU jiffies of the whole machine, from /proc/stat."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    idle = fields[3] + fields[4]
+    return sum(fields) - idle, sum(fields)
+
+
+def git_state() -> dict[str, Any]:
+    """The operator code under test (read-only git; other engineers commit while this runs)."""
+
+    def git(*args: str) -> str:
+        out = subprocess.run(["git", "--no-optional-locks", *args], cwd=REPO, capture_output=True, text=True)
+        return out.stdout.strip()
+
+    return {
+        "head": git("rev-parse", "HEAD"),
+        "head_subject": git("log", "-1", "--format=%s"),
+        "operator_dirty": git("status", "--porcelain", "--", "operator/trafficmirror").splitlines(),
+    }
+
+
+def run(args: argparse.Namespace, work: Path, result: dict[str, Any]) -> None:
+    n = args.sessions
+    filters = args.filters or max(1, n // 10)
+    result.update(
+        sessions=n,
+        filters=filters,
+        rules_per_filter=1,
+        resync_seconds=args.resync_seconds,
+        apply_chunks=args.apply_chunks,
+        poll=f"every {POLL_SECONDS:g} s at most, via {args.poll}",
+        operator_worker_threads=OPERATOR_WORKER_THREADS,
+        emulator_sources_per_target_limit="default (10), not raised: a target gets at most 5 distinct source ENIs",
+    )
+    deadline = time.monotonic() + args.timeout
+    stack: list[Any] = []
+    try:
+        log("starting the emulator and the control plane")
+        emulator = Emulator(log_path=work / "emulator.log").start()
+        stack.append(emulator.stop)
+        plane = ControlPlane(bin_dir=testbed_bin_dir(), work_dir=work / "kube").start()
+        stack.append(plane.stop)
+        plane.kubectl("apply", "--server-side", "-f", str(REPO / "crds"))
+        plane.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd", "--all")
+        peering = {"apiVersion": "kopf.dev/v1", "kind": "ClusterKopfPeering", "metadata": {"name": "trafficmirror"}}
+        plane.kubectl("apply", "-f", "-", input=json.dumps(peering))
+        plane.kubectl("create", "namespace", NAMESPACE)
+
+        ec2 = emulator.client("ec2")
+        world = seed_world(ec2)
+        sources = math.ceil(n / SESSIONS_PER_ENI)
+        targets = math.ceil(n / SESSIONS_PER_TARGET)
+        log(f"launching {sources} t3.small sources and {targets} c5.large targets")
+        # The seeded /24 subnets hold ~250 instances: the bench gets its own, larger ones in the same VPC.
+        subnets = {
+            role: ec2.create_subnet(VpcId=world.vpc_id, CidrBlock=cidr, AvailabilityZone=f"{emulator.region}{az}")[
+                "Subnet"
+            ]["SubnetId"]
+            for role, cidr, az in (("source", "10.42.64.0/18", "a"), ("target", "10.42.128.0/18", "b"))
+        }
+        instance_ids: list[str] = []
+        source_enis = launch(ec2, world.image_id, subnets["source"], "t3.small", sources, "source", instance_ids)
+        target_enis = launch(ec2, world.image_id, subnets["target"], "c5.large", targets, "target", instance_ids)
+        plan = Plan(n, filters, source_enis, target_enis)
+        result["world"] = {"source_instances": sources, "target_instances": targets, "source_type": "t3.small"}
+        result["world"]["target_type"] = "c5.large"
+
+        log(f"baseline: {targets} targets, {filters} filters + rules, {n} sessions with boto3, {args.threads} threads")
+        emu_cpu0 = cpu_seconds(emulator.process.pid if emulator.process else None)
+        result["baseline"] = base = baseline(emulator, plan, args.threads)
+        emu_cpu1 = cpu_seconds(emulator.process.pid if emulator.process else None)
+        if emu_cpu0 is not None and emu_cpu1 is not None:
+            base["emulator_cpu_s_incl_cleanup"] = round(emu_cpu1 - emu_cpu0, 2)
+        log(f"baseline: {base['seconds']:.2f} s, {base['total_calls']} calls")
+
+        log("starting the operator")
+        operator = Operator(plane, emulator, work / "operator.log", args.resync_seconds)
+        stack.append(operator.stop)
+        operator.wait_ready()
+        watcher = RssWatcher(operator.pid)
+        watcher.start()
+        stack.append(watcher.stop)
+        time.sleep(1)
+        metrics_before = operator.metrics_text()
+        rss_idle_mb = (proc_status_kb(operator.pid, "VmRSS") or 0) / 1024
+
+        items = plan.manifests()
+        log(f"applying {len(items)} objects in {args.apply_chunks} parallel server-side applies")
+        pids = {
+            "operator": operator.pid,
+            "emulator": emulator.process.pid if emulator.process else None,
+            "kube-apiserver": plane._apiserver.pid if plane._apiserver else None,
+            "etcd": plane._etcd.pid if plane._etcd else None,
+        }
+        cpu_start = {k: cpu_seconds(p) for k, p in pids.items()}
+        jiffies_start = busy_jiffies()
+        start = time.monotonic()
+        start_wall = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+        appliers = apply_all(plane, items, args.apply_chunks)
+        apply_done: float | None = None
+        progress: list[dict[str, Any]] = []
+        milestones: dict[str, float] = {}
+        converged: float | None = None
+        last_poll = 0.0
+        dependencies_failed_since: float | None = None
+
+        def dependency_trouble() -> dict[str, int]:
+            """Targets and filters not Ready, by kind, phase and reason."""
+            trouble: Counter[str] = Counter()
+            for plural in ("mirrortargets", "mirrorfilters"):
+                for o in phases_of(plane, plural)[1]:
+                    if (o.get("status") or {}).get("phase") != "Ready":
+                        trouble[f"{o['kind']} {(o.get('status') or {}).get('phase')}: {ready_reason(o)[:200]}"] += 1
+            return dict(trouble)
+
+        def collect(converged: float | None) -> None:
+            """What the operator did up to now (all Ready, or giving up)."""
+            cpu_end = {k: cpu_seconds(p) for k, p in pids.items()}
+            jiffies_end = busy_jiffies()
+            now_metrics = operator.metrics_text()
+            aws_calls = delta(
+                by_label(now_metrics, "trafficmirror_aws_calls_total", "operation"),
+                by_label(metrics_before, "trafficmirror_aws_calls_total", "operation"),
+            )
+            aws_results = delta(
+                by_label(now_metrics, "trafficmirror_aws_calls_total", "result"),
+                by_label(metrics_before, "trafficmirror_aws_calls_total", "result"),
+            )
+            reconciles = {
+                f"{dict(k).get('kind')}/{dict(k).get('result')}": v
+                for k, v in samples(now_metrics, "trafficmirror_reconciles_total").items()
+            }
+            watcher.poll()
+            result["operator"] = {
+                "apply_seconds": round(apply_done or 0, 1),
+                "converge_seconds": round(converged, 1) if converged is not None else None,
+                "converge_seconds_after_apply_finished": (
+                    round(converged - (apply_done or 0), 1) if converged is not None else None
+                ),
+                "milestones": milestones,
+                "started_utc": start_wall,
+                "targets_by_phase": dict(phases_of(plane, "mirrortargets")[0]),
+                "filters_by_phase": dict(phases_of(plane, "mirrorfilters")[0]),
+                "aws_calls": {k: int(v) for k, v in sorted(aws_calls.items())},
+                "aws_calls_total": int(sum(aws_calls.values())),
+                "aws_results": {k: int(v) for k, v in aws_results.items()},
+                "reconciles_total": {k: int(v) for k, v in sorted(reconciles.items())},
+                "cpu_s": {
+                    k: round(cpu_end[k] - cpu_start[k], 1)  # type: ignore[operator]
+                    for k in pids
+                    if cpu_start.get(k) is not None and cpu_end.get(k) is not None
+                },
+                "machine_cpu_busy_s": round((jiffies_end[0] - jiffies_start[0]) / TICK, 1),
+                "machine_cpu_available_s": round((jiffies_end[1] - jiffies_start[1]) / TICK, 1),
+                "rss_idle_mb": round(rss_idle_mb, 1),
+                "peak_rss_mb_so_far": round(watcher.peak_kb / 1024, 1),
+                "progress": progress,
+            }
+
+        try:
+            while True:
+                if operator.process.poll() is not None:
+                    raise GaveUp(f"operator exited with {operator.process.returncode}:\n{operator.log_tail()}")
+                if apply_done is None and all(p.poll() is not None for p in appliers):
+                    apply_done = time.monotonic() - start
+                    failed_applies = [p.stderr.read() for p in appliers if p.returncode != 0 and p.stderr]
+                    if failed_applies:
+                        raise GaveUp("kubectl apply failed:\n" + "\n".join(failed_applies)[:4000])
+                    log(f"apply finished after {apply_done:.1f} s")
+                if time.monotonic() > deadline:
+                    last = progress[-1]["sessions"] if progress else "?"
+                    raise GaveUp(
+                        f"gave up after {args.timeout:.0f} s: sessions by phase {last}; "
+                        f"targets/filters not Ready: {dependency_trouble()}"
+                    )
+                wait = POLL_SECONDS - (time.monotonic() - last_poll)
+                if wait > 0:
+                    time.sleep(min(wait, 0.2))
+                    continue
+                last_poll = time.monotonic()
+                phases, objects = phases_of(plane, "mirrorsessions", args.poll)
+                elapsed = time.monotonic() - start
+                ready = phases.get("Ready", 0)
+                op_cpu = cpu_seconds(operator.pid)
+                progress.append(
+                    {
+                        "t": round(elapsed, 1),
+                        "poll_s": round(time.monotonic() - last_poll, 2),
+                        "operator_cpu_s": round(op_cpu - (cpu_start["operator"] or 0), 1) if op_cpu else None,
+                        "sessions": dict(phases),
+                    }
+                )
+                for fraction in (0.01, 0.5, 0.9, 1.0):
+                    key = f"{int(fraction * 100)}pct_ready_s"
+                    if key not in milestones and ready >= math.ceil(fraction * n):
+                        milestones[key] = round(elapsed, 1)
+                if len(progress) % 5 == 1:
+                    log(f"t={elapsed:.0f}s sessions {dict(phases)}")
+                failed = [o for o in objects if (o.get("status") or {}).get("phase") == "Failed"]
+                if failed:
+                    reasons = Counter(ready_reason(o) for o in failed)
+                    raise GaveUp(f"{len(failed)} sessions Failed: {reasons.most_common(5)}")
+                if ready == n and apply_done is not None:
+                    converged = elapsed
+                    break
+                # A Failed target or filter strands its sessions: give up when one stays Failed for 3 periods.
+                if apply_done is not None and len(progress) % 5 == 0:
+                    trouble = dependency_trouble()
+                    if any(" Failed:" in k for k in trouble):
+                        dependencies_failed_since = dependencies_failed_since or time.monotonic()
+                        if time.monotonic() - dependencies_failed_since > 3 * args.resync_seconds:
+                            raise GaveUp(f"targets/filters stay Failed, stranding sessions {dict(phases)}: {trouble}")
+                    else:
+                        dependencies_failed_since = None
+        except GaveUp:
+            try:
+                collect(None)
+                result["operator"]["log_findings"] = operator_log_findings(
+                    operator.log_path.read_text(errors="replace")
+                )
+            except Exception as error:  # the report of what happened must not hide why
+                log(f"could not collect partial figures: {error!r}")
+            raise
+        assert converged is not None
+        collect(converged)
+        log(f"all {n} sessions Ready after {converged:.1f} s")
+        aws_calls = {k: float(v) for k, v in result["operator"]["aws_calls"].items()}
+        result["converge_ratio"] = round(converged / base["seconds"], 2)
+        result["converge_ratio_after_apply_finished"] = round((converged - (apply_done or 0)) / base["seconds"], 2)
+
+        # Steady state: no reconcile (retry, follow-up, drift) for a whole period; then one window per period.
+        period = args.resync_seconds
+        settle_start = time.monotonic()
+        reconciled = samples(operator.metrics_text(), "trafficmirror_reconciles_total")
+        quiet = False
+        while True:
+            time.sleep(period)
+            now_reconciled = samples(operator.metrics_text(), "trafficmirror_reconciles_total")
+            if now_reconciled == reconciled:
+                quiet = True
+                break
+            reconciled = now_reconciled
+            if time.monotonic() - settle_start > args.settle_timeout:
+                log(f"no quiet period within {args.settle_timeout:.0f} s after convergence: measuring anyway")
+                break
+        settle = time.monotonic() - settle_start
+        log(f"settled after {settle:.0f} s; measuring {args.periods} resync periods of {period:.0f} s")
+        windows: list[dict[str, Any]] = []
+        totals: list[int] = []
+        previous = operator.metrics_text()
+        for _ in range(args.periods):
+            if time.monotonic() > deadline + 10 * period:
+                raise GaveUp("out of time measuring the resync")
+            time.sleep(period)
+            current = operator.metrics_text()
+            calls = delta(
+                by_label(current, "trafficmirror_aws_calls_total", "operation"),
+                by_label(previous, "trafficmirror_aws_calls_total", "operation"),
+            )
+            describes = delta(
+                by_label(current, "trafficmirror_resync_describe_calls_total", "kind"),
+                by_label(previous, "trafficmirror_resync_describe_calls_total", "kind"),
+            )
+            totals.append(int(sum(calls.values())))
+            windows.append(
+                {
+                    "aws_calls_total": totals[-1],
+                    "aws_calls_by_operation": {k: int(v) for k, v in calls.items()},
+                    "resync_describes_by_kind": {k: int(v) for k, v in describes.items()},
+                }
+            )
+            previous = current
+        per_period = statistics.median(totals)
+        result["steady_state"] = {
+            "period_s": period,
+            "settle_s": round(settle, 1),
+            "quiet_period_reached": quiet,
+            "windows": windows,
+            "aws_calls_per_period_median": per_period,
+            "aws_calls_per_period_max": max(totals),
+        }
+        result["resync_calls_per_period"] = per_period
+
+        # Diagnostic: how long the operator's extra lookups take when made directly (same pool size).
+        lookups = {
+            "describe_network_interfaces": int(aws_calls.get("DescribeNetworkInterfaces", 0)),
+            "describe_instances": int(aws_calls.get("DescribeInstances", 0)),
+        }
+        result["replay_of_operator_lookups"] = replay_lookups(
+            emulator, lookups, [*source_enis, *target_enis], instance_ids, args.threads
+        )
+
+        watcher.stop()
+        result["operator"]["rss_samples_mb"] = watcher.samples
+        result["rss_mb"] = round(watcher.peak_kb / 1024, 1)
+        result["operator"]["peak_rss_mb"] = result["rss_mb"]
+        del result["operator"]["peak_rss_mb_so_far"]
+        result["operator"]["log_findings"] = operator_log_findings(operator.log_path.read_text(errors="replace"))
+    finally:
+        for stop in reversed(stack):
+            try:
+                stop()
+            except Exception as error:  # cleanup must go on
+                log(f"cleanup: {error!r}")
+
+
+def write_results(result: dict[str, Any], path: Path = RESULTS) -> None:
+    existing: dict[str, Any] = {}
+    if path.exists():
+        try:
+            existing = json.loads(path.read_text())
+        except ValueError:
+            existing = {}
+    runs = dict(existing.get("runs_by_sessions", {}))
+    runs[str(result["sessions"])] = result
+    # One line per run, kept across runs: the code moves while this benchmark is run.
+    summary = {
+        "started_utc": result.get("started_utc"),
+        "sessions": result.get("sessions"),
+        "code_head": (result.get("code") or {}).get("head", "")[:10],
+        "operator_dirty": bool((result.get("code") or {}).get("operator_dirty")),
+        "baseline_s": (result.get("baseline") or {}).get("seconds"),
+        "converge_s": (result.get("operator") or {}).get("converge_seconds"),
+        "converge_ratio": result.get("converge_ratio"),
+        "resync_calls_per_period": result.get("resync_calls_per_period"),
+        "rss_mb": result.get("rss_mb") or (result.get("operator") or {}).get("peak_rss_mb_so_far"),
+        "load_avg_at_start": (result.get("machine") or {}).get("load_avg_at_start"),
+        "error": (result.get("error") or "")[:300] or None,
+    }
+    history = [*existing.get("history", []), summary]
+    out = {**result, "targets": TARGETS, "history": history, "runs_by_sessions": runs}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(out, indent=2) + "\n")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sessions", type=int, default=1000)
+    parser.add_argument("--filters", type=int, default=0, help="default: sessions/10, one rule each")
+    parser.add_argument("--threads", type=int, default=OPERATOR_WORKER_THREADS, help="baseline thread pool")
+    parser.add_argument("--resync-seconds", type=float, default=10.0)
+    parser.add_argument("--periods", type=int, default=3, help="resync periods to measure at steady state")
+    parser.add_argument(
+        "--settle-timeout", type=float, default=120.0, help="max wait after convergence for a quiet period"
+    )
+    parser.add_argument("--apply-chunks", type=int, default=4, help="parallel kubectl applies")
+    parser.add_argument("--timeout", type=float, default=900.0, help="give up on convergence after this")
+    parser.add_argument(
+        "--poll", choices=("api", "kubectl"), default="api", help="list sessions via the API or via kubectl"
+    )
+    parser.add_argument("--results", type=Path, default=RESULTS, help="where the figures go")
+    parser.add_argument("--keep", action="store_true", help="keep the work directory (logs) even on success")
+    args = parser.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="trafficmirror-bench-operator-"))
+    result: dict[str, Any] = {
+        "benchmark": "operator",
+        "started_utc": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "machine": machine_notes(),
+        "work_dir": str(work),
+        "code": git_state(),
+    }
+
+    # A hard stop for everything, cleanup included.
+    def out_of_time(signum: int, frame: Any) -> None:
+        raise GaveUp("hard time limit reached")
+
+    signal.signal(signal.SIGALRM, out_of_time)
+    signal.alarm(int(args.timeout + 20 * args.resync_seconds + 300))
+    ok = False
+    try:
+        run(args, work, result)
+        ok = True
+    except GaveUp as problem:
+        result["error"] = str(problem)[:8000]
+        log(f"GAVE UP: {problem}")
+    finally:
+        signal.alarm(0)
+        result["finished_utc"] = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+        result["machine"]["load_avg_at_end"] = os.getloadavg()
+        if ok and not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+            result["work_dir"] = None
+        else:
+            log(f"logs kept in {work}")
+        write_results(result, args.results)
+    if not ok:
+        # Same last-line shape for scripts that parse it; the exit status says it failed.
+        partial_rss = (result.get("operator") or {}).get("peak_rss_mb_so_far")
+        rss = f"{partial_rss:.0f}" if partial_rss else "none"
+        print(f"operator_converge_ratio=none resync_calls_per_period=none rss_mb={rss}")
+        return 1
+    base, op = result["baseline"], result["operator"]
+    print(json.dumps({k: result[k] for k in ("sessions", "filters", "world")}))
+    print(f"baseline (boto3, {base['threads']} threads, {base['total_calls']} calls): {base['seconds']:.2f} s")
+    print(
+        f"operator: all Ready after {op['converge_seconds']:.1f} s (apply {op['apply_seconds']:.1f} s), "
+        f"{op['aws_calls_total']} EC2 calls: {op['aws_calls']}"
+    )
+    print(f"steady state: {[w['aws_calls_total'] for w in result['steady_state']['windows']]} EC2 calls per period")
+    print(
+        f"operator_converge_ratio={result['converge_ratio']} "
+        f"resync_calls_per_period={result['resync_calls_per_period']:g} rss_mb={result['rss_mb']:.0f}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
