@@ -24,7 +24,8 @@ ROLES: dict[str, tuple[str, str]] = {
     "gpu": ("p4d.24xlarge", "a"),  # named unsupported by the field report
     "metal": ("m5.metal", "b"),  # bare metal: never supported
 }
-SUBNETS: dict[str, str] = {"a": "10.42.1.0/24", "b": "10.42.2.0/24"}
+# /20s: the fault and benchmark runs launch hundreds of instances into one subnet.
+SUBNETS: dict[str, str] = {"a": "10.42.16.0/20", "b": "10.42.32.0/20"}
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ from trafficmirror.aws.errors import ErrorClass, classify
         ("InvalidTrafficMirrorFilterRuleId.NotFound", 400, ErrorClass.NOT_FOUND),
         ("TrafficMirrorFilterInUse", 400, ErrorClass.IN_USE),
         ("TrafficMirrorTargetInUseException", 400, ErrorClass.IN_USE),
+        ("TrafficMirrorFilterRuleAlreadyExists", 400, ErrorClass.RETRYABLE),
         ("InvalidParameterValue", 400, ErrorClass.TERMINAL),
         ("InvalidTrafficMirrorTarget", 400, ErrorClass.TERMINAL),
         ("UnauthorizedOperation", 403, ErrorClass.TERMINAL),

@@ -7,9 +7,10 @@ It speaks in small frozen dataclasses, translates botocore errors into `AwsError
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import boto3
 import botocore.config
@@ -19,6 +20,8 @@ from trafficmirror.aws.errors import AwsError, classify
 from trafficmirror.aws.instance_support import InstanceTypeFacts
 
 CallObserver = Callable[[str, str], None]  # (operation, result code or "ok")
+Key = TypeVar("Key")
+Value = TypeVar("Value")
 INGRESS, EGRESS = "ingress", "egress"
 
 
@@ -207,6 +210,33 @@ def removed_rule_fields(params: RuleParams) -> list[str]:
     return removed
 
 
+class TtlCache(Generic[Key, Value]):
+    """A thread-safe map whose entries expire: lookups that many reconciles repeat within seconds."""
+
+    def __init__(self, ttl_seconds: float) -> None:
+        self._ttl = ttl_seconds
+        self._items: dict[Key, tuple[float, Value]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, key: Key) -> Value | None:
+        with self._lock:
+            entry = self._items.get(key)
+        if entry is None or time.monotonic() - entry[0] > self._ttl:
+            return None
+        return entry[1]
+
+    def put(self, key: Key, value: Value) -> Value:
+        with self._lock:
+            self._items[key] = (time.monotonic(), value)
+        return value
+
+
+# An ENI's attachment outlives its instance's changes of type; a type changes only through a stop and
+# start, which takes minutes: both can be reused briefly across the reconciles of many objects.
+NETWORK_INTERFACE_TTL_SECONDS = 300.0
+INSTANCE_TYPE_TTL_SECONDS = 15.0
+
+
 @dataclass
 class Ec2Mirror:
     """Traffic Mirroring, ENI and instance lookups in one region."""
@@ -214,15 +244,22 @@ class Ec2Mirror:
     client: Any
     instance_type_cache: dict[str, InstanceTypeFacts] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _interfaces: TtlCache[str, NetworkInterface] = field(
+        default_factory=lambda: TtlCache(NETWORK_INTERFACE_TTL_SECONDS)
+    )
+    _instance_types: TtlCache[str, str] = field(default_factory=lambda: TtlCache(INSTANCE_TYPE_TTL_SECONDS))
 
     @classmethod
-    def connect(cls, region: str, observe: CallObserver | None = None, max_attempts: int = 8) -> Ec2Mirror:
+    def connect(
+        cls, region: str, observe: CallObserver | None = None, max_attempts: int = 8, max_connections: int = 32
+    ) -> Ec2Mirror:
         config = botocore.config.Config(
             region_name=region,
             retries={"mode": "standard", "max_attempts": max_attempts},
             user_agent_extra="trafficmirror",
             connect_timeout=5,
             read_timeout=30,
+            max_pool_connections=max_connections,  # one per reconcile thread
         )
         client = boto3.session.Session().client("ec2", config=config)
         if observe is not None:
@@ -378,21 +415,31 @@ class Ec2Mirror:
 
     # --- what sits behind an ENI --------------------------------------------------------------
     def network_interface(self, network_interface_id: str) -> NetworkInterface:
+        cached = self._interfaces.get(network_interface_id)
+        if cached is not None:
+            return cached
         response = self._call("describe_network_interfaces", NetworkInterfaceIds=[network_interface_id])
         raw = response["NetworkInterfaces"][0]
-        return NetworkInterface(
-            network_interface_id=raw["NetworkInterfaceId"],
-            instance_id=(raw.get("Attachment") or {}).get("InstanceId"),
-            private_ip_address=raw.get("PrivateIpAddress"),
-            interface_type=raw.get("InterfaceType", "interface"),
+        return self._interfaces.put(
+            network_interface_id,
+            NetworkInterface(
+                network_interface_id=raw["NetworkInterfaceId"],
+                instance_id=(raw.get("Attachment") or {}).get("InstanceId"),
+                private_ip_address=raw.get("PrivateIpAddress"),
+                interface_type=raw.get("InterfaceType", "interface"),
+            ),
         )
 
     def instance_types(self, instance_ids: list[str]) -> dict[str, str]:
-        """Current type of each instance: read fresh, since a stop/modify/start changes it."""
-        types: dict[str, str] = {}
-        for reservation in self._pages("describe_instances", "Reservations", InstanceIds=instance_ids):
-            for instance in reservation["Instances"]:
-                types[instance["InstanceId"]] = instance["InstanceType"]
+        """Current type of each instance, at most INSTANCE_TYPE_TTL_SECONDS old (a stop/modify/start changes it)."""
+        types = {i: t for i in instance_ids if (t := self._instance_types.get(i)) is not None}
+        missing = [i for i in instance_ids if i not in types]
+        if missing:
+            for reservation in self._pages("describe_instances", "Reservations", InstanceIds=missing):
+                for instance in reservation["Instances"]:
+                    types[instance["InstanceId"]] = self._instance_types.put(
+                        instance["InstanceId"], instance["InstanceType"]
+                    )
         return types
 
     def primary_network_interface(self, instance_id: str) -> str:

@@ -53,6 +53,8 @@ RETRYABLE_CODES = {
     "Unavailable",
     "RequestTimeout",
     "IncorrectState",  # e.g. an instance still stopping: the state will move on
+    # A rule created by an attempt whose answer was lost, or seen late: the next pass reads it back.
+    "TrafficMirrorFilterRuleAlreadyExists",
 }
 
 

@@ -119,8 +119,8 @@ def resync_action(body: kopf.Body, period: float, now: datetime | None = None) -
     """What a drift timer does with an object: 'skip', 'compare' (Ready: against the snapshot) or 'reconcile'.
 
     A Pending object belongs to the change handlers, which retry it themselves; the timer steps in
-    only when one has been Pending for two periods (nobody is moving it), or when it waits on the
-    create recorded by the timer's own last run ('Creating').
+    only when it has been Pending too long for that (nobody is moving it), e.g. a create that the
+    timer's own last run recorded ('Creating').
     """
     status = body.get("status", {})
     if body["metadata"].get("deletionTimestamp"):
@@ -130,9 +130,9 @@ def resync_action(body: kopf.Body, period: float, now: datetime | None = None) -
         return "compare"
     if phase == "Failed":
         return "reconcile" if reason in RECOVERABLE_FAILURES else "skip"  # others need a spec change
-    if reason == "Creating":
-        return "reconcile"
-    return "reconcile" if _seconds_in_state(status, now or datetime.now(UTC)) >= 2 * period else "skip"
+    # A create the timer itself recorded waits one period; other Pending objects, two.
+    patience = period if reason == "Creating" else 2 * period
+    return "reconcile" if _seconds_in_state(status, now or datetime.now(UTC)) >= patience else "skip"
 
 
 def _seconds_in_state(status: dict[str, Any], now: datetime) -> float:

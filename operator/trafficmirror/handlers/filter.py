@@ -37,7 +37,6 @@ async def _reconcile(
     retry: int,
     logger: logging.Logger,
     memo: kopf.Memo,
-    known: Any = None,
     from_timer: bool = False,
 ) -> None:
     await apply.run(
@@ -52,7 +51,6 @@ async def _reconcile(
         spec=MirrorFilterSpec.model_validate(dict(body["spec"])),
         status=dict(body.get("status", {})),
         annotations=dict(body["metadata"].get("annotations", {})),
-        known=known,
         from_timer=from_timer,
     )
 
@@ -66,15 +64,16 @@ async def resync(
         return
     status = body.get("status", {})
     spec = MirrorFilterSpec.model_validate(dict(body["spec"]))
-    known = None
     if action == "compare":
         known = (await memo.snapshot.get("filters", spec.region)).get(status.get("trafficMirrorFilterId"))
         rules_in_sync = known is not None and rule_changes(desired_rules(spec), list(known.rules)).empty
         services = network_service_changes(list(spec.network_services or []), known.network_services) if known else None
         if rules_in_sync and services == ([], []):
             return  # in sync: no call beyond the shared Describe
-        logger.info(f"drift: {status.get('trafficMirrorFilterId')} is {'changed' if known else 'missing'} in AWS")
-    await _reconcile(body, patch, retry, logger, memo, known=known, from_timer=True)
+        logger.info(
+            f"drift: {status.get('trafficMirrorFilterId')} is {'changed' if known else 'missing'} in the snapshot; checking"
+        )
+    await _reconcile(body, patch, retry, logger, memo, from_timer=True)
 
 
 @kopf.on.delete(*FILTERS)

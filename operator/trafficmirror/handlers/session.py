@@ -17,7 +17,7 @@ from trafficmirror.handlers.indexes import SESSIONS, one
 from trafficmirror.reconcile.session import Dependency, delete_session, reconcile_session
 
 KIND = "MirrorSession"
-FOLLOW_SECONDS = 5.0
+FOLLOW_SECONDS = 10.0
 DEPENDENCY_WAIT_SECONDS = 5.0  # how soon a session notices its target or filter got a new AWS ID
 
 
@@ -47,7 +47,6 @@ async def _reconcile(
     node_provider_ids: kopf.Index[str, str],
     target_states: kopf.Index[Any, Any],
     filter_states: kopf.Index[Any, Any],
-    known: Any = None,
     from_timer: bool = False,
 ) -> None:
     spec = MirrorSessionSpec.model_validate(dict(body["spec"]))
@@ -70,7 +69,6 @@ async def _reconcile(
         annotations=dict(body["metadata"].get("annotations", {})),
         target=one(target_states, target_key),
         mirror_filter=one(filter_states, filter_key),
-        known=known,
         from_timer=from_timer,
     )
 
@@ -135,7 +133,6 @@ async def resync(
         return
     status = body.get("status", {})
     spec = MirrorSessionSpec.model_validate(dict(body["spec"]))
-    known = None
     if action == "compare":
         known = (await memo.snapshot.get("sessions", spec.region)).get(status.get("trafficMirrorSessionId"))
         observed = (
@@ -152,11 +149,11 @@ async def resync(
         )
         if observed == recorded:
             return  # in sync: no call beyond the shared Describe
-        logger.info(f"drift: {status.get('trafficMirrorSessionId')} is {'changed' if known else 'missing'} in AWS")
+        logger.info(
+            f"drift: {status.get('trafficMirrorSessionId')} is {'changed' if known else 'missing'} in the snapshot; checking"
+        )
     # Not Ready: Pending, or Failed for an instance type the user may since have changed (the seed's fix).
-    await _reconcile(
-        body, patch, retry, logger, memo, node_provider_ids, target_states, filter_states, known=known, from_timer=True
-    )
+    await _reconcile(body, patch, retry, logger, memo, node_provider_ids, target_states, filter_states, from_timer=True)
 
 
 @kopf.on.delete(*SESSIONS)

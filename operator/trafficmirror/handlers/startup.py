@@ -47,7 +47,9 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: lo
     def aws_for_region(region: str | None) -> Ec2Mirror:
         name = region or config.region
         if name not in clients:
-            clients[name] = Ec2Mirror.connect(name, observe=_observe, max_attempts=config.aws_max_attempts)
+            clients[name] = Ec2Mirror.connect(
+                name, observe=_observe, max_attempts=config.aws_max_attempts, max_connections=config.worker_threads
+            )
         return clients[name]
 
     aws_for_region(None)  # fail at start, not at the first object, if AWS settings are broken

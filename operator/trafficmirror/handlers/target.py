@@ -38,7 +38,6 @@ async def _reconcile(
     logger: logging.Logger,
     memo: kopf.Memo,
     node_provider_ids: kopf.Index[str, str],
-    known: Any = None,
     from_timer: bool = False,
 ) -> None:
     await apply.run(
@@ -54,7 +53,6 @@ async def _reconcile(
         spec=MirrorTargetSpec.model_validate(dict(body["spec"])),
         status=dict(body.get("status", {})),
         annotations=dict(body["metadata"].get("annotations", {})),
-        known=known,
         from_timer=from_timer,
     )
 
@@ -74,14 +72,15 @@ async def resync(
         return
     status = body.get("status", {})
     spec = MirrorTargetSpec.model_validate(dict(body["spec"]))
-    known = None
     if action == "compare":
         known = (await memo.snapshot.get("targets", spec.region)).get(status.get("trafficMirrorTargetId"))
         in_sync = known is not None and endpoint_of(known).get("NetworkInterfaceId") == status.get("networkInterfaceId")
         if in_sync and not status.get("previousTargetIds"):
             return  # no call beyond the shared Describe
-        logger.info(f"drift: {status.get('trafficMirrorTargetId')} is {'changed' if known else 'missing'} in AWS")
-    await _reconcile(body, patch, retry, logger, memo, node_provider_ids, known=known, from_timer=True)
+        logger.info(
+            f"drift: {status.get('trafficMirrorTargetId')} is {'changed' if known else 'missing'} in the snapshot; checking"
+        )
+    await _reconcile(body, patch, retry, logger, memo, node_provider_ids, from_timer=True)
 
 
 @kopf.on.delete(*TARGETS)

@@ -69,14 +69,13 @@ def recorded_resource(
     current_id: str | None,
     adopt_id: str | None,
     aws_kind: str,
-    known: Resource | None,
     describe: Callable[[list[str]], list[Resource]],
     events: list[Event],
 ) -> Resource | None:
     """The AWS resource the object records, or None when there is none yet or it was deleted outside."""
     if not current_id:
         return None
-    found = known if known is not None else describe_one(describe, current_id)
+    found = describe_one(describe, current_id)
     if found is None:
         if current_id == adopt_id:
             raise Decided(failed("AdoptedResourceNotFound", f"{aws_kind} {current_id} does not exist"))

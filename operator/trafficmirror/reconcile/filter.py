@@ -90,13 +90,12 @@ def reconcile_filter(
     status: dict[str, Any],
     annotations: dict[str, str],
     ctx: ReconcileContext,
-    known: AwsFilter | None = None,  # from the resync snapshot, by the ID in status: saves a Describe
 ) -> Outcome:
     aws = ctx.aws_for_region(spec.region)
     current_id: str | None = status.get("trafficMirrorFilterId") or annotations.get(AWS_ID_ANNOTATION) or spec.adopt_id
     events: list[Event] = []
     try:
-        actual = recorded_resource(current_id, spec.adopt_id, AWS_KIND, known, aws.describe_filters, events)
+        actual = recorded_resource(current_id, spec.adopt_id, AWS_KIND, aws.describe_filters, events)
         if actual is None:
             actual = create_once(
                 aws_kind=AWS_KIND,

@@ -101,7 +101,6 @@ def reconcile_session(
     ctx: ReconcileContext,
     target: Dependency | None,
     mirror_filter: Dependency | None,
-    known: AwsSession | None = None,  # from the resync snapshot, by the ID in status: saves a Describe
 ) -> Outcome:
     aws = ctx.aws_for_region(spec.region)
     try:
@@ -147,7 +146,7 @@ def reconcile_session(
     current_id: str | None = status.get("trafficMirrorSessionId") or annotations.get(AWS_ID_ANNOTATION) or spec.adopt_id
     events: list[Event] = []
     try:
-        actual = recorded_resource(current_id, spec.adopt_id, AWS_KIND, known, aws.describe_sessions, events)
+        actual = recorded_resource(current_id, spec.adopt_id, AWS_KIND, aws.describe_sessions, events)
         if actual is not None and actual.network_interface_id != source_eni:
             # AWS cannot move a session to another source ENI: delete and create anew.
             _delete_quietly(aws, actual.session_id)

@@ -61,7 +61,6 @@ def reconcile_target(
     status: dict[str, Any],
     annotations: dict[str, str],
     ctx: ReconcileContext,
-    known: AwsTarget | None = None,  # from the resync snapshot, by the ID in status: saves a Describe
 ) -> Outcome:
     aws = ctx.aws_for_region(spec.region)
     network_interface_id: str | None = None
@@ -84,7 +83,7 @@ def reconcile_target(
     current_id: str | None = status.get("trafficMirrorTargetId") or annotations.get(AWS_ID_ANNOTATION) or spec.adopt_id
     previous_ids: list[str] = list(status.get("previousTargetIds") or [])
     try:
-        found = recorded_resource(current_id, spec.adopt_id, AWS_KIND, known, aws.describe_targets, events)
+        found = recorded_resource(current_id, spec.adopt_id, AWS_KIND, aws.describe_targets, events)
         if found is not None and endpoint_of(found) != endpoint:
             events.append(
                 Event("Normal", "Replacing", f"{found.target_id} points at {endpoint_of(found)}; replacing it")
