@@ -71,7 +71,7 @@ async def resync(
         if rules_in_sync and services == ([], []):
             return  # in sync: no call beyond the shared Describe
         logger.info(
-            f"drift: {status.get('trafficMirrorFilterId')} is {'changed' if known else 'missing'} in the snapshot; checking"
+            f"drift: {status.get('trafficMirrorFilterId')} is {'changed' if known else 'missing'} in the snapshot"
         )
     await _reconcile(body, patch, retry, logger, memo, from_timer=True)
 

@@ -150,7 +150,7 @@ async def resync(
         if observed == recorded:
             return  # in sync: no call beyond the shared Describe
         logger.info(
-            f"drift: {status.get('trafficMirrorSessionId')} is {'changed' if known else 'missing'} in the snapshot; checking"
+            f"drift: {status.get('trafficMirrorSessionId')} is {'changed' if known else 'missing'} in the snapshot"
         )
     # Not Ready: Pending, or Failed for an instance type the user may since have changed (the seed's fix).
     await _reconcile(body, patch, retry, logger, memo, node_provider_ids, target_states, filter_states, from_timer=True)

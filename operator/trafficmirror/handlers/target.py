@@ -78,7 +78,7 @@ async def resync(
         if in_sync and not status.get("previousTargetIds"):
             return  # no call beyond the shared Describe
         logger.info(
-            f"drift: {status.get('trafficMirrorTargetId')} is {'changed' if known else 'missing'} in the snapshot; checking"
+            f"drift: {status.get('trafficMirrorTargetId')} is {'changed' if known else 'missing'} in the snapshot"
         )
     await _reconcile(body, patch, retry, logger, memo, node_provider_ids, from_timer=True)
 
