@@ -531,7 +531,7 @@ def machine_notes() -> dict[str, Any]:
         "load_avg_at_start": os.getloadavg(),
         "concurrent_pytest_seen": any("pytest" in line for line in others.splitlines()),
         "note": "shared 2-core VM: kube-apiserver, etcd, the emulator, the operator and kubectl share the cores; "
-        "other engineers' test runs may run at the same time, so timings carry noise",
+        "other processes on the machine may run at the same time, so timings carry noise",
     }
 
 
@@ -577,7 +577,7 @@ def busy_jiffies() -> tuple[int, int]:
 
 
 def git_state() -> dict[str, Any]:
-    """The operator code under test (read-only git; other engineers commit while this runs)."""
+    """The operator code under test (read-only git: the commit and whether the working tree differs)."""
 
     def git(*args: str) -> str:
         out = subprocess.run(["git", "--no-optional-locks", *args], cwd=REPO, capture_output=True, text=True)
