@@ -75,7 +75,9 @@ def owner_tags(owner: Owner, user_tags: dict[str, str] | None) -> dict[str, str]
 @dataclass(frozen=True)
 class TagChanges:
     add: dict[str, str]  # new keys and changed values
-    remove: list[str]  # keys the resource has and the spec does not (aws: keys are AWS's own)
+    # Keys the resource has and the spec does not; never aws: keys (AWS's own) nor trafficmirror.io/
+    # keys (ownership tags are overwritten, never removed: the IAM policy forbids it too).
+    remove: list[str]
 
     @property
     def empty(self) -> bool:
@@ -85,7 +87,9 @@ class TagChanges:
 def tag_changes(desired: dict[str, str], actual: dict[str, str]) -> TagChanges:
     """The spec's tags are the whole set: what is missing is added, what is extra removed."""
     add = {k: v for k, v in desired.items() if actual.get(k) != v}
-    remove = sorted(k for k in actual if k not in desired and not k.startswith(RESERVED_TAG_PREFIX))
+    remove = sorted(
+        k for k in actual if k not in desired and not k.startswith((RESERVED_TAG_PREFIX, f"{ANNOTATION_PREFIX}/"))
+    )
     return TagChanges(add, remove)
 
 

@@ -10,6 +10,7 @@ from typing import Any, Generic, TypeVar
 from trafficmirror.aws.errors import AwsError, ErrorClass
 from trafficmirror.aws.instance_support import SupportTable
 from trafficmirror.reconcile.common import (
+    CLUSTER_TAG,
     CREATE_INTENT_ANNOTATION,
     QUOTA_EXCEEDED,
     Event,
@@ -139,7 +140,9 @@ def sync_tags(
     changes = tag_changes(desired, actual)
     if changes.empty:
         return
-    aws.set_tags(resource_id, changes.add, changes.remove)
+    # The cluster tag goes with every CreateTags: the IAM policy allows tagging only with it.
+    add = {**changes.add, CLUSTER_TAG: desired[CLUSTER_TAG]} if changes.add and CLUSTER_TAG in desired else changes.add
+    aws.set_tags(resource_id, add, changes.remove)
     events.append(
         Event("Normal", "TagsUpdated", f"tags on {resource_id}: set {sorted(changes.add)}, removed {changes.remove}")
     )
