@@ -99,6 +99,12 @@ class FakeRegion:
             raise error("DescribeInstances", "InvalidInstanceID.NotFound")
         return {i: self.instances[i] for i in instance_ids}
 
+    def instance_types_behind(self, network_interface_ids: list[str]) -> dict[str, str | None]:
+        self._count("describe_network_interfaces")
+        self._count("describe_instances")
+        found = {e: self.interfaces[e].instance_id for e in network_interface_ids if e in self.interfaces}
+        return {e: self.instances.get(i) if i else None for e, i in found.items()}
+
     def primary_network_interface(self, instance_id: str) -> str:
         self._count("describe_instances")
         if instance_id not in self.primary:

@@ -16,7 +16,7 @@ from trafficmirror.aws.errors import ErrorClass
 from trafficmirror.reconcile.common import OWNER_TAG, OWNER_UID_TAG, RECHECKED_AT_RESYNC, Outcome
 from trafficmirror.reconcile.context import RetryLater, outcome_for_aws_error
 from trafficmirror.reconcile.kinds import FILTER, SESSION, TARGET
-from trafficmirror.reconcile.observed import Observed
+from trafficmirror.reconcile.observed import Observed, observe
 from trafficmirror.reconcile.seam import ClusterFacts, Dependency, parse_request
 
 NLB = "arn:aws:elasticloadbalancing:us-east-1:123456789012:loadbalancer/net/capture/0123456789abcdef"
@@ -462,3 +462,22 @@ def test_an_invalid_stored_spec_becomes_a_clear_failed_naming_the_field() -> Non
     parsed = parse_request(FILTER, world.filter.owner, {"ingressRules": [{"ruleNumber": 0}]}, {})
     assert isinstance(parsed, Outcome) and parsed.phase.value == "Failed" and parsed.ready_reason == "InvalidSpec"
     assert "spec.ingressRules[0].ruleNumber" in parsed.conditions[0].message
+
+
+def test_the_batched_observation_sees_a_resized_source_and_target_and_drift_follows() -> None:
+    """observe(): one Describe per kind plus two batched lookups; a stop/resize/start of the source or
+    the target instance makes the object out of sync, and the reconcile records the new type."""
+    world = World()
+    world.converge()
+    sessions, targets = observe(world.region, "sessions"), observe(world.region, "targets")
+    assert SESSION.in_sync(world.session.request(), sessions[world.session.status["trafficMirrorSessionId"]])
+    assert TARGET.in_sync(world.target.request(), targets[world.target.status["trafficMirrorTargetId"]])
+    world.region.instances[world.web_instance] = "t2.micro"
+    world.region.instances[world.capture_instance] = "t2.micro"
+    sessions, targets = observe(world.region, "sessions"), observe(world.region, "targets")
+    assert not SESSION.in_sync(world.session.request(), sessions[world.session.status["trafficMirrorSessionId"]])
+    assert not TARGET.in_sync(world.target.request(), targets[world.target.status["trafficMirrorTargetId"]])
+    world.target.reconcile(world.ctx)
+    world.session.reconcile(world.ctx)
+    assert world.target.status["instanceType"] == "t2.micro"
+    assert world.session.status["phase"] == "Failed" and world.session.reason == "UnsupportedInstanceType"
