@@ -150,7 +150,10 @@ ERRORS = {
     ErrorClass.TERMINAL: "UnauthorizedOperation",
     ErrorClass.NOT_FOUND: "InvalidNetworkInterfaceID.NotFound",
     ErrorClass.QUOTA: "TrafficMirrorTargetLimitExceeded",
+    ErrorClass.UNSUPPORTED_INSTANCE: "NetworkInterfaceNotSupported",
 }
+# Errors that are facts of the world (they change without a spec change): Failed, looked at again.
+WORLD_FACTS = {ErrorClass.QUOTA, ErrorClass.UNSUPPORTED_INSTANCE}
 
 
 # NotFound from the Describe of the recorded resource is no failure: it was deleted outside, and is
@@ -373,7 +376,16 @@ def test_adopting_a_resource_whose_owner_is_gone_takes_it_over() -> None:
 # --- facts of the world are looked at again --------------------------------------------------------
 
 
-@pytest.mark.parametrize("code", ["TrafficMirrorSessionsPerInterfaceLimitExceeded", "TrafficMirrorTargetLimitExceeded"])
+@pytest.mark.parametrize(
+    "code",
+    [
+        "TrafficMirrorSessionsPerInterfaceLimitExceeded",
+        "TrafficMirrorTargetLimitExceeded",
+        "TrafficMirrorSourcesPerTargetLimitExceeded",
+        "TrafficMirrorFilterRuleLimitExceeded",
+        "NetworkInterfaceNotSupported",
+    ],
+)
 def test_every_world_fact_failure_is_rechecked_at_resync(code: str) -> None:
     outcome = outcome_for_aws_error(error("CreateTrafficMirrorSession", code))
     assert outcome.phase.value == "Failed" and outcome.ready_reason in RECHECKED_AT_RESYNC
@@ -388,8 +400,10 @@ def test_every_failed_reason_is_either_the_specs_or_rechecked() -> None:
         except RetryLater:
             continue
         assert outcome.ready_reason in RECHECKED_AT_RESYNC | spec_facts, (error_class, outcome.ready_reason)
-        if error_class is ErrorClass.QUOTA:
-            assert outcome.ready_reason in RECHECKED_AT_RESYNC
+        if error_class in WORLD_FACTS:
+            assert outcome.ready_reason in RECHECKED_AT_RESYNC, error_class
+    every_class = set(ErrorClass) - {ErrorClass.RETRYABLE, ErrorClass.NOT_FOUND, ErrorClass.IN_USE}
+    assert every_class <= set(ERRORS), "a new error class needs a row here"
 
 
 def test_a_session_over_the_source_quota_is_created_once_a_slot_frees_and_costs_one_read_meanwhile() -> None:
