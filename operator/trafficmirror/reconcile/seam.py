@@ -58,8 +58,11 @@ class Request(Generic[SpecT, StatusT]):
 class Reconciler(Protocol[SpecT, StatusT, ObservedT]):
     """One kind's decisions. `ObservedT` is what the shared Describe returns for one resource."""
 
-    kind: str  # MirrorTarget | MirrorFilter | MirrorSession
-    snapshot_kind: str  # targets | filters | sessions: the shared Describe that observes it
+    @property
+    def kind(self) -> str: ...  # MirrorTarget | MirrorFilter | MirrorSession
+
+    @property
+    def snapshot_kind(self) -> str: ...  # targets | filters | sessions: the shared Describe that observes it
 
     @property
     def spec_model(self) -> type[SpecT]: ...
