@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from trafficmirror.capture import pcapng
+from trafficmirror.capture.lossstats import FileDrops, NodeDrops, NodeDropsSampler
 from trafficmirror.capture.receiver import Batch, Kept
 from trafficmirror.capture.sessions import Session, safe_component, unknown_session
 
@@ -48,10 +49,6 @@ def format_start(ts_ns: int) -> str:
 
 def file_basename(node: str, start_ns: int, seq: int, fmt: str) -> str:
     return f"{safe_component(node)}-{format_start(start_ns)}-{seq:06d}.{fmt}"
-
-
-def isb_comment() -> str:
-    return "os_dropped is the capture socket's kernel drop counter (SO_RXQ_OVFL), shared by all sessions"
 
 
 # --- the streams ----------------------------------------------------------------------------
@@ -91,8 +88,10 @@ class Stream:
         stats: StreamStats,
         on_error: Callable[[str], None],
         linktype: int = pcapng.LINKTYPE_ETHERNET,
+        node_drops: Callable[[], NodeDrops] = NodeDrops,
     ):
         self.session = session
+        self.node_drops = node_drops
         self.linktype = linktype
         self.cfg = cfg
         self.stats = stats
@@ -112,6 +111,8 @@ class Stream:
         self.last_ts = 0
         self.boundary: int | None = None
         self.drops_at_open = 0
+        self.node_at_open = NodeDrops()
+        self.disk_unreported = 0  # disk drops not yet in a file's statistics block
         self.last_flush = time.monotonic()
         self.failed_until = 0.0
 
@@ -156,6 +157,7 @@ class Stream:
         self.first_ts = self.last_ts = 0
         self.file_packets = self.file_bytes = self.file_dropped = 0
         self.drops_at_open = max(kernel_drops, 0)
+        self.node_at_open = self.node_drops()
         self.boundary = next_boundary(ts_ns, self.cfg.rotate_seconds) if self.cfg.rotate_seconds else None
         self.failed_until = 0.0
         return True
@@ -179,6 +181,7 @@ class Stream:
         while True:
             if not self.is_open and (time.monotonic() < self.failed_until or not self._open(first_ts, kernel_drops)):
                 self.stats.dropped += packets
+                self.disk_unreported += packets
                 return
             cut = self._cut(records, last_ts)
             if cut is None:
@@ -246,12 +249,15 @@ class Stream:
             self.stats.packets -= lost
             self.stats.dropped += lost
             self.file_dropped += lost
+            self.disk_unreported += lost
             self.buf.clear()
             self.buf_packets = 0
             self._fail(f"{self.path}: {exc}; {lost} packets lost", exc)
             with contextlib.suppress(OSError):
                 os.ftruncate(self.fd, self.good)
-            self.close(kernel_drops, statistics=False)
+            # The statistics block is tried too: on a full disk it usually fails, and then the
+            # count rides on the next file's block.
+            self.close(kernel_drops)
             return False
         self.good += len(self.buf)
         self.file_packets += self.buf_packets
@@ -267,19 +273,26 @@ class Stream:
             return None  # flush() already closed (and handed off) the cut-back file
         if statistics and self.cfg.fmt == "pcapng":
             end = self.last_ts or time.time_ns()
+            drops = FileDrops(
+                disk=self.disk_unreported,
+                socket=max(kernel_drops - self.drops_at_open, 0),
+                node=self.node_drops().minus(self.node_at_open),
+            )
             isb = pcapng.interface_statistics(
                 0,
                 end,
                 start_ns=self.first_ts or self.start_ns,
                 end_ns=end,
-                received=self.file_packets,
-                if_dropped=self.file_dropped,
-                os_dropped=max(kernel_drops - self.drops_at_open, 0),
-                comment=isb_comment(),
+                received=self.file_packets + drops.disk,
+                if_dropped=drops.disk,
+                os_dropped=drops.os_dropped,
+                delivered=self.file_packets,
+                comment=drops.comment(),
             )
             try:
                 _write_all(self.fd, isb)
                 self.good += len(isb)
+                self.disk_unreported = 0
             except OSError:
                 # The statistics are a nicety; the packets are what must survive.
                 with contextlib.suppress(OSError):
@@ -388,9 +401,12 @@ class Writer:
         self.streams: dict[int, Stream] = {}
         self.stats = WriterStats()
         self.malformed_stream: Stream | None = None
+        self.node_drops = NodeDropsSampler()
         if keep_malformed:
             s = Session("_malformed", f"worker-{cfg.worker}", 0)
-            self.malformed_stream = Stream(s, cfg, self._stream_stats(s), self._error, pcapng.LINKTYPE_IPV4)
+            self.malformed_stream = Stream(
+                s, cfg, self._stream_stats(s), self._error, pcapng.LINKTYPE_IPV4, self.node_drops.sample
+            )
 
     def _error(self, message: str) -> None:
         self.stats.write_errors += 1
@@ -426,7 +442,9 @@ class Writer:
                     if not self.write_unknown:
                         continue
                     session = unknown_session(vni)
-                stream = self.streams[vni] = Stream(session, self.cfg, self._stream_stats(session), self._error)
+                stream = self.streams[vni] = Stream(
+                    session, self.cfg, self._stream_stats(session), self._error, node_drops=self.node_drops.sample
+                )
             elif not stream.session.known:
                 st.malformed["unknown_vni"] += g.packets
             stream.append(g.buf, g.packets, g.wire_bytes, g.first_ts, g.last_ts, drops)
