@@ -159,7 +159,8 @@ class NodeDropsSampler:
 
 @dataclass(frozen=True)
 class FileDrops:
-    """Drops while one capture file was open, by layer."""
+    """Drops reported by one capture file, by layer: since the previous file of its session
+    said its own (or since the agent started), up to this file's close."""
 
     disk: int = 0
     socket: int = 0
@@ -175,7 +176,8 @@ class FileDrops:
     def comment(self) -> str:
         n = self.node
         return (
-            f"drops while this file was open, by layer: disk={self.disk} (this session's packets; = isb_ifdrop); "
+            "drops since the previous file of this session (or the agent's start), by layer: "
+            f"disk={self.disk} (this session's packets; = isb_ifdrop); "
             f"socket={self.socket} (the capture socket, shared by the sessions of one worker); "
             f"softnet={n.softnet} nic={n.nic} udp_rcvbuf={n.udp_rcvbuf} udp_inerrors={n.udp_inerrors} "
             "(node-wide: every datagram on the node, not only this session's). "

@@ -89,6 +89,7 @@ class Stream:
         on_error: Callable[[str], None],
         linktype: int = pcapng.LINKTYPE_ETHERNET,
         node_drops: Callable[[], NodeDrops] = NodeDrops,
+        node_baseline: NodeDrops | None = None,
     ):
         self.session = session
         self.node_drops = node_drops
@@ -110,8 +111,10 @@ class Stream:
         self.first_ts = 0
         self.last_ts = 0
         self.boundary: int | None = None
+        # Shared counters as of the last statistics block written (or the agent's start): a file
+        # reports the drops since its predecessor's block, so none fall between two files.
         self.drops_at_open = 0
-        self.node_at_open = NodeDrops()
+        self.node_at_open = node_baseline if node_baseline is not None else node_drops()
         self.disk_unreported = 0  # disk drops not yet in a file's statistics block
         self.last_flush = time.monotonic()
         self.failed_until = 0.0
@@ -156,8 +159,6 @@ class Stream:
         self.start_ns = ts_ns
         self.first_ts = self.last_ts = 0
         self.file_packets = self.file_bytes = self.file_dropped = 0
-        self.drops_at_open = max(kernel_drops, 0)
-        self.node_at_open = self.node_drops()
         self.boundary = next_boundary(ts_ns, self.cfg.rotate_seconds) if self.cfg.rotate_seconds else None
         self.failed_until = 0.0
         return True
@@ -273,10 +274,11 @@ class Stream:
             return None  # flush() already closed (and handed off) the cut-back file
         if statistics and self.cfg.fmt == "pcapng":
             end = self.last_ts or time.time_ns()
+            node_now = self.node_drops()
             drops = FileDrops(
                 disk=self.disk_unreported,
                 socket=max(kernel_drops - self.drops_at_open, 0),
-                node=self.node_drops().minus(self.node_at_open),
+                node=node_now.minus(self.node_at_open),
             )
             isb = pcapng.interface_statistics(
                 0,
@@ -293,6 +295,7 @@ class Stream:
                 _write_all(self.fd, isb)
                 self.good += len(isb)
                 self.disk_unreported = 0
+                self.drops_at_open, self.node_at_open = max(kernel_drops, self.drops_at_open), node_now
             except OSError:
                 # The statistics are a nicety; the packets are what must survive.
                 with contextlib.suppress(OSError):
@@ -405,7 +408,13 @@ class Writer:
         if keep_malformed:
             s = Session("_malformed", f"worker-{cfg.worker}", 0)
             self.malformed_stream = Stream(
-                s, cfg, self._stream_stats(s), self._error, pcapng.LINKTYPE_IPV4, self.node_drops.sample
+                s,
+                cfg,
+                self._stream_stats(s),
+                self._error,
+                pcapng.LINKTYPE_IPV4,
+                self.node_drops.sample,
+                self.node_drops.baseline,
             )
 
     def _error(self, message: str) -> None:
@@ -443,7 +452,12 @@ class Writer:
                         continue
                     session = unknown_session(vni)
                 stream = self.streams[vni] = Stream(
-                    session, self.cfg, self._stream_stats(session), self._error, node_drops=self.node_drops.sample
+                    session,
+                    self.cfg,
+                    self._stream_stats(session),
+                    self._error,
+                    node_drops=self.node_drops.sample,
+                    node_baseline=self.node_drops.baseline,
                 )
             elif not stream.session.known:
                 st.malformed["unknown_vni"] += g.packets
