@@ -19,6 +19,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from trafficmirror.capture import vxlan
+from trafficmirror.capture.lossstats import LAYER_HELP, LAYERS, NodeDropsSampler
 from trafficmirror.capture.ship import ShipStats
 
 P = "trafficmirror_capture_"
@@ -38,6 +39,7 @@ class AgentState:
     sessions_known: int = 0
     sessions_loaded: bool = False
     ship: ShipStats | None = None
+    node_drops: NodeDropsSampler = field(default_factory=NodeDropsSampler)  # baseline: the agent's start
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def update_worker(self, idx: int, snap: dict[str, Any]) -> None:
@@ -86,13 +88,14 @@ class _Collector(Collector):
         }
         agg: dict[tuple[str, str], dict[str, int]] = {}
         malformed: dict[str, int] = {}
-        datagrams = drops = errors = 0
+        datagrams = drops = errors = disk = 0
         for snap in snaps:
             for key, st in snap.get("sessions", {}).items():
                 ns, _, name = key.partition("/")
                 a = agg.setdefault((ns, name), {"packets": 0, "bytes": 0, "files": 0, "dropped": 0})
                 for k in a:
                     a[k] += int(st.get(k, 0))
+                disk += int(st.get("dropped", 0))
             for reason, n in snap.get("malformed", {}).items():
                 malformed[reason] = malformed.get(reason, 0) + int(n)
             datagrams += int(snap.get("datagrams", 0))
@@ -123,6 +126,20 @@ class _Collector(Collector):
             value=drops,
         )
         yield CounterMetricFamily(P + "write_errors", "File write errors (e.g. disk full)", value=errors)
+        layers = CounterMetricFamily(
+            P + "layer_drops",
+            "Drops since the agent started, by layer a mirrored datagram crosses; scope says whose: "
+            + "; ".join(f"{k}: {v}" for k, v in LAYER_HELP.items())
+            + ". Layers overlap: do not add them up.",
+            labels=["layer", "scope"],
+        )
+        node = s.node_drops.since_start().as_dict()
+        by_layer = {"disk": (disk, "session"), "socket": (drops, "socket")}
+        by_layer.update({k: (v, "node") for k, v in node.items()})
+        for layer in LAYERS:
+            value, scope = by_layer[layer]
+            layers.add_metric([layer, scope], value)
+        yield layers
         rb = GaugeMetricFamily(P + "receive_buffer_bytes", "Socket receive buffer", labels=["kind"])
         rb.add_metric(["requested"], s.rcvbuf_requested)
         rb.add_metric(["granted"], s.rcvbuf_granted)

@@ -34,6 +34,7 @@ ISB_ENDTIME = 3
 ISB_IFRECV = 4
 ISB_IFDROP = 5
 ISB_OSDROP = 7
+ISB_USRDELIV = 8
 
 PCAP_MAGIC_NS = 0xA1B23C4D
 PCAP_GLOBAL_HEADER_LEN = 24
@@ -90,6 +91,7 @@ def interface_statistics(
     received: int,
     if_dropped: int,
     os_dropped: int,
+    delivered: int | None = None,
     comment: str = "",
 ) -> bytes:
     def ts(v: int) -> bytes:
@@ -102,6 +104,8 @@ def interface_statistics(
         (ISB_IFDROP, struct.pack("<Q", if_dropped)),
         (ISB_OSDROP, struct.pack("<Q", os_dropped)),
     ]
+    if delivered is not None:
+        opts.append((ISB_USRDELIV, struct.pack("<Q", delivered)))
     if comment:
         opts.append((OPT_COMMENT, comment.encode()))
     body = struct.pack("<III", interface_id, ts_ns >> 32, ts_ns & 0xFFFFFFFF) + _options(opts)
@@ -198,6 +202,7 @@ class Statistics:
     received: int | None = None
     if_dropped: int | None = None
     os_dropped: int | None = None
+    delivered: int | None = None
     comment: str = ""
 
 
@@ -315,6 +320,7 @@ def read_pcapng(f: BinaryIO) -> Capture:
             st.received = _u64_option(opts, ISB_IFRECV, e)
             st.if_dropped = _u64_option(opts, ISB_IFDROP, e)
             st.os_dropped = _u64_option(opts, ISB_OSDROP, e)
+            st.delivered = _u64_option(opts, ISB_USRDELIV, e)
             if OPT_COMMENT in opts:
                 st.comment = opts[OPT_COMMENT][0].decode(errors="replace")
             cap.statistics.append(st)

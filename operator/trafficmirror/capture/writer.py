@@ -21,6 +21,7 @@ from typing import Any
 
 from trafficmirror.capture import pcapng, vxlan
 from trafficmirror.capture.batch import Batch, Kept
+from trafficmirror.capture.lossstats import FileDrops, NodeDrops, NodeDropsSampler
 from trafficmirror.capture.sessions import UNKNOWN_NAMESPACE, Session, safe_component, unknown_session
 
 log = logging.getLogger(__name__)
@@ -48,10 +49,6 @@ def format_start(ts_ns: int) -> str:
 
 def file_basename(node: str, start_ns: int, seq: int, fmt: str) -> str:
     return f"{safe_component(node)}-{format_start(start_ns)}-{seq:06d}.{fmt}"
-
-
-def isb_comment() -> str:
-    return "os_dropped is the capture socket's kernel drop counter (SO_RXQ_OVFL), shared by all sessions"
 
 
 # --- the streams ----------------------------------------------------------------------------
@@ -91,8 +88,11 @@ class Stream:
         stats: StreamStats,
         on_error: Callable[[str], None],
         linktype: int = pcapng.LINKTYPE_ETHERNET,
+        node_drops: Callable[[], NodeDrops] = NodeDrops,
+        node_baseline: NodeDrops | None = None,
     ):
         self.session = session
+        self.node_drops = node_drops
         self.linktype = linktype
         self.cfg = cfg
         self.stats = stats
@@ -112,7 +112,11 @@ class Stream:
         self.first_ts = 0
         self.last_ts = 0
         self.boundary: int | None = None
+        # Shared counters as of the last statistics block written (or the agent's start): a file
+        # reports the drops since its predecessor's block, so none fall between two files.
         self.drops_at_open = 0
+        self.node_at_open = node_baseline if node_baseline is not None else node_drops()
+        self.disk_unreported = 0  # disk drops not yet in a file's statistics block
         self.last_flush = time.monotonic()
         self.failed_until = 0.0
 
@@ -156,7 +160,6 @@ class Stream:
         self.start_ns = ts_ns
         self.first_ts = self.last_ts = 0
         self.file_packets = self.file_bytes = self.file_dropped = 0
-        self.drops_at_open = max(kernel_drops, 0)
         self.boundary = next_boundary(ts_ns, self.cfg.rotate_seconds) if self.cfg.rotate_seconds else None
         self.failed_until = 0.0
         return True
@@ -180,6 +183,7 @@ class Stream:
         while True:
             if not self.is_open and (time.monotonic() < self.failed_until or not self._open(first_ts, kernel_drops)):
                 self.stats.dropped += packets
+                self.disk_unreported += packets
                 return
             cut = self._cut(records, last_ts)
             if cut is None:
@@ -248,12 +252,15 @@ class Stream:
             self.stats.packets -= lost
             self.stats.dropped += lost
             self.file_dropped += lost
+            self.disk_unreported += lost
             self.chunks = []
             self.buf_len = self.buf_packets = 0
             self._fail(f"{self.path}: {exc}; {lost} packets lost", exc)
             with contextlib.suppress(OSError):
                 os.ftruncate(self.fd, self.good)
-            self.close(kernel_drops, statistics=False)
+            # The statistics block is tried too: on a full disk it usually fails, and then the
+            # count rides on the next file's block.
+            self.close(kernel_drops)
             return False
         self.good += self.buf_len
         self.file_packets += self.buf_packets
@@ -269,19 +276,28 @@ class Stream:
             return None  # flush() already closed (and handed off) the cut-back file
         if statistics and self.cfg.fmt == "pcapng":
             end = self.last_ts or time.time_ns()
+            node_now = self.node_drops()
+            drops = FileDrops(
+                disk=self.disk_unreported,
+                socket=max(kernel_drops - self.drops_at_open, 0),
+                node=node_now.minus(self.node_at_open),
+            )
             isb = pcapng.interface_statistics(
                 0,
                 end,
                 start_ns=self.first_ts or self.start_ns,
                 end_ns=end,
-                received=self.file_packets,
-                if_dropped=self.file_dropped,
-                os_dropped=max(kernel_drops - self.drops_at_open, 0),
-                comment=isb_comment(),
+                received=self.file_packets + drops.disk,
+                if_dropped=drops.disk,
+                os_dropped=drops.os_dropped,
+                delivered=self.file_packets,
+                comment=drops.comment(),
             )
             try:
                 _write_all(self.fd, isb)
                 self.good += len(isb)
+                self.disk_unreported = 0
+                self.drops_at_open, self.node_at_open = max(kernel_drops, self.drops_at_open), node_now
             except OSError:
                 # The statistics are a nicety; the packets are what must survive.
                 with contextlib.suppress(OSError):
@@ -452,9 +468,18 @@ class Writer:
         self.streams: dict[int, Stream] = {}
         self.stats = WriterStats()
         self.malformed_stream: Stream | None = None
+        self.node_drops = NodeDropsSampler()
         if keep_malformed:
             s = Session("_malformed", f"worker-{cfg.worker}", 0)
-            self.malformed_stream = Stream(s, cfg, self._stream_stats(s), self._error, pcapng.LINKTYPE_IPV4)
+            self.malformed_stream = Stream(
+                s,
+                cfg,
+                self._stream_stats(s),
+                self._error,
+                pcapng.LINKTYPE_IPV4,
+                self.node_drops.sample,
+                self.node_drops.baseline,
+            )
 
     def _error(self, message: str) -> None:
         self.stats.write_errors += 1
@@ -494,7 +519,14 @@ class Writer:
                         continue
                     session = unknown_session(vni)
                     self.unknown_open[vni] = None
-                stream = self.streams[vni] = Stream(session, self.cfg, self._stream_stats(session), self._error)
+                stream = self.streams[vni] = Stream(
+                    session,
+                    self.cfg,
+                    self._stream_stats(session),
+                    self._error,
+                    node_drops=self.node_drops.sample,
+                    node_baseline=self.node_drops.baseline,
+                )
             elif not stream.session.known:
                 st.malformed["unknown_vni"] += g.packets
                 self.unknown_open.move_to_end(vni)
