@@ -465,6 +465,9 @@ class Writer:
         self.unknown = unknown or UnknownVniPolicy()
         self.unknown_bucket = _TokenBucket(self.unknown.new_per_second)
         self.unknown_open: OrderedDict[int, None] = OrderedDict()  # open unknown-VNI streams, LRU first
+        # The file sequence number of an unknown VNI whose stream was closed to make room: a
+        # reopened stream goes on from it, so its next file cannot take the name of the last.
+        self.unknown_seq: dict[int, int] = {}
         self.streams: dict[int, Stream] = {}
         self.stats = WriterStats()
         self.malformed_stream: Stream | None = None
@@ -527,6 +530,8 @@ class Writer:
                     node_drops=self.node_drops.sample,
                     node_baseline=self.node_drops.baseline,
                 )
+                if not session.known:
+                    stream.seq = self.unknown_seq.pop(vni, 0)
             elif not stream.session.known:
                 st.malformed["unknown_vni"] += g.packets
                 self.unknown_open.move_to_end(vni)
@@ -542,7 +547,9 @@ class Writer:
             return "rate"
         while len(self.unknown_open) >= max(self.unknown.max_open, 1):
             oldest, _ = self.unknown_open.popitem(last=False)
-            self.streams.pop(oldest).close(self.stats.kernel_drops)
+            closing = self.streams.pop(oldest)
+            closing.close(self.stats.kernel_drops)
+            self.unknown_seq[oldest] = closing.seq
         return ""
 
     def _keep(self, kept: list[Kept]) -> None:
