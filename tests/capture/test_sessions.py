@@ -4,11 +4,16 @@ unknown VNIs, the kernel VNI filter, and frames AWS truncated."""
 from __future__ import annotations
 
 import collections
+import os
+import random
+import struct
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
 from frames import ipv4_udp, ipv6_udp
-from netbed import AgentProc, Bed, files_of, tshark_clean
+from netbed import UND_AGT, UND_SRC, AgentProc, Bed, files_of, tshark_clean
 
 from trafficmirror.capture import pcapng, vxlan
 
@@ -142,3 +147,39 @@ def test_keep_malformed_writes_them_to_a_separate_file_wireshark_can_dissect(bed
     assert [line.split("\t")[0] for line in ports] == ["4789"] * 3
     (good,) = files_of(work / "out", "a", "s")
     assert len(pcapng.read_file(str(good)).packets) == 1
+
+
+def test_an_unknown_vni_flood_is_bounded_and_counted(bed: Bed, work: Path, vxsend: Path) -> None:
+    """10,000 random VNIs from one sender: at most --unknown-vni-max-open files are open at any
+    time, new ones open at the configured rate, every refused packet is counted, and SIGTERM
+    still finishes at once."""
+    rng = random.Random(10_000)
+    vnis = rng.sample(range(1000, 1 << 24), 10_000)
+    frame = ipv4_udp("10.0.0.1", "10.0.0.2", 1, 2, b"flood")
+    pool = work / "flood.bin"
+    pool.write_bytes(b"".join(struct.pack("=I", 8 + len(frame)) + vxlan.header(v) + frame for v in vnis * 2))
+    args = ["--output-dir", str(work / "out"), "--session", "100=a/s", "--unknown-vni", "write"]
+    agent = AgentProc(bed, work, [*args, "--unknown-vni-max-open", "16", "--unknown-vni-new-per-second", "20"])
+    agent.wait_ready()
+    (worker,) = [int(x) for x in Path(f"/proc/{agent.proc.pid}/task/{agent.proc.pid}/children").read_text().split()]
+    baseline = len(os.listdir(f"/proc/{worker}/fd"))
+    most = 0
+    cmd = ["ip", "netns", "exec", bed.srv, str(vxsend), "-d", UND_AGT, "-s", UND_SRC, "-f", str(pool)]
+    sender = subprocess.Popen([*cmd, "-n", "20000", "-r", "4000"], stdout=subprocess.PIPE, text=True)
+    while sender.poll() is None:
+        most = max(most, len(os.listdir(f"/proc/{worker}/fd")))
+        time.sleep(0.05)
+    assert "sent=20000" in (sender.stdout.read() if sender.stdout else "")
+    m = agent.quiesce()
+    started = time.monotonic()
+    assert agent.stop() == 0
+    assert time.monotonic() - started < 10
+    assert most <= baseline + 16
+    unknown = m['trafficmirror_capture_malformed_total{reason="unknown_vni"}']
+    refused = m['trafficmirror_capture_unknown_vni_refused_total{why="rate"}']
+    written = m['trafficmirror_capture_packets_total{namespace="_unknown",session="all"}']
+    assert unknown + m["trafficmirror_capture_kernel_drops_total"] == 20_000
+    assert written + refused == unknown
+    assert 0 < written < 20_000 * 0.2  # ~5 s at 20 new files/s (+ a burst of 20): a few hundred VNIs
+    on_disk = sum(len(pcapng.read_file(str(f)).packets) for f in (work / "out" / "_unknown").rglob("*.pcapng"))
+    assert on_disk == written
