@@ -4,7 +4,8 @@ traffic mixes, and at 100 and 1,000 sessions.
 Mixes (hypothesis, derandomized so a failure reproduces): 1 to 5,000 VNIs, known and unknown,
 checked sources and forged ones, garbage, short headers, bad flags, short and truncated inner
 frames, jumbo frames, bursts larger than a receive batch, 1 and 2 workers, the compiled and the
-Python receive loop, unknown VNIs written (under a small open-file cap and rate limit) or dropped.
+Python receive loop, the kernel VNI filter on and off, unknown VNIs written (under a small
+open-file cap and rate limit) or dropped.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ def mixes(draw: st.DrawFn) -> tuple[Mix, dict[str, object]]:
     agent = {
         "workers": draw(st.sampled_from([1, 2])),
         "accelerate": draw(st.booleans()),
+        "kernel_filter": draw(st.booleans()),  # unknown VNIs dropped, forged ones cut, in the kernel
         "unknown": draw(st.sampled_from(["write", "write", "drop"])),
         "max_open": draw(st.integers(1, 64)),
         "new_per_second": draw(st.sampled_from([1, 50, 100_000])),
@@ -60,7 +62,7 @@ def mixes(draw: st.DrawFn) -> tuple[Mix, dict[str, object]]:
 @given(case=mixes())
 def test_sent_equals_written_plus_counted_drops(case: tuple[Mix, dict[str, object]], work: Path, vxsend: Path) -> None:
     mix, a = case
-    exp = build(mix)
+    exp = build(mix, kernel_filter=bool(a["kernel_filter"]))
     for sub in ("out", "work"):
         for p in sorted((work / sub).rglob("*"), reverse=True):  # one work dir serves every example
             p.unlink() if p.is_file() else p.rmdir()
@@ -72,6 +74,8 @@ def test_sent_equals_written_plus_counted_drops(case: tuple[Mix, dict[str, objec
         args += ["--rotate-interval", "0", "--rotate-size", str(a["rotate"])]
         if not a["accelerate"]:
             args.append("--no-accelerate")
+        if a["kernel_filter"]:
+            args.append("--kernel-vni-filter")
         agent = AgentProc(bed, work, args)
         try:
             agent.wait_ready()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import collections
 import os
 import random
+import socket
 import struct
 import subprocess
 import time
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from frames import ipv4_udp, ipv6_udp
-from netbed import UND_AGT, UND_SRC, AgentProc, Bed, files_of, tshark_clean
+from netbed import UND_AGT, UND_SRC, AgentProc, Bed, files_of, in_netns, tshark_clean
 
 from trafficmirror.capture import pcapng, vxlan
 
@@ -183,3 +184,41 @@ def test_an_unknown_vni_flood_is_bounded_and_counted(bed: Bed, work: Path, vxsen
     assert 0 < written < 20_000 * 0.2  # ~5 s at 20 new files/s (+ a burst of 20): a few hundred VNIs
     on_disk = sum(len(pcapng.read_file(str(f)).packets) for f in (work / "out" / "_unknown").rglob("*.pcapng"))
     assert on_disk == written
+
+
+@pytest.mark.parametrize("kernel_filter", [False, True], ids=["user-space", "kernel-filter"])
+def test_forged_sources_are_counted_as_spoofed_and_kept_out_of_the_file(
+    bed: Bed, work: Path, kernel_filter: bool
+) -> None:
+    """A host that is not the session's source sends datagrams with its VNI: they never reach the
+    session's file and count as spoofed. With the kernel filter they are cut to their headers
+    before the socket queue (a flood of forged jumbo frames costs the receive buffer little)."""
+    bed.ns(bed.srv, "ip addr add 10.99.0.3/24 dev und0")
+    args = ["--output-dir", str(work / "out"), "--session", f"100=a/s:{UND_SRC}", "--session", "200=a/open"]
+    args += ["--keep-malformed", *(["--kernel-vni-filter"] if kernel_filter else [])]
+    agent = AgentProc(bed, work, args)
+    agent.wait_ready()
+    good = [vxlan.header(100) + ipv4_udp("10.0.0.1", "10.0.0.2", 1, 2, b"g%d" % i) for i in range(5)]
+    forged = [vxlan.header(v) + ipv4_udp("6.6.6.6", "10.0.0.2", 6, 6, b"F" * 8000) for v in (100, 200) * 4]
+
+    def send_forged() -> None:
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.bind(("10.99.0.3", 0))
+        for d in forged:
+            s.sendto(d, (UND_AGT, 4789))
+        s.close()
+
+    in_netns(bed.srv, send_forged)
+    bed.send_datagrams(good)
+    m = agent.quiesce()
+    assert agent.stop() == 0
+    assert m['trafficmirror_capture_malformed_total{reason="spoofed"}'] == 4
+    assert m["trafficmirror_capture_kernel_drops_total"] == 0
+    assert m['trafficmirror_capture_packets_total{namespace="a",session="s"}'] == 5
+    assert m['trafficmirror_capture_packets_total{namespace="a",session="open"}'] == 4  # no known source: open
+    (f,) = files_of(work / "out", "a", "s")
+    assert [p.data for p in pcapng.read_file(str(f)).packets] == [d[8:] for d in good]
+    (kept,) = files_of(work / "out", "_malformed", "worker-0")
+    packets = pcapng.read_file(str(kept)).packets
+    assert [p.comment for p in packets] == ["spoofed"] * 4
+    assert [len(p.data) - 28 for p in packets] == [8 if kernel_filter else len(forged[0])] * 4

@@ -246,7 +246,7 @@ class Agent:
         if not self.cfg.kernel_vni_filter:
             return
         for s in self.socks:
-            rx.attach_vni_filter(s, list(self.sessions))
+            rx.attach_vni_filter(s, list(self.sessions), source_checks(self.sessions.values()))
         log.info("kernel VNI filter: accepting %s", sorted(self.sessions) or "nothing")
 
     def _fork_workers(self) -> None:
