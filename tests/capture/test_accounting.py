@@ -81,25 +81,10 @@ def test_sent_equals_written_plus_counted_drops(case: tuple[Mix, dict[str, objec
             agent.wait_ready()
             pid = agent.proc.pid
             batch = int(str(a["burst"]))
-            if exp.spoof:
-                send(
-                    bed,
-                    vxsend,
-                    write_pool(work / "spoof.bin", exp.spoof),
-                    len(exp.spoof),
-                    SPOOF_SRC,
-                    batch=batch,
-                    agent_pid=pid,
-                )
-            send(
-                bed,
-                vxsend,
-                write_pool(work / "legit.bin", exp.legit),
-                len(exp.legit),
-                UND_SRC,
-                batch=batch,
-                agent_pid=pid,
-            )
+            for src, datagrams in ((SPOOF_SRC, exp.spoof), (UND_SRC, exp.legit)):
+                if datagrams:
+                    pool = write_pool(work / f"pool-{src}.bin", datagrams)
+                    send(bed, vxsend, pool, len(datagrams), src, batch=batch, agent_pid=pid)
             m = settle(agent, len(exp.legit) + len(exp.spoof))
         finally:
             rc = agent.stop()
