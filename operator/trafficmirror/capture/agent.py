@@ -23,30 +23,35 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from trafficmirror.capture import receiver as rx
+from trafficmirror.capture import vxlan
+from trafficmirror.capture.batch import MAX_BATCH
 from trafficmirror.capture.metrics import AgentState, serve
-from trafficmirror.capture.sessions import KubeWatcher, Session
+from trafficmirror.capture.sessions import KubeWatcher, Session, source_checks
 from trafficmirror.capture.ship import DirDestination, S3Destination, Shipper, recover_open_files
-from trafficmirror.capture.writer import Writer, WriterConfig
+from trafficmirror.capture.writer import UnknownVniPolicy, Writer, WriterConfig
 
 log = logging.getLogger("trafficmirror.capture")
 
-BATCH = 256
+BATCH = MAX_BATCH
 REPORT_EVERY_S = 0.5
 TICK_EVERY_S = 0.2
 COALESCE_S = 0.001
+# Kernel receive timestamps are taken a little before the datagram reaches the socket queue; a
+# file closes at its time boundary only once the queue was seen empty this long after it.
+WATERMARK_GRACE_NS = 250_000_000
 
 
 @dataclass
 class AgentConfig:
     writer: WriterConfig
     address: str = "0.0.0.0"
-    port: int = 4789
+    port: int = vxlan.VXLAN_PORT
     rcvbuf: int = 64 << 20
     workers: int = 1
     sessions: list[Session] = field(default_factory=list)
     kube: dict[str, Any] | None = None  # KubeWatcher keyword arguments, or None for a static map
     kernel_vni_filter: bool = False
-    write_unknown: bool = True
+    unknown: UnknownVniPolicy = field(default_factory=UnknownVniPolicy)
     keep_malformed: bool = False
     output_dir: str | None = None
     retain_files: int | None = None
@@ -67,6 +72,7 @@ def _snapshot(w: Writer, rcvbuf: int) -> dict[str, Any]:
     return {
         "sessions": {k: asdict(v) for k, v in st.sessions.items()},
         "malformed": dict(st.malformed),
+        "unknown_refused": dict(st.unknown_refused),
         "datagrams": st.datagrams,
         "kernel_drops": st.kernel_drops,
         "write_errors": st.write_errors,
@@ -93,12 +99,13 @@ def worker_main(idx: int, sock: socket.socket, ctrl: socket.socket, cfg: AgentCo
     writer = Writer(
         wcfg,
         {s.vni: s for s in cfg.sessions},
-        write_unknown=cfg.write_unknown,
+        unknown=cfg.unknown,
         keep_malformed=cfg.keep_malformed,
     )
     recv = rx.make_receiver(
         sock, fmt=wcfg.fmt, snaplen=wcfg.snaplen, keep_malformed=cfg.keep_malformed, accelerate=cfg.accelerate
     )
+    recv.set_sources(source_checks(cfg.sessions))
     poller = select.poll()
     sfd, cfd = sock.fileno(), ctrl.fileno()
     poller.register(sfd, select.POLLIN)
@@ -106,14 +113,21 @@ def worker_main(idx: int, sock: socket.socket, ctrl: socket.socket, cfg: AgentCo
     ctrl.setblocking(False)
     pending = b""
     last_report = last_tick = 0.0
+    # Every datagram the kernel stamped before this instant has been written: time-based
+    # rotation follows it (packet time), not the wall clock, so a file never closes while
+    # earlier packets still wait in the socket queue.
+    watermark = time.time_ns()
 
     def drain_socket() -> None:
+        nonlocal watermark
         # Up to 64 batches before looking at anything else: under load the socket is the priority.
         for _ in range(64):
+            started = time.time_ns()
             b = recv.recv_batch(BATCH)
             if b.datagrams:
                 writer.write(b)
             if b.datagrams < BATCH:
+                watermark = started  # the queue was empty at some point after this
                 if b.datagrams:
                     # Traffic is flowing but we are ahead of it: let a batch accumulate rather
                     # than pay a wake-up per handful of packets. The receive buffer holds far
@@ -122,10 +136,13 @@ def worker_main(idx: int, sock: socket.socket, ctrl: socket.socket, cfg: AgentCo
                 return
 
     while not stop:
+        polled = time.time_ns()
         try:
             events = poller.poll(int(TICK_EVERY_S * 1000))
         except InterruptedError:
             events = []
+        if not any(fd == sfd for fd, _ev in events):
+            watermark = max(watermark, polled)  # nothing arrived while we waited
         for fd, _ev in events:
             if fd == sfd:
                 drain_socket()
@@ -142,13 +159,15 @@ def worker_main(idx: int, sock: socket.socket, ctrl: socket.socket, cfg: AgentCo
                 for line in lines:
                     msg = json.loads(line)
                     if "sessions" in msg:
-                        writer.update_sessions({s["vni"]: Session.from_json(s) for s in msg["sessions"]})
+                        sessions = [Session.from_json(s) for s in msg["sessions"]]
+                        recv.set_sources(source_checks(sessions))
+                        writer.update_sessions({s.vni: s for s in sessions})
         now = time.monotonic()
         if now - last_tick >= TICK_EVERY_S:
             last_tick = now
             with contextlib.suppress(OSError):
                 writer.stats.kernel_drops = max(writer.stats.kernel_drops, rx.kernel_drops(sock))
-            writer.tick()
+            writer.tick(watermark - WATERMARK_GRACE_NS)
         if now - last_report >= REPORT_EVERY_S:
             last_report = now
             try:

@@ -13,6 +13,7 @@ import re
 import sys
 
 from trafficmirror.capture import vxlan
+from trafficmirror.capture.writer import UnknownVniPolicy
 
 _UNITS = {
     "": 1,
@@ -67,7 +68,13 @@ def add_capture_commands(subparsers: argparse._SubParsersAction) -> None:  # typ
     )
     g.add_argument("--no-accelerate", action="store_true", help="use the Python receive loop")
     g = cap.add_argument_group("sessions (VNI -> namespace/name)")
-    g.add_argument("--session", action="append", default=[], metavar="VNI=NS/NAME[@ENI]")
+    g.add_argument(
+        "--session",
+        action="append",
+        default=[],
+        metavar="VNI=NS/NAME[@ENI][:IP,...]",
+        help="a session; with :IP,... its datagrams are accepted only from those outer source addresses",
+    )
     g.add_argument("--sessions-file", help="YAML/JSON list of {vni, namespace, name, sourceEni} or MirrorSessions")
     g.add_argument("--kube", action="store_true", help="watch MirrorSessions (read-only) on the apiserver")
     g.add_argument("--kube-server", help="apiserver URL (default: in-cluster)")
@@ -78,8 +85,22 @@ def add_capture_commands(subparsers: argparse._SubParsersAction) -> None:  # typ
     g.add_argument(
         "--unknown-vni",
         choices=["write", "drop"],
-        default="write",
-        help="datagrams of VNIs no session claims: a per-VNI file, or only counted",
+        default=None,
+        help="datagrams of VNIs no session claims: a per-VNI file (bounded by the two options below), or only "
+        "counted. Default: drop with --kube (the watch knows every session, so an unknown VNI is a stray or a "
+        "flood), write otherwise",
+    )
+    g.add_argument(
+        "--unknown-vni-max-open",
+        type=int,
+        default=UnknownVniPolicy.max_open,
+        help="unknown-VNI files open at once per worker; the least recently written is closed to make room",
+    )
+    g.add_argument(
+        "--unknown-vni-new-per-second",
+        type=float,
+        default=UnknownVniPolicy.new_per_second,
+        help="new unknown-VNI files per second per worker; the packets of the rest are counted as refused",
     )
     g.add_argument("--keep-malformed", action="store_true", help="keep malformed datagrams in a separate file")
     g = cap.add_argument_group("files")
@@ -191,7 +212,11 @@ def run_capture(args: argparse.Namespace) -> int:
         sessions=static,
         kube=kube,
         kernel_vni_filter=args.kernel_vni_filter,
-        write_unknown=args.unknown_vni == "write",
+        unknown=UnknownVniPolicy(
+            write=(args.unknown_vni or ("drop" if args.kube else "write")) == "write",
+            max_open=args.unknown_vni_max_open,
+            new_per_second=args.unknown_vni_new_per_second,
+        ),
         keep_malformed=args.keep_malformed,
         output_dir=args.output_dir,
         retain_files=args.retain_files,

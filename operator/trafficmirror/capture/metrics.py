@@ -18,6 +18,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from trafficmirror.capture import vxlan
 from trafficmirror.capture.lossstats import LAYER_HELP, LAYERS, NodeDropsSampler
 from trafficmirror.capture.ship import ShipStats
 
@@ -105,9 +106,18 @@ class _Collector(Collector):
                 fam.add_metric([ns, name], a[k])
         yield from fams.values()
         m = CounterMetricFamily(P + "malformed", "Datagrams not written to a session, by reason", labels=["reason"])
-        for reason in ("short_header", "bad_flags", "short_frame", "receive_truncated", "unknown_vni"):
+        for reason in vxlan.Reason:
             m.add_metric([reason], malformed.get(reason, 0))
         yield m
+        refused = CounterMetricFamily(
+            P + "unknown_vni_refused",
+            "Packets of VNIs no session claims that were not written: drop (--unknown-vni drop) or rate "
+            "(the limit on new unknown-VNI files)",
+            labels=["why"],
+        )
+        for why in ("drop", "rate"):
+            refused.add_metric([why], sum(int(snap.get("unknown_refused", {}).get(why, 0)) for snap in snaps))
+        yield refused
         yield CounterMetricFamily(P + "datagrams", "UDP datagrams received", value=datagrams)
         yield CounterMetricFamily(
             P + "kernel_drops",

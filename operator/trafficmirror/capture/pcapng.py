@@ -112,6 +112,20 @@ def interface_statistics(
     return _block(BT_ISB, body)
 
 
+def epb_length(caplen: int, options_len: int = 0) -> int:
+    """The whole EPB's length for a frame of ``caplen`` bytes."""
+    return EPB_OVERHEAD + _pad4(caplen) + options_len
+
+
+def epb_header(ts_ns: int, caplen: int, orig_len: int, total: int, interface_id: int = 0) -> bytes:
+    """The 28 bytes before an EPB's frame; the frame, ``epb_trailer`` and the total follow."""
+    return _EPB_HEAD.pack(BT_EPB, total, interface_id, ts_ns >> 32, ts_ns & 0xFFFFFFFF, caplen, orig_len)
+
+
+def epb_padding(caplen: int) -> bytes:
+    return _PADS[caplen & 3]
+
+
 def enhanced_packet(
     ts_ns: int,
     data: bytes | bytearray | memoryview,
@@ -119,11 +133,12 @@ def enhanced_packet(
     interface_id: int = 0,
     comment: str = "",
 ) -> bytes:
+    """One EPB. The receive loops frame with the same pieces (``epb_header``, ``epb_padding``),
+    and the compiled loop is held byte for byte to them by a test."""
     caplen = len(data)
-    padded = _pad4(caplen)
     opts = _options([(OPT_COMMENT, comment.encode())]) if comment else b""
-    total = EPB_OVERHEAD + padded + len(opts)
-    head = _EPB_HEAD.pack(BT_EPB, total, interface_id, ts_ns >> 32, ts_ns & 0xFFFFFFFF, caplen, orig_len)
+    total = epb_length(caplen, len(opts))
+    head = epb_header(ts_ns, caplen, orig_len, total, interface_id)
     return b"".join((head, data, _PADS[caplen & 3], opts, struct.pack("<I", total)))
 
 
@@ -131,9 +146,13 @@ def pcap_global_header(snaplen: int, linktype: int = LINKTYPE_ETHERNET) -> bytes
     return struct.pack("<IHHiIII", PCAP_MAGIC_NS, 2, 4, 0, 0, snaplen or 262144, linktype)
 
 
-def pcap_record(ts_ns: int, data: bytes | bytearray | memoryview, orig_len: int) -> bytes:
+def pcap_record_header(ts_ns: int, caplen: int, orig_len: int) -> bytes:
     sec, nsec = divmod(ts_ns, 1_000_000_000)
-    return _PCAP_REC.pack(sec, nsec, len(data), orig_len) + bytes(data)
+    return _PCAP_REC.pack(sec, nsec, caplen, orig_len)
+
+
+def pcap_record(ts_ns: int, data: bytes | bytearray | memoryview, orig_len: int) -> bytes:
+    return pcap_record_header(ts_ns, len(data), orig_len) + bytes(data)
 
 
 def iter_records(buf: bytes | bytearray, fmt: str) -> Iterator[tuple[int, int, int, int]]:

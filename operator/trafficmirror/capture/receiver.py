@@ -1,8 +1,7 @@
-"""The UDP side: socket setup (no capabilities needed) and the batch receive-and-frame loop.
+"""The UDP side: socket setup (no capabilities needed) and the Python receive-and-frame loop.
 
-One receive batch yields, per VNI, the packets already framed as pcapng EPBs (or pcap records),
-so the writer only appends bytes. A compiled twin of ``recv_batch`` lives in ``_fastrecv``
-(built by setuptools when a compiler is present); both produce byte-identical output.
+A compiled twin of ``PyReceiver`` lives in ``_fastrecv`` (built by setuptools when a compiler is
+present, wrapped by ``fastrecv.FastReceiver``); both produce byte-identical output.
 """
 
 from __future__ import annotations
@@ -14,11 +13,10 @@ import os
 import socket
 import struct
 import time
-from collections import Counter
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Set
 
-from trafficmirror.capture import vxlan
-from trafficmirror.capture.pcapng import EPB_OVERHEAD
+from trafficmirror.capture import pcapng, vxlan
+from trafficmirror.capture.batch import MAX_BATCH, Batch, Group, Kept, Receiver
 
 log = logging.getLogger(__name__)
 
@@ -35,41 +33,10 @@ RECV_BUFSIZE = 65536  # larger than any UDP payload, so MSG_TRUNC means a kernel
 ANC_BUFSIZE = socket.CMSG_SPACE(16) + socket.CMSG_SPACE(4)
 _TIMESPEC = struct.Struct("@qq")
 _U32 = struct.Struct("@I")
-_EPB_HEAD = struct.Struct("<IIIIIII")
-_PCAP_REC = struct.Struct("<IIII")
-_TRAILER_PAD = (b"", b"\0\0\0", b"\0\0", b"\0")
 
 
 class PortInUseError(RuntimeError):
     pass
-
-
-@dataclass
-class Group:
-    """The packets of one VNI in one batch, framed and ready to append."""
-
-    buf: bytes | bytearray = field(default_factory=bytearray)
-    packets: int = 0
-    wire_bytes: int = 0
-    first_ts: int = 0
-    last_ts: int = 0
-
-
-@dataclass
-class Kept:
-    ts_ns: int
-    datagram: bytes
-    source: tuple[str, int]
-    reason: str
-
-
-@dataclass
-class Batch:
-    groups: dict[int, Group] = field(default_factory=dict)
-    malformed: Counter[str] = field(default_factory=Counter)
-    kept: list[Kept] = field(default_factory=list)
-    datagrams: int = 0
-    kernel_drops: int = 0  # cumulative sk_drops as of the last datagram
 
 
 def vxlan_devices() -> list[str]:
@@ -184,8 +151,18 @@ def kernel_drops(sock: socket.socket) -> int:
     return int(struct.unpack_from("@9I", raw)[SK_MEMINFO_DROPS])
 
 
-class Receiver:
-    """Batch receive + decapsulate + frame, in Python. ``fmt`` is "pcapng" or "pcap"."""
+def _ipv4_key(host: str) -> bytes | None:
+    """The outer source as 4 bytes (an IPv4-mapped IPv6 address too), None when not IPv4."""
+    try:
+        return socket.inet_aton(host.removeprefix("::ffff:")) if "." in host else None
+    except OSError:
+        return None
+
+
+class PyReceiver:
+    """Batch receive + check + decapsulate + frame, in Python (``batch.Receiver``). ``fmt`` is
+    "pcapng" or "pcap". Framing is pcapng.epb_header / pcap_record_header, the one framing the
+    compiled loop is held to."""
 
     def __init__(self, sock: socket.socket, *, fmt: str = "pcapng", snaplen: int = 0, keep_malformed: bool = False):
         self.sock = sock
@@ -194,16 +171,23 @@ class Receiver:
         self.keep_malformed = keep_malformed
         self.buf = bytearray(RECV_BUFSIZE)
         self.mv = memoryview(self.buf)
+        self.sources: dict[int, frozenset[bytes]] = {}
         sock.setblocking(False)
 
-    def recv_batch(self, max_datagrams: int = 256) -> Batch:
+    def set_sources(self, sources: Mapping[int, Set[str]]) -> None:
+        self.sources = {
+            vni: frozenset(k for k in map(_ipv4_key, addrs) if k is not None) for vni, addrs in sources.items()
+        }
+
+    def recv_batch(self, max_datagrams: int = MAX_BATCH) -> Batch:
         batch = Batch()
         groups = batch.groups
         sock, buf, mv, snap = self.sock, self.buf, self.mv, self.snaplen
         bufs = [self.buf]
-        pcapng = self.fmt == "pcapng"
-        epb_pack, rec_pack, pads = _EPB_HEAD.pack, _PCAP_REC.pack, _TRAILER_PAD
+        pcapng_fmt = self.fmt == "pcapng"
+        epb_header, rec_header, padding = pcapng.epb_header, pcapng.pcap_record_header, pcapng.epb_padding
         parse = vxlan.parse
+        sources = self.sources
         drops = 0  # the kernel attaches SO_RXQ_OVFL only once the counter is non-zero
         n_dgrams = 0
         bufs_by_vni: dict[int, bytearray] = {}
@@ -226,6 +210,10 @@ class Receiver:
                 res: vxlan.Decapsulated | vxlan.Reason = vxlan.Reason.RECEIVE_TRUNCATED
             else:
                 res = parse(buf, n)
+                if not isinstance(res, vxlan.Reason):
+                    allowed = sources.get(res.vni)
+                    if allowed is not None and _ipv4_key(addr[0]) not in allowed:
+                        res = vxlan.Reason.SPOOFED
             if isinstance(res, vxlan.Reason):
                 batch.malformed[res] += 1
                 if self.keep_malformed:
@@ -240,14 +228,14 @@ class Receiver:
                 out = bufs_by_vni[vni]
             if caplen > snap:
                 caplen = snap
-            if pcapng:
-                total = EPB_OVERHEAD + ((caplen + 3) & ~3)
-                out += epb_pack(6, total, 0, ts >> 32, ts & 0xFFFFFFFF, caplen, orig)
+            if pcapng_fmt:
+                total = pcapng.epb_length(caplen)
+                out += epb_header(ts, caplen, orig, total)
                 out += mv[off : off + caplen]
-                out += pads[caplen & 3]
+                out += padding(caplen)
                 out += total.to_bytes(4, "little")
             else:
-                out += rec_pack(ts // 1_000_000_000, ts % 1_000_000_000, caplen, orig)
+                out += rec_header(ts, caplen, orig)
                 out += mv[off : off + caplen]
             g.packets += 1
             g.wire_bytes += orig
@@ -267,7 +255,7 @@ def make_receiver(
         try:
             from trafficmirror.capture.fastrecv import FastReceiver
 
-            return FastReceiver(sock, fmt=fmt, snaplen=snaplen, keep_malformed=keep_malformed)  # type: ignore[no-any-return,unused-ignore]
+            return FastReceiver(sock, fmt=fmt, snaplen=snaplen, keep_malformed=keep_malformed)
         except ImportError:
             log.info("compiled receive loop not available; using the Python one")
-    return Receiver(sock, fmt=fmt, snaplen=snaplen, keep_malformed=keep_malformed)
+    return PyReceiver(sock, fmt=fmt, snaplen=snaplen, keep_malformed=keep_malformed)

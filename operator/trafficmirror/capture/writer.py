@@ -14,15 +14,15 @@ import logging
 import os
 import socket
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from trafficmirror.capture import pcapng
+from trafficmirror.capture import pcapng, vxlan
+from trafficmirror.capture.batch import Batch, Kept
 from trafficmirror.capture.lossstats import FileDrops, NodeDrops, NodeDropsSampler
-from trafficmirror.capture.receiver import Batch, Kept
-from trafficmirror.capture.sessions import Session, safe_component, unknown_session
+from trafficmirror.capture.sessions import UNKNOWN_NAMESPACE, Session, safe_component, unknown_session
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +102,8 @@ class Stream:
         self.base = ""
         self.seq = 0
         self.good = 0  # bytes on disk that are whole blocks
-        self.buf = bytearray()
+        self.chunks: list[bytes | bytearray] = []  # framed records not yet written, whole blocks each
+        self.buf_len = 0
         self.buf_packets = 0
         self.file_packets = 0
         self.file_bytes = 0
@@ -202,7 +203,7 @@ class Stream:
     def _cut(self, records: bytes | bytearray, last_ts: int) -> tuple[int, int, int, int, int] | None:
         """None if all of ``records`` fits in the current file, else (offset, packets, wire bytes,
         last ts before the cut, first ts after it)."""
-        size = self.good + len(self.buf)
+        size = self.good + self.buf_len
         in_file = self.file_packets + self.buf_packets
         over_time = self.boundary is not None and last_ts >= self.boundary
         max_bytes = self.cfg.rotate_bytes
@@ -226,7 +227,8 @@ class Stream:
         last_ts: int,
         kernel_drops: int,
     ) -> None:
-        self.buf += records
+        self.chunks.append(records)  # no copy: writev takes the receive loop's bytes as they are
+        self.buf_len += len(records)
         self.buf_packets += packets
         self.stats.packets += packets
         self.stats.bytes += wire_bytes
@@ -234,15 +236,15 @@ class Stream:
         if not self.first_ts:
             self.first_ts = first_ts
         self.last_ts = last_ts
-        if len(self.buf) >= self.cfg.flush_bytes:
+        if self.buf_len >= self.cfg.flush_bytes:
             self.flush(kernel_drops)
 
     def flush(self, kernel_drops: int) -> bool:
         self.last_flush = time.monotonic()
-        if not self.buf or not self.is_open:
+        if not self.chunks or not self.is_open:
             return True
         try:
-            _write_all(self.fd, self.buf)
+            _writev_all(self.fd, self.chunks)
         except OSError as exc:
             # Cut the file back to its last whole block so it stays readable, hand it off as is,
             # and count what was in the buffer as lost: reported, not silently dropped.
@@ -251,8 +253,8 @@ class Stream:
             self.stats.dropped += lost
             self.file_dropped += lost
             self.disk_unreported += lost
-            self.buf.clear()
-            self.buf_packets = 0
+            self.chunks = []
+            self.buf_len = self.buf_packets = 0
             self._fail(f"{self.path}: {exc}; {lost} packets lost", exc)
             with contextlib.suppress(OSError):
                 os.ftruncate(self.fd, self.good)
@@ -260,17 +262,17 @@ class Stream:
             # count rides on the next file's block.
             self.close(kernel_drops)
             return False
-        self.good += len(self.buf)
+        self.good += self.buf_len
         self.file_packets += self.buf_packets
-        self.buf.clear()
-        self.buf_packets = 0
+        self.chunks = []
+        self.buf_len = self.buf_packets = 0
         return True
 
     def close(self, kernel_drops: int, statistics: bool = True) -> dict[str, Any] | None:
         """Flush, write the statistics block, move the file to the spool. Returns its metadata."""
         if not self.is_open:
             return None
-        if self.buf and not self.flush(kernel_drops):
+        if self.chunks and not self.flush(kernel_drops):
             return None  # flush() already closed (and handed off) the cut-back file
         if statistics and self.cfg.fmt == "pcapng":
             end = self.last_ts or time.time_ns()
@@ -340,13 +342,14 @@ class Stream:
         return meta
 
     def tick(self, now_ns: int, kernel_drops: int) -> None:
-        """Idle housekeeping: a quiet session still closes at its time boundary and flushes."""
+        """Idle housekeeping: a quiet session still closes at its time boundary and flushes.
+        ``now_ns`` is packet time, so nothing still queued can belong before the boundary."""
         if not self.is_open:
             return
         if self.boundary is not None and now_ns >= self.boundary:
             self.close(kernel_drops)
             return
-        if self.buf and time.monotonic() - self.last_flush >= self.cfg.flush_interval_s:
+        if self.chunks and time.monotonic() - self.last_flush >= self.cfg.flush_interval_s:
             self.flush(kernel_drops)
 
 
@@ -357,6 +360,30 @@ def _write_all(fd: int, data: bytes | bytearray) -> None:
     while n < len(data):
         data = data[n:]
         n = os.write(fd, data)
+
+
+_IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024
+
+
+def _writev_all(fd: int, chunks: list[bytes | bytearray]) -> None:
+    """Write the chunks in order with as few writev calls as IOV_MAX allows; a short write
+    (rare: a signal, a nearly full disk) continues where it stopped."""
+    i = 0
+    while i < len(chunks):
+        part = chunks[i : i + _IOV_MAX]
+        want = sum(map(len, part))
+        done = os.writev(fd, part)
+        if done == want:
+            i += len(part)
+            continue
+        # Skip the chunks written whole, then write the rest of the cut one on its own.
+        for c in part:
+            if done < len(c):
+                _write_all(fd, c[done:])
+                break
+            done -= len(c)
+            i += 1
+        i += 1
 
 
 def _unlink_quiet(path: str) -> None:
@@ -380,11 +407,46 @@ def write_meta(path: str, meta: dict[str, Any]) -> bool:
 class WriterStats:
     sessions: dict[str, StreamStats] = field(default_factory=dict)
     malformed: Counter[str] = field(default_factory=Counter)
+    # Packets of unknown VNIs not written, by why: "drop" (--unknown-vni drop) or "rate" (the
+    # limit on new unknown-VNI files). Every datagram is in exactly one of: a session's packets
+    # or dropped, a receive reason in ``malformed`` (all but unknown_vni), or here.
+    unknown_refused: Counter[str] = field(default_factory=Counter)
     datagrams: int = 0
     kernel_drops: int = 0
     write_errors: int = 0
     last_error: str = ""
     last_error_time: float = 0.0
+
+
+UNKNOWN_STATS_KEY = f"{UNKNOWN_NAMESPACE}/all"  # one metric series for every unknown VNI
+
+
+@dataclass
+class UnknownVniPolicy:
+    """What a sender of VNIs no session claims may cost: at most ``max_open`` files open at once
+    (the least recently written is closed and shipped to make room), at most ``new_per_second``
+    new files (a burst of as many), the rest counted as refused."""
+
+    write: bool = True
+    max_open: int = 32
+    new_per_second: float = 4.0
+
+
+class _TokenBucket:
+    def __init__(self, rate: float) -> None:
+        self.rate = rate
+        self.burst = max(1.0, rate)
+        self.tokens = self.burst
+        self.at = time.monotonic()
+
+    def take(self) -> bool:
+        now = time.monotonic()
+        self.tokens = min(self.burst, self.tokens + (now - self.at) * self.rate)
+        self.at = now
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return True
+        return False
 
 
 class Writer:
@@ -395,12 +457,14 @@ class Writer:
         cfg: WriterConfig,
         sessions: dict[int, Session],
         *,
-        write_unknown: bool = True,
+        unknown: UnknownVniPolicy | None = None,
         keep_malformed: bool = False,
     ) -> None:
         self.cfg = cfg
         self.sessions = sessions
-        self.write_unknown = write_unknown
+        self.unknown = unknown or UnknownVniPolicy()
+        self.unknown_bucket = _TokenBucket(self.unknown.new_per_second)
+        self.unknown_open: OrderedDict[int, None] = OrderedDict()  # open unknown-VNI streams, LRU first
         self.streams: dict[int, Stream] = {}
         self.stats = WriterStats()
         self.malformed_stream: Stream | None = None
@@ -424,7 +488,7 @@ class Writer:
         log.error("%s", message)
 
     def _stream_stats(self, s: Session) -> StreamStats:
-        return self.stats.sessions.setdefault(s.key, StreamStats())
+        return self.stats.sessions.setdefault(s.key if s.known else UNKNOWN_STATS_KEY, StreamStats())
 
     def update_sessions(self, sessions: dict[int, Session]) -> None:
         """A VNI whose owner changed gets a new file; the old one is closed and shipped."""
@@ -433,6 +497,7 @@ class Writer:
             if sessions.get(vni, unknown_session(vni)) != stream.session:
                 stream.close(self.stats.kernel_drops)
                 del self.streams[vni]
+                self.unknown_open.pop(vni, None)
 
     def write(self, batch: Batch) -> None:
         st = self.stats
@@ -448,9 +513,12 @@ class Writer:
                 session = self.sessions.get(vni)
                 if session is None:
                     st.malformed["unknown_vni"] += g.packets
-                    if not self.write_unknown:
+                    refused = self._refuse_unknown()
+                    if refused:
+                        st.unknown_refused[refused] += g.packets
                         continue
                     session = unknown_session(vni)
+                    self.unknown_open[vni] = None
                 stream = self.streams[vni] = Stream(
                     session,
                     self.cfg,
@@ -461,9 +529,21 @@ class Writer:
                 )
             elif not stream.session.known:
                 st.malformed["unknown_vni"] += g.packets
+                self.unknown_open.move_to_end(vni)
             stream.append(g.buf, g.packets, g.wire_bytes, g.first_ts, g.last_ts, drops)
         if batch.kept and self.malformed_stream is not None:
             self._keep(batch.kept)
+
+    def _refuse_unknown(self) -> str:
+        """Why a new unknown-VNI stream may not open ("" when it may); makes room if it may."""
+        if not self.unknown.write:
+            return "drop"
+        if not self.unknown_bucket.take():
+            return "rate"
+        while len(self.unknown_open) >= max(self.unknown.max_open, 1):
+            oldest, _ = self.unknown_open.popitem(last=False)
+            self.streams.pop(oldest).close(self.stats.kernel_drops)
+        return ""
 
     def _keep(self, kept: list[Kept]) -> None:
         """Malformed datagrams, wrapped in a synthetic IPv4/UDP header to port 4789 so Wireshark
@@ -487,6 +567,7 @@ class Writer:
         )
 
     def tick(self, now_ns: int | None = None) -> None:
+        """``now_ns``: the packet-time watermark (every datagram stamped before it is written)."""
         now = now_ns or time.time_ns()
         for s in self._all():
             s.tick(now, self.stats.kernel_drops)
@@ -513,5 +594,5 @@ def _ipv4_udp_wrap(k: Kept) -> bytes:
     if total > 0xFFFF:
         total = 0xFFFF
     ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, total, 0, 0, 64, 17, 0, src, b"\0\0\0\0")
-    udp = struct.pack("!HHHH", k.source[1] & 0xFFFF, 4789, min(8 + len(k.datagram), 0xFFFF), 0)
+    udp = struct.pack("!HHHH", k.source[1] & 0xFFFF, vxlan.VXLAN_PORT, min(8 + len(k.datagram), 0xFFFF), 0)
     return ip + udp + k.datagram
