@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 
 NS = 1_000_000_000
 RETRY_AFTER_ERROR_S = 1.0
-ISB_RESERVE = 256  # room kept for the statistics block written at close, so files honour the size limit
+ISB_RESERVE = 1024  # room kept for the statistics block written at close, so files honour the size limit
 
 
 # --- pure decisions -------------------------------------------------------------------------
