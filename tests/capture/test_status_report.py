@@ -5,17 +5,27 @@ are rate-limited and none is sent at steady state."""
 from __future__ import annotations
 
 import json
+import os
 import random
+import shutil
+import socket
+import subprocess
+import tempfile
 import threading
+import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
 import pytest
+from frames import ipv4_udp
+from netbed import NOBODY, PYTHON
 
+from trafficmirror.capture import vxlan
 from trafficmirror.capture.lossstats import NodeDrops
 from trafficmirror.capture.report import SessionCounts, StatusReporter
 from trafficmirror.capture.sessions import KubeWatcher
-from trafficmirror_testbed.kube import ControlPlane
+from trafficmirror_testbed.kube import ControlPlane, free_port
 
 pytestmark = pytest.mark.testbed
 
@@ -173,3 +183,74 @@ def test_patches_are_rate_limited_and_none_is_sent_at_steady_state(
     sent = slow.patches
     c.sessions = {k: SessionCounts(v.packets + 1, v.bytes, v.disk) for k, v in c.sessions.items()}
     assert slow.report_once() == 0 and slow.patches == sent  # within the interval: held back
+
+
+def test_the_agent_reports_what_it_wrote_into_the_sessions_status(control_plane: ControlPlane, namespace: str) -> None:
+    """The agent as a process (as nobody, no capabilities) with --kube: it learns the VNI from
+    the MirrorSession, writes the mirrored packets, and its node's entry says so."""
+    _session(control_plane, namespace, "e2e")
+    control_plane.kubectl(
+        "patch", "mirrorsession", "e2e", "-n", namespace, "--subresource=status", "--type=merge",
+        "-p", json.dumps({"status": {"virtualNetworkId": 4242, "phase": "Ready"}}),
+    )  # fmt: skip
+    work = Path(tempfile.mkdtemp(prefix="tm-report-", dir="/tmp"))
+    os.chmod(work, 0o755)
+    try:
+        (work / "token").write_text(control_plane.admin_token)
+        shutil.copy(control_plane.ca_file, work / "ca.crt")
+        for sub in ("work", "out"):
+            (work / sub).mkdir()
+        for p in work.iterdir():
+            os.chown(p, NOBODY, NOBODY)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        metrics_port = free_port()
+        cmd = [
+            "setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", "--inh-caps=-all",
+            "--bounding-set=-all", "--no-new-privs", PYTHON, "-m", "trafficmirror.capture", "capture",
+            "--address", "127.0.0.1", "--port", str(port), "--metrics-address", "127.0.0.1",
+            "--metrics-port", str(metrics_port), "--work-dir", str(work / "work"), "--output-dir", str(work / "out"),
+            "--node", "node-e2e", "--no-fsync", "--kube", "--kube-server", control_plane.url,
+            "--kube-token-file", str(work / "token"), "--kube-ca-file", str(work / "ca.crt"),
+            "--kube-namespace", namespace, "--status-interval", "0.5",
+        ]  # fmt: skip
+        env = {"PATH": os.environ["PATH"], "HOME": "/tmp", "PYTHONUNBUFFERED": "1"}
+        with open(work / "agent.log", "w") as log:
+            agent = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+        try:
+
+            def sessions_known() -> float:
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=2) as r:
+                        text = r.read().decode()
+                except OSError:
+                    return 0
+                lines = [ln for ln in text.splitlines() if ln.startswith("trafficmirror_capture_sessions ")]
+                return float(lines[0].split()[1]) if lines else 0
+
+            end = time.monotonic() + 60
+            while sessions_known() < 1 and time.monotonic() < end:  # the watch has the VNI
+                assert agent.poll() is None, (work / "agent.log").read_text()
+                time.sleep(0.2)
+            frames = [ipv4_udp("10.0.0.1", "10.0.0.2", 1, 2, b"e2e%04d" % i) for i in range(300)]
+            entry: dict[str, Any] = {}
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as tx:
+                for f in frames:
+                    tx.sendto(vxlan.header(4242) + f, ("127.0.0.1", port))
+                while time.monotonic() < end:
+                    entry = _status(control_plane, namespace, "e2e").get("captureNodes", {}).get("node-e2e", {})
+                    if entry.get("packets") == len(frames):
+                        break
+                    time.sleep(0.3)
+            assert entry.get("packets") == len(frames), (entry, (work / "agent.log").read_text()[-3000:])
+            assert entry["drops"]["disk"] == 0 and entry["drops"]["socket"] == 0
+            (lossy,) = entry["conditions"]
+            assert lossy["type"] == "Lossy"
+            status = _status(control_plane, namespace, "e2e")
+            assert status["phase"] == "Ready" and status["virtualNetworkId"] == 4242  # the operator's, untouched
+        finally:
+            agent.terminate()
+            assert agent.wait(60) == 0, (work / "agent.log").read_text()[-3000:]
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
