@@ -82,3 +82,22 @@ def test_a_file_says_every_layer_and_osdrop_is_socket_plus_backlog() -> None:
     assert (st.received, st.if_dropped, st.os_dropped, st.delivered) == (9013, 9003, 12, 10)
     for part in ("disk=9003 ", "socket=7 ", "softnet=5 ", "nic=11 ", "udp_rcvbuf=7 ", "udp_inerrors=8 ", "node-wide"):
         assert part in st.comment
+
+
+def test_the_largest_statistics_block_fits_the_room_files_keep_for_it() -> None:
+    from trafficmirror.capture.writer import ISB_RESERVE
+
+    big = 2**64 - 1
+    d = FileDrops(disk=big, socket=big, node=NodeDrops(big, big, big, big))
+    isb = pcapng.interface_statistics(
+        0,
+        big,
+        start_ns=big,
+        end_ns=big,
+        received=big,
+        if_dropped=big,
+        os_dropped=big,
+        delivered=big,
+        comment=d.comment(),
+    )
+    assert len(isb) <= ISB_RESERVE

@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 
 NS = 1_000_000_000
 RETRY_AFTER_ERROR_S = 1.0
-ISB_RESERVE = 256  # room kept for the statistics block written at close, so files honour the size limit
+ISB_RESERVE = 1024  # room kept for the statistics block written at close, so files honour the size limit
 
 
 # --- pure decisions -------------------------------------------------------------------------
@@ -255,7 +255,9 @@ class Stream:
             return None
         if self.chunks and not self.flush(kernel_drops):
             return None  # flush() already closed (and handed off) the cut-back file
-        if statistics and self.cfg.fmt == "pcapng":
+        # A file without packets is deleted below: its statistics would go with it, so the
+        # drops wait for the next file that is kept.
+        if statistics and self.cfg.fmt == "pcapng" and self.file_packets:
             end = self.last_ts or time.time_ns()
             node_now = self.node_drops()
             drops = FileDrops(
