@@ -171,6 +171,8 @@ def test_an_unknown_vni_flood_is_bounded_and_counted(bed: Bed, work: Path, vxsen
         most = max(most, len(os.listdir(f"/proc/{worker}/fd")))
         time.sleep(0.05)
     assert "sent=20000" in (sender.stdout.read() if sender.stdout else "")
+    arrived = ("trafficmirror_capture_datagrams_total", "trafficmirror_capture_kernel_drops_total")
+    agent.wait_for(lambda m: sum(m.get(k, 0) for k in arrived) >= 20_000)
     m = agent.quiesce()
     started = time.monotonic()
     assert agent.stop() == 0
@@ -210,6 +212,7 @@ def test_forged_sources_are_counted_as_spoofed_and_kept_out_of_the_file(
 
     in_netns(bed.srv, send_forged)
     bed.send_datagrams(good)
+    agent.wait_for(lambda m: m.get("trafficmirror_capture_datagrams_total", 0) >= len(good) + len(forged))
     m = agent.quiesce()
     assert agent.stop() == 0
     assert m['trafficmirror_capture_malformed_total{reason="spoofed"}'] == 4
