@@ -339,8 +339,11 @@ def run_tcpdump(bed: Bed, base: Path, vxsend: Path, pool_file: Path, n: int, rat
 def zero_loss(
     bed: Bed, base: Path, vxsend: Path, pool_file: Path, n: int, rates: list[int], workers: int
 ) -> dict[str, Any]:
+    """Up the ladder until the agent loses a packet. A step where the sender fell short of the
+    rate (a busy machine) tested the sender, not the agent: the ladder stops there and says so."""
     best = 0
     tried = {}
+    limited_by = "loss"
     for rate in rates:
         r = run_agent(bed, base, vxsend, pool_file, n, rate, 4, workers=workers)
         tried[str(rate)] = {k: r[k] for k in ("lost", "unaccounted", "us_per_pkt", "achieved_pps")}
@@ -348,7 +351,12 @@ def zero_loss(
         if r["lost"]:
             break
         best = max(best, int(r["achieved_pps"]))
-    return {"highest_rate_pps": best, "tried": tried, "packets_each": n}
+        if r["achieved_pps"] < 0.9 * rate:
+            limited_by = "sender"
+            break
+    else:
+        limited_by = "ladder"
+    return {"highest_rate_pps": best, "limited_by": limited_by, "tried": tried, "packets_each": n}
 
 
 # --- main ---------------------------------------------------------------------------------------
