@@ -103,6 +103,12 @@ class MirrorSessionStatus(CommonStatus):
     virtual_network_id: int | None = Field(default=None, description="The VNI in use; capture files are named by it.")
     source_network_interface_id: str | None = None
     source_instance_type: str | None = None
+    source_addresses: list[str] | None = Field(
+        default=None,
+        description="Outer source addresses of the mirrored VXLAN datagrams (the source ENI's primary private "
+        "address) when the target receives them as sent: an ENI target. The capture agent accepts the session's "
+        "VNI only from these. Unset for a load balancer target, whose datagrams may come from the load balancer.",
+    )
     traffic_mirror_target_id: str | None = None
     traffic_mirror_filter_id: str | None = None
     rejected_network_interface_id: str | None = Field(

@@ -321,11 +321,12 @@ static PyObject *Receiver_recv_batch(Receiver *self, PyObject *args) {
         }
         m->ts = ts;
         m->g = NULL;
+        /* The source is checked before the frame's length: the kernel filter cuts a forged
+         * datagram to its headers, and it must still count as spoofed. */
         int reason = -1;
         if (h->msg_flags & MSG_TRUNC) reason = R_RECEIVE_TRUNCATED;
         else if (len < 8) reason = R_SHORT_HEADER;
         else if (!(d[0] & 0x08)) reason = R_BAD_FLAGS;
-        else if (len - 8 < 14) reason = R_SHORT_FRAME;
         if (reason < 0) {
             uint32_t vni = ((uint32_t)d[4] << 16) | ((uint32_t)d[5] << 8) | d[6];
             m->vni = vni;
@@ -333,6 +334,7 @@ static PyObject *Receiver_recv_batch(Receiver *self, PyObject *args) {
                 int64_t src = source_v4(&self->addr[i]);
                 if (src < 0 || !set_has(&self->allowed, ((uint64_t)vni << 32) | (uint64_t)src)) reason = R_SPOOFED;
             }
+            if (reason < 0 && len - 8 < 14) reason = R_SHORT_FRAME;
         }
         m->reason = reason;
         if (reason >= 0) {

@@ -13,6 +13,7 @@ import contextlib
 import json
 import logging
 import os
+import resource
 import select
 import signal
 import socket
@@ -191,6 +192,19 @@ def worker_main(idx: int, sock: socket.socket, ctrl: socket.socket, cfg: AgentCo
 # --- supervisor -------------------------------------------------------------------------------
 
 
+def raise_open_files_limit() -> int:
+    """One open file per session per worker: a node with a thousand sessions needs more than the
+    usual soft limit of 1,024 descriptors. Raising the soft limit to the hard one needs no
+    privilege."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+    log.info("open files limit %s", "unlimited" if soft == resource.RLIM_INFINITY else soft)
+    return soft
+
+
 class Agent:
     def __init__(self, cfg: AgentConfig) -> None:
         self.cfg = cfg
@@ -236,7 +250,7 @@ class Agent:
         if not self.cfg.kernel_vni_filter:
             return
         for s in self.socks:
-            rx.attach_vni_filter(s, list(self.sessions))
+            rx.attach_vni_filter(s, list(self.sessions), source_checks(self.sessions.values()))
         log.info("kernel VNI filter: accepting %s", sorted(self.sessions) or "nothing")
 
     def _fork_workers(self) -> None:
@@ -294,6 +308,7 @@ class Agent:
 
     def run(self) -> int:
         c = self.cfg
+        raise_open_files_limit()
         wdir = c.writer.work_dir
         os.makedirs(wdir, exist_ok=True)
         recovered = recover_open_files(wdir)

@@ -11,6 +11,7 @@ import logging
 import os
 import re
 import sys
+from typing import Any
 
 from trafficmirror.capture import vxlan
 from trafficmirror.capture.writer import UnknownVniPolicy
@@ -179,26 +180,9 @@ def run_capture(args: argparse.Namespace) -> int:
     static = [sessions.parse_mapping(m) for m in args.session]
     if args.sessions_file:
         static += sessions.load_file(args.sessions_file)
-    kube = None
-    if args.kube:
-        kube = {
-            "server": args.kube_server,
-            "token_file": args.kube_token_file,
-            "ca_file": args.kube_ca_file,
-            "namespace": args.kube_namespace,
-            "insecure": args.kube_insecure,
-        }
-    s3 = None
-    if args.s3_bucket:
-        s3 = {
-            "bucket": args.s3_bucket,
-            "prefix": args.s3_prefix,
-            "sse": args.s3_sse,
-            "kms_key_id": args.s3_kms_key_id,
-            "region": args.s3_region,
-            "endpoint_url": args.s3_endpoint_url,
-            "multipart_threshold": args.s3_multipart_threshold,
-        }
+    kube = _prefixed(args, "kube_", ("server", "token_file", "ca_file", "namespace", "insecure")) if args.kube else None
+    s3_keys = ("bucket", "prefix", "sse", "kms_key_id", "region", "endpoint_url", "multipart_threshold")
+    s3 = _prefixed(args, "s3_", s3_keys) if args.s3_bucket else None
     wcfg = WriterConfig(
         work_dir=args.work_dir,
         node=args.node,
@@ -237,6 +221,11 @@ def run_capture(args: argparse.Namespace) -> int:
         status_interval_s=args.status_interval,
     )
     return agent.run(cfg)
+
+
+def _prefixed(args: argparse.Namespace, prefix: str, keys: tuple[str, ...]) -> dict[str, Any]:
+    """The options ``--<prefix><key>`` as keyword arguments ``key``."""
+    return {k: getattr(args, prefix + k) for k in keys}
 
 
 def run_pcap(args: argparse.Namespace) -> int:

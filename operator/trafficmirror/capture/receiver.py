@@ -108,18 +108,40 @@ def _bpf_prog(insns: list[tuple[int, int, int, int]]) -> tuple[bytes, ctypes.Arr
 _LD_W_ABS, _LD_B_ABS, _RSH_K, _MOD_K, _JEQ_K, _RET_K, _RET_A = 0x20, 0x30, 0x74, 0x94, 0x15, 0x06, 0x16
 
 
-def vni_filter_program(vnis: list[int]) -> list[tuple[int, int, int, int]]:
-    """Classic BPF socket filter accepting only the given VNIs.
+_SKF_NET_OFF = -0x100000  # classic BPF: offsets from the network (IP) header
+_ACCEPT = 0x40000  # more than any datagram: keep it whole
+# A forged datagram is cut to the UDP and VXLAN headers (16 bytes from the UDP header): the agent
+# still sees it and counts it as spoofed, but it costs the receive buffer next to nothing.
+_TRIM_TO_HEADER = 8 + vxlan.HEADER_LEN
 
-    A UDP socket filter sees the packet from the UDP header on, so the VNI is bytes 12..14.
-    Each VNI gets its own jeq/ret pair, keeping every jump short however long the list.
+
+def vni_filter_program(
+    vnis: list[int], sources: Mapping[int, Set[str]] | None = None
+) -> list[tuple[int, int, int, int]]:
+    """Classic BPF socket filter accepting only the given VNIs; a VNI in ``sources`` is accepted
+    whole only from those IPv4 outer sources, and cut to its headers from anywhere else.
+
+    A UDP socket filter sees the packet from the UDP header on, so the VNI is bytes 12..14; the
+    outer source is at the IP header's byte 12. Each VNI gets its own block right after its jeq,
+    keeping every jump short however long the list.
     """
+    sources = sources or {}
     prog = [(_LD_W_ABS, 0, 0, 8 + 4), (_RSH_K, 0, 0, 8)]
     for v in sorted(set(vnis)):
-        prog += [(_JEQ_K, 0, 1, v), (_RET_K, 0, 0, 0x40000)]
+        keys = sorted({k for k in map(_ipv4_key, sources.get(v, ())) if k is not None})
+        if v not in sources:
+            prog += [(_JEQ_K, 0, 1, v), (_RET_K, 0, 0, _ACCEPT)]
+            continue
+        if len(keys) > 250:
+            raise ValueError(f"VNI {v}: too many source addresses for the kernel filter (max 250)")
+        block = [(_LD_W_ABS, 0, 0, (_SKF_NET_OFF + 12) & 0xFFFFFFFF)]
+        for i, k in enumerate(keys):
+            block.append((_JEQ_K, len(keys) - i, 0, int.from_bytes(k, "big")))  # to the accepting ret
+        block += [(_RET_K, 0, 0, _TRIM_TO_HEADER), (_RET_K, 0, 0, _ACCEPT)]
+        prog += [(_JEQ_K, 0, len(block), v), *block]
     prog.append((_RET_K, 0, 0, 0))
     if len(prog) > 4096:
-        raise ValueError("too many VNIs for one classic BPF program (max 2046)")
+        raise ValueError("too many VNIs for one classic BPF program")
     return prog
 
 
@@ -133,8 +155,8 @@ def steering_program(workers: int) -> list[tuple[int, int, int, int]]:
     return [(_LD_W_ABS, 0, 0, 4), (_RSH_K, 0, 0, 8), (_MOD_K, 0, 0, workers), (_RET_A, 0, 0, 0)]
 
 
-def attach_vni_filter(sock: socket.socket, vnis: list[int]) -> None:
-    fprog, keep = _bpf_prog(vni_filter_program(vnis))
+def attach_vni_filter(sock: socket.socket, vnis: list[int], sources: Mapping[int, Set[str]] | None = None) -> None:
+    fprog, keep = _bpf_prog(vni_filter_program(vnis, sources))
     sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
     del keep
 
@@ -206,12 +228,15 @@ class PyReceiver:
                     drops = _U32.unpack(data)[0]
             if not ts:
                 ts = time.time_ns()
+            res: vxlan.Decapsulated | vxlan.Reason
             if flags & socket.MSG_TRUNC:
-                res: vxlan.Decapsulated | vxlan.Reason = vxlan.Reason.RECEIVE_TRUNCATED
+                res = vxlan.Reason.RECEIVE_TRUNCATED
             else:
                 res = parse(buf, n)
-                if not isinstance(res, vxlan.Reason):
-                    allowed = sources.get(res.vni)
+                # The source is checked before the frame's length: the kernel filter cuts a
+                # forged datagram to its headers, and it must still count as spoofed.
+                if sources and (not isinstance(res, vxlan.Reason) or res is vxlan.Reason.SHORT_FRAME):
+                    allowed = sources.get((buf[4] << 16) | (buf[5] << 8) | buf[6])
                     if allowed is not None and _ipv4_key(addr[0]) not in allowed:
                         res = vxlan.Reason.SPOOFED
             if isinstance(res, vxlan.Reason):

@@ -28,7 +28,6 @@ log = logging.getLogger(__name__)
 
 PLURAL = "mirrorsessions"
 UNKNOWN_NAMESPACE = "_unknown"
-_SAFE = re.compile(r"[^A-Za-z0-9._-]")
 
 
 @dataclass(frozen=True)
@@ -85,6 +84,9 @@ def source_checks(sessions: Iterable[Session]) -> dict[int, frozenset[str]]:
 def unknown_session(vni: int) -> Session:
     """The stream that collects a VNI no MirrorSession claims (so nothing is silently lost)."""
     return Session(UNKNOWN_NAMESPACE, f"vni-{vni}", vni)
+
+
+_SAFE = re.compile(r"[^A-Za-z0-9._-]")
 
 
 def safe_component(s: str) -> str:

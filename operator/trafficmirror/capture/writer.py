@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from trafficmirror.capture import pcapng, vxlan
-from trafficmirror.capture.batch import Batch, Kept
+from trafficmirror.capture.batch import Batch, Group, Kept
 from trafficmirror.capture.lossstats import FileDrops, NodeDrops, NodeDropsSampler
 from trafficmirror.capture.sessions import UNKNOWN_NAMESPACE, Session, safe_component, unknown_session
 
@@ -169,35 +169,24 @@ class Stream:
         full = exc is not None and exc.errno in (errno.ENOSPC, errno.EDQUOT)
         self.on_error(("disk full: " if full else "write error: ") + message)
 
-    def append(
-        self,
-        records: bytes | bytearray,
-        packets: int,
-        wire_bytes: int,
-        first_ts: int,
-        last_ts: int,
-        kernel_drops: int,
-    ) -> None:
+    def append(self, g: Group, kernel_drops: int) -> None:
         """Append framed records; a batch that crosses a rotation point is split at the exact
-        record, so size limits and wall-clock windows hold per packet, not per batch."""
+        record, so size limits and time windows hold per packet, not per batch."""
         while True:
-            if not self.is_open and (time.monotonic() < self.failed_until or not self._open(first_ts, kernel_drops)):
-                self.stats.dropped += packets
-                self.disk_unreported += packets
+            if not self.is_open and (time.monotonic() < self.failed_until or not self._open(g.first_ts, kernel_drops)):
+                self.stats.dropped += g.packets
+                self.disk_unreported += g.packets
                 return
-            cut = self._cut(records, last_ts)
+            cut = self._cut(g.buf, g.last_ts)
             if cut is None:
-                self._add(records, packets, wire_bytes, first_ts, last_ts, kernel_drops)
+                self._add(g, kernel_drops)
                 return
             off, n, wire, head_last, next_first = cut
             if n:
-                self._add(records[:off], n, wire, first_ts, head_last, kernel_drops)
+                self._add(Group(g.buf[:off], n, wire, g.first_ts, head_last), kernel_drops)
             self.close(kernel_drops)
-            records = records[off:]
-            packets -= n
-            wire_bytes -= wire
-            first_ts = next_first
-            if not packets:
+            g = Group(g.buf[off:], g.packets - n, g.wire_bytes - wire, next_first, g.last_ts)
+            if not g.packets:
                 return
 
     def _cut(self, records: bytes | bytearray, last_ts: int) -> tuple[int, int, int, int, int] | None:
@@ -218,24 +207,16 @@ class Stream:
             n, wire, prev_ts = n + 1, wire + orig, ts
         return None
 
-    def _add(
-        self,
-        records: bytes | bytearray,
-        packets: int,
-        wire_bytes: int,
-        first_ts: int,
-        last_ts: int,
-        kernel_drops: int,
-    ) -> None:
-        self.chunks.append(records)  # no copy: writev takes the receive loop's bytes as they are
-        self.buf_len += len(records)
-        self.buf_packets += packets
-        self.stats.packets += packets
-        self.stats.bytes += wire_bytes
-        self.file_bytes += wire_bytes
+    def _add(self, g: Group, kernel_drops: int) -> None:
+        self.chunks.append(g.buf)  # no copy: writev takes the receive loop's bytes as they are
+        self.buf_len += len(g.buf)
+        self.buf_packets += g.packets
+        self.stats.packets += g.packets
+        self.stats.bytes += g.wire_bytes
+        self.file_bytes += g.wire_bytes
         if not self.first_ts:
-            self.first_ts = first_ts
-        self.last_ts = last_ts
+            self.first_ts = g.first_ts
+        self.last_ts = g.last_ts
         if self.buf_len >= self.cfg.flush_bytes:
             self.flush(kernel_drops)
 
@@ -467,6 +448,9 @@ class Writer:
         self.unknown = unknown or UnknownVniPolicy()
         self.unknown_bucket = _TokenBucket(self.unknown.new_per_second)
         self.unknown_open: OrderedDict[int, None] = OrderedDict()  # open unknown-VNI streams, LRU first
+        # The file sequence number of an unknown VNI whose stream was closed to make room: a
+        # reopened stream goes on from it, so its next file cannot take the name of the last.
+        self.unknown_seq: dict[int, int] = {}
         self.streams: dict[int, Stream] = {}
         self.stats = WriterStats()
         self.malformed_stream: Stream | None = None
@@ -529,10 +513,12 @@ class Writer:
                     node_drops=self.node_drops.sample,
                     node_baseline=self.node_drops.baseline,
                 )
+                if not session.known:
+                    stream.seq = self.unknown_seq.pop(vni, 0)
             elif not stream.session.known:
                 st.malformed["unknown_vni"] += g.packets
                 self.unknown_open.move_to_end(vni)
-            stream.append(g.buf, g.packets, g.wire_bytes, g.first_ts, g.last_ts, drops)
+            stream.append(g, drops)
         if batch.kept and self.malformed_stream is not None:
             self._keep(batch.kept)
 
@@ -544,7 +530,9 @@ class Writer:
             return "rate"
         while len(self.unknown_open) >= max(self.unknown.max_open, 1):
             oldest, _ = self.unknown_open.popitem(last=False)
-            self.streams.pop(oldest).close(self.stats.kernel_drops)
+            closing = self.streams.pop(oldest)
+            closing.close(self.stats.kernel_drops)
+            self.unknown_seq[oldest] = closing.seq
         return ""
 
     def _keep(self, kept: list[Kept]) -> None:
@@ -558,14 +546,9 @@ class Writer:
                 buf += pcapng.enhanced_packet(k.ts_ns, pkt, len(pkt), comment=k.reason)
             else:
                 buf += pcapng.pcap_record(k.ts_ns, pkt, len(pkt))
-        ms = self.malformed_stream
-        ms.append(
-            buf,
-            len(kept),
-            sum(len(k.datagram) for k in kept),
-            kept[0].ts_ns,
-            kept[-1].ts_ns,
-            self.stats.kernel_drops,
+        wire = sum(len(k.datagram) for k in kept)
+        self.malformed_stream.append(
+            Group(buf, len(kept), wire, kept[0].ts_ns, kept[-1].ts_ns), self.stats.kernel_drops
         )
 
     def tick(self, now_ns: int | None = None) -> None:
