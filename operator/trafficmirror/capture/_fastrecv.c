@@ -14,7 +14,7 @@
  *   .recv_batch(max) ->
  *     (groups: {vni: (bytes, packets, wire_bytes, first_ts, last_ts)},
  *      rejected: (short_header, bad_flags, short_frame, receive_truncated, spoofed),
- *      kept: [(ts, datagram, (host, port), reason)], datagrams, kernel_drops)
+ *      kept: [(ts, datagram, (host, port), reason index)], datagrams, kernel_drops)
  *   .set_sources({vni: [ipv4 address as 4 bytes, ...]}): a VNI in the map accepts datagrams
  *     only from those outer source addresses; the rest count as spoofed.
  *
@@ -46,10 +46,9 @@
 #define SCM_TIMESTAMPNS 35
 #endif
 
-/* The order of the rejected tuple; the Python side names them from vxlan.C_REASONS. */
+/* Indexes into vxlan.RECEIVE_REASONS, which names them: the order of the rejected tuple, and a
+ * kept datagram's reason. */
 enum { R_SHORT_HEADER, R_BAD_FLAGS, R_SHORT_FRAME, R_RECEIVE_TRUNCATED, R_SPOOFED, N_REASONS };
-static const char *reason_names[N_REASONS] = {"short_header", "bad_flags", "short_frame", "receive_truncated",
-                                              "spoofed"};
 
 typedef struct {
     uint32_t vni;
@@ -373,9 +372,9 @@ static PyObject *Receiver_recv_batch(Receiver *self, PyObject *args) {
         if (m->reason >= 0) {
             if (self->keep) {
                 uint32_t len = self->msgs[i].msg_len;
-                PyObject *item = Py_BuildValue("(Ky#Ns)", (unsigned long long)m->ts, (const char *)d,
+                PyObject *item = Py_BuildValue("(Ky#Ni)", (unsigned long long)m->ts, (const char *)d,
                                                (Py_ssize_t)(len > DGRAM_MAX ? DGRAM_MAX : len),
-                                               addr_tuple(&self->addr[i]), reason_names[m->reason]);
+                                               addr_tuple(&self->addr[i]), m->reason);
                 if (!item || PyList_Append(kept, item) < 0) { Py_XDECREF(item); goto fail; }
                 Py_DECREF(item);
             }

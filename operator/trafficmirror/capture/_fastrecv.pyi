@@ -8,7 +8,7 @@ class Receiver:
     ) -> tuple[
         dict[int, tuple[bytes, int, int, int, int]],
         tuple[int, int, int, int, int],
-        list[tuple[int, bytes, tuple[str, int], str]],
+        list[tuple[int, bytes, tuple[str, int], int]],
         int,
         int,
     ]: ...

@@ -38,7 +38,7 @@ class FastReceiver:
         return Batch(
             groups={vni: Group(b, p, w, f, last) for vni, (b, p, w, f, last) in groups.items()},
             malformed=malformed,
-            kept=[Kept(ts, d, (a[0], a[1]), r) for ts, d, a, r in kept],
+            kept=[Kept(ts, d, (a[0], a[1]), RECEIVE_REASONS[r]) for ts, d, a, r in kept],
             datagrams=n,
             kernel_drops=drops,
         )
