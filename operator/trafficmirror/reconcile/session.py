@@ -244,8 +244,12 @@ def reconcile_session(request: SessionRequest, ctx: ReconcileContext) -> Outcome
     except Decided as decided:
         return decided.outcome
 
+    # An ENI target receives the datagrams from the source ENI's primary address; behind a load
+    # balancer the outer source may be the balancer's, so the capture agent cannot check it.
+    addresses = [support.private_ip_address] if target.network_interface_id and support.private_ip_address else None
     outcome = ready(
         f"mirroring {source_eni} to {target.aws_id} with VNI {actual.virtual_network_id}",
+        sourceAddresses=addresses,
         trafficMirrorSessionId=actual.session_id,
         virtualNetworkId=actual.virtual_network_id,
         trafficMirrorTargetId=actual.target_id,
