@@ -134,7 +134,7 @@ def test_a_million_bad_and_good_datagrams(bed: Bed, work: Path, vxsend: Path) ->
     assert sum(expected[c] - n for c, n in got.items()) == before_socket + socket_drops
     if not before_socket + socket_drops:
         assert got == {c: expected[c] for c in got}
-    expected = Counter(got)  # the files must hold what the counters say arrived
+    expected = Counter({**expected, **{c: int(n) for c, n in got.items()}})  # Counter.update would add
 
     (a,) = files_of(work / "out", "fuzz", "a")
     (b,) = files_of(work / "out", "fuzz", "b")

@@ -14,7 +14,7 @@ from typing import Protocol
 MAX_BATCH = 256  # datagrams per recvmmsg; the compiled loop's limit too
 
 
-@dataclass
+@dataclass(slots=True)
 class Group:
     """The packets of one VNI in one batch, framed and ready to append."""
 

@@ -172,6 +172,13 @@ class Stream:
     def append(self, g: Group, kernel_drops: int) -> None:
         """Append framed records; a batch that crosses a rotation point is split at the exact
         record, so size limits and time windows hold per packet, not per batch."""
+        if self.fd >= 0:  # the common case, inline: the file is open and nothing rotates
+            limit = self.cfg.rotate_bytes
+            if (self.boundary is None or g.last_ts < self.boundary) and (
+                limit is None or self.good + self.buf_len + len(g.buf) + ISB_RESERVE <= limit
+            ):
+                self._add(g, kernel_drops)
+                return
         while True:
             if not self.is_open and (time.monotonic() < self.failed_until or not self._open(g.first_ts, kernel_drops)):
                 self.stats.dropped += g.packets
