@@ -26,6 +26,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -390,6 +391,10 @@ def main() -> int:
         "processes involved, sender + receiver + ksoftirqd (right on a shared one); the JSON has both",
     )
     a = ap.parse_args()
+    # SIGTERM, and SIGINT even when started in the background (where it is ignored), unwind
+    # through the cleanup below: namespaces, rmem_max and the output directory.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     tmp = Path(tempfile.mkdtemp(prefix="tm-bench-", dir="/tmp"))
     os.chmod(tmp, 0o755)
     base = Path(a.out_dir)
