@@ -7,7 +7,6 @@ import dataclasses
 import logging
 import random
 from collections.abc import Callable
-from datetime import UTC, datetime
 from typing import Any
 
 import kopf
@@ -38,41 +37,40 @@ def backoff(retry: int, base: float = 2.0) -> float:
     return random.uniform(base, min(MAX_BACKOFF_SECONDS, base * 2 ** min(retry, 10)))
 
 
+def with_nodes(context: ReconcileContext, node_provider_ids: kopf.Index[str, str] | None) -> ReconcileContext:
+    """The context with the nodes' provider IDs as kopf's index has them now."""
+    if node_provider_ids is None:
+        return context
+    nodes = {name: next(iter(store), "") for name, store in node_provider_ids.items()}
+    return dataclasses.replace(context, node_provider_ids=nodes)
+
+
 async def run(
     kind: str,
-    reconcile: Callable[..., Outcome | None],
+    decide: Callable[[], Outcome | None],
     *,
     body: kopf.Body,
     patch: kopf.Patch,
     retry: int,
     logger: logging.Logger,
-    context: ReconcileContext,
-    node_provider_ids: kopf.Index[str, str] | None = None,
-    from_timer: bool = False,
-    **kwargs: Any,
 ) -> Outcome | None:
     """Run a (blocking) reconcile in a thread, then write what it decided.
 
-    From a timer nothing is raised: the next tick (one resync period later) carries on, which is
-    the backoff a periodic check wants, and a timer's retry would not see the status it just wrote.
+    Waiting (an Outcome with `retry_after`) and AWS trouble become kopf's TemporaryError: kopf
+    retries the handler after the delay, with the status written in the meantime.
     """
-    if node_provider_ids is not None:
-        nodes = {name: next(iter(store), "") for name, store in node_provider_ids.items()}
-        context = dataclasses.replace(context, node_provider_ids=nodes)
     try:
-        outcome = await asyncio.to_thread(reconcile, ctx=context, **kwargs)
+        outcome = await asyncio.to_thread(decide)
     except (RetryLater, AwsError) as error:
         RECONCILES.labels(kind, "retry").inc()
-        if from_timer:
-            logger.warning(f"resync will try again next period: {error}")
-            return None
-        raise kopf.TemporaryError(str(error), delay=backoff(retry)) from error
+        delay = error.delay if isinstance(error, RetryLater) else None
+        raise kopf.TemporaryError(str(error), delay=backoff(retry, base=delay or 2.0)) from error
     if outcome is None:
         RECONCILES.labels(kind, "done").inc()
         return None
     write(kind, body, patch, outcome)
     RECONCILES.labels(kind, outcome.phase.value).inc()
-    if outcome.retry_after is not None and not from_timer:
+    if outcome.retry_after is not None:
         message = next((c.message for c in outcome.conditions if c.type == "Ready"), "")
         # Waiting on something else is not an error: short, steady delays; only failures back off.
         raise kopf.TemporaryError(message, delay=outcome.retry_after)
@@ -91,14 +89,14 @@ def write(kind: str, body: kopf.Body, patch: kopf.Patch, outcome: Outcome) -> No
         patch.status[key] = value
     for key, value in outcome.annotations.items():
         patch.metadata.annotations[key] = value
-    _count_phase(kind, body["metadata"]["uid"], outcome.phase.value)
+    count_phase(kind, body["metadata"]["uid"], outcome.phase.value)
 
 
 def _ready_reason(status: dict[str, Any]) -> str | None:
     return next((c.get("reason") for c in status.get("conditions", []) if c.get("type") == "Ready"), None)
 
 
-def _count_phase(kind: str, uid: str, phase: str | None) -> None:
+def count_phase(kind: str, uid: str, phase: str | None) -> None:
     previous = _phases.pop(uid, None)
     if previous is not None:
         RESOURCES.labels(*previous).dec()
@@ -108,37 +106,21 @@ def _count_phase(kind: str, uid: str, phase: str | None) -> None:
 
 
 def forget(uid: str) -> None:
-    _count_phase("", uid, None)
+    count_phase("", uid, None)
 
 
 # Failures that the world can fix without a spec change: the resync looks at them again.
-RECOVERABLE_FAILURES = frozenset({"UnsupportedInstanceType"})
+RECOVERABLE_FAILURES = frozenset({"UnsupportedInstanceType", "QuotaExceeded"})
 
 
-def resync_action(body: kopf.Body, period: float, now: datetime | None = None) -> str:
-    """What a drift timer does with an object: 'skip', 'compare' (Ready: against the snapshot) or 'reconcile'.
+def resync_action(phase: str | None, reason: str | None) -> str:
+    """What the resync does with an object: 'skip', 'compare' (Ready: against the snapshot) or 'reconcile'.
 
-    A Pending object belongs to the change handlers, which retry it themselves; the timer steps in
-    only when it has been Pending too long for that (nobody is moving it), e.g. a create that the
-    timer's own last run recorded ('Creating').
+    Pending and Deleting objects belong to the change and delete handlers, which kopf retries
+    until they are done; a Failed object waits for a spec change, unless the world can fix it.
     """
-    status = body.get("status", {})
-    if body["metadata"].get("deletionTimestamp"):
-        return "skip"
-    phase, reason = status.get("phase"), _ready_reason(status)
     if phase == "Ready":
         return "compare"
-    if phase == "Failed":
-        return "reconcile" if reason in RECOVERABLE_FAILURES else "skip"  # others need a spec change
-    # A create the timer itself recorded waits one period; other Pending objects, two.
-    patience = period if reason == "Creating" else 2 * period
-    return "reconcile" if _seconds_in_state(status, now or datetime.now(UTC)) >= patience else "skip"
-
-
-def _seconds_in_state(status: dict[str, Any], now: datetime) -> float:
-    ready: dict[str, Any] = next((c for c in status.get("conditions", []) if c.get("type") == "Ready"), {})
-    try:
-        since = datetime.strptime(ready["lastTransitionTime"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
-    except (KeyError, ValueError):
-        return float("inf")
-    return (now - since).total_seconds()
+    if phase == "Failed" and reason in RECOVERABLE_FAILURES:
+        return "reconcile"
+    return "skip"

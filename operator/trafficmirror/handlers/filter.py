@@ -1,16 +1,14 @@
-"""MirrorFilter handlers: create/update/resume and drift all go through one reconcile."""
+"""MirrorFilter: its binding to the shared registration."""
 
 from __future__ import annotations
 
-import logging
+from collections.abc import Mapping
 from typing import Any
 
-import kopf
-
-from trafficmirror.api import MirrorFilterSpec, Phase
-from trafficmirror.config import RESYNC_SECONDS
-from trafficmirror.handlers import apply
-from trafficmirror.handlers.indexes import FILTERS, all_of
+from trafficmirror.api import MIRROR_FILTER, MirrorFilterSpec
+from trafficmirror.handlers.indexes import all_of
+from trafficmirror.handlers.registration import Binding, Request, register
+from trafficmirror.reconcile.common import Outcome
 from trafficmirror.reconcile.filter import (
     delete_filter,
     desired_rules,
@@ -19,85 +17,34 @@ from trafficmirror.reconcile.filter import (
     rule_changes,
 )
 
-KIND = "MirrorFilter"
+
+def _reconcile(request: Request[MirrorFilterSpec]) -> Outcome:
+    return reconcile_filter(request.owner, request.spec, request.status, request.annotations, request.context)
 
 
-@kopf.on.resume(*FILTERS)
-@kopf.on.create(*FILTERS)
-@kopf.on.update(*FILTERS, field="spec")
-async def reconcile(
-    body: kopf.Body, patch: kopf.Patch, retry: int, logger: logging.Logger, memo: kopf.Memo, **_: Any
-) -> None:
-    await _reconcile(body, patch, retry, logger, memo)
+def _delete(request: Request[MirrorFilterSpec]) -> Outcome | None:
+    users = all_of(request.indexes["session_users"], (request.owner.namespace, "filter", request.owner.name))
+    return delete_filter(request.spec, request.status, request.context, users)
 
 
-async def _reconcile(
-    body: kopf.Body,
-    patch: kopf.Patch,
-    retry: int,
-    logger: logging.Logger,
-    memo: kopf.Memo,
-    from_timer: bool = False,
-) -> None:
-    await apply.run(
-        KIND,
-        reconcile_filter,
-        body=body,
-        patch=patch,
-        retry=retry,
-        logger=logger,
-        context=memo.context,
-        owner=apply.owner_of(KIND, body, memo.context),
-        spec=MirrorFilterSpec.model_validate(dict(body["spec"])),
-        status=dict(body.get("status", {})),
-        annotations=dict(body["metadata"].get("annotations", {})),
-        from_timer=from_timer,
+def in_sync(spec: MirrorFilterSpec, status: Mapping[str, Any], observed: Any | None) -> bool:
+    if observed is None:
+        return False
+    rules_in_sync = rule_changes(desired_rules(spec), list(observed.rules)).empty
+    return rules_in_sync and network_service_changes(list(spec.network_services or []), observed.network_services) == (
+        [],
+        [],
     )
 
 
-@kopf.timer(*FILTERS, interval=RESYNC_SECONDS, initial_delay=RESYNC_SECONDS)
-async def resync(
-    body: kopf.Body, patch: kopf.Patch, retry: int, logger: logging.Logger, memo: kopf.Memo, **_: Any
-) -> None:
-    action = apply.resync_action(body, memo.config.resync_seconds)
-    if action == "skip":
-        return
-    status = body.get("status", {})
-    spec = MirrorFilterSpec.model_validate(dict(body["spec"]))
-    if action == "compare":
-        known = (await memo.snapshot.get("filters", spec.region)).get(status.get("trafficMirrorFilterId"))
-        rules_in_sync = known is not None and rule_changes(desired_rules(spec), list(known.rules)).empty
-        services = network_service_changes(list(spec.network_services or []), known.network_services) if known else None
-        if rules_in_sync and services == ([], []):
-            return  # in sync: no call beyond the shared Describe
-        logger.info(
-            f"drift: {status.get('trafficMirrorFilterId')} is {'changed' if known else 'missing'} in the snapshot"
-        )
-    await _reconcile(body, patch, retry, logger, memo, from_timer=True)
-
-
-@kopf.on.delete(*FILTERS)
-async def delete(
-    body: kopf.Body,
-    patch: kopf.Patch,
-    retry: int,
-    logger: logging.Logger,
-    memo: kopf.Memo,
-    session_users: kopf.Index[Any, str],
-    **_: Any,
-) -> None:
-    meta = body["metadata"]
-    patch.status["phase"] = Phase.DELETING.value
-    await apply.run(
-        KIND,
-        delete_filter,
-        body=body,
-        patch=patch,
-        retry=retry,
-        logger=logger,
-        context=memo.context,
-        spec=MirrorFilterSpec.model_validate(dict(body["spec"])),
-        status=dict(body.get("status", {})),
-        sessions_using=all_of(session_users, (meta["namespace"], "filter", meta["name"])),
+BINDING = register(
+    Binding(
+        api=MIRROR_FILTER,
+        spec_model=MirrorFilterSpec,
+        snapshot_kind="filters",
+        reconcile=_reconcile,
+        delete=_delete,
+        in_sync=in_sync,
+        uses_indexes=("session_users",),
     )
-    apply.forget(meta["uid"])
+)

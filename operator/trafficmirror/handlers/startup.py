@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import kopf
@@ -13,12 +14,14 @@ import prometheus_client
 from trafficmirror.aws.ec2 import Ec2Mirror
 from trafficmirror.aws.instance_support import load_support_table
 from trafficmirror.config import OperatorConfig
-from trafficmirror.handlers.resync import Snapshot
+from trafficmirror.handlers.registration import BINDINGS, Binding, Tracked
+from trafficmirror.handlers.resync import ResyncLoop, Snapshot, nudge_patch
 from trafficmirror.metrics import AWS_CALLS
 from trafficmirror.reconcile.common import ANNOTATION_PREFIX
 from trafficmirror.reconcile.context import ReconcileContext
 
 FINALIZER = f"{ANNOTATION_PREFIX}/finalizer"
+FOLLOW_SECONDS = 5.0  # how soon a session notices that its target or filter got a new AWS ID
 
 
 def _observe(operation: str, result: str) -> None:
@@ -26,7 +29,7 @@ def _observe(operation: str, result: str) -> None:
 
 
 @kopf.on.startup()
-async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: logging.Logger, **_: Any) -> None:
+async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: logging.Logger, **indexes: Any) -> None:
     config = OperatorConfig()
     settings.persistence.finalizer = FINALIZER
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=ANNOTATION_PREFIX)
@@ -59,7 +62,58 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: lo
         support_table=load_support_table(overrides),
         cluster=config.cluster_name,
     )
-    memo.snapshot = Snapshot(aws_for_region, period=config.resync_seconds)
+    memo.resync_tasks = [
+        asyncio.create_task(
+            ResyncLoop(
+                binding,
+                Snapshot(aws_for_region),
+                indexes,
+                _nudger(settings, logger),
+                period=config.resync_seconds,
+                follow_period=FOLLOW_SECONDS,
+                logger=logger,
+            ).run(),
+            name=f"resync {binding.api.plural}",
+        )
+        for binding in BINDINGS.values()
+    ]
     if config.metrics_port:
         prometheus_client.start_http_server(config.metrics_port)
         logger.info(f"metrics on :{config.metrics_port}/metrics")
+
+
+def _nudger(
+    settings: kopf.OperatorSettings, logger: logging.Logger
+) -> Callable[[Binding[Any], Tracked, str], Awaitable[None]]:
+    """Asks kopf to reconcile one object: a metadata patch, seen by the change handler as an update.
+
+    kopf has no public call for patching an object outside its handlers; its own patch function is
+    used, with the operator's credentials and settings.
+    """
+    from kopf._cogs.clients.patching import patch_obj
+
+    async def nudge(binding: Binding[Any], tracked: Tracked, why: str) -> None:
+        resource = kopf.Resource(
+            binding.resource[0],
+            binding.resource[1],
+            binding.resource[2],
+            kind=binding.api.kind,
+            namespaced=True,
+            subresources=frozenset({"status"}),
+        )
+        await patch_obj(
+            settings=settings,
+            resource=resource,
+            namespace=tracked.namespace,
+            name=tracked.name,
+            patch=kopf.Patch(nudge_patch(why)),
+            logger=logger,
+        )
+
+    return nudge
+
+
+@kopf.on.cleanup()
+async def stop_resync(memo: kopf.Memo, **_: Any) -> None:
+    for task in getattr(memo, "resync_tasks", []):
+        task.cancel()

@@ -1,111 +1,40 @@
-"""MirrorTarget handlers: create/update/resume and drift all go through one reconcile."""
+"""MirrorTarget: its binding to the shared registration."""
 
 from __future__ import annotations
 
-import logging
+from collections.abc import Mapping
 from typing import Any
 
-import kopf
-
-from trafficmirror.api import MirrorTargetSpec, Phase
-from trafficmirror.config import RESYNC_SECONDS
-from trafficmirror.handlers import apply
-from trafficmirror.handlers.indexes import TARGETS, all_of
+from trafficmirror.api import MIRROR_TARGET, MirrorTargetSpec
+from trafficmirror.handlers.indexes import all_of
+from trafficmirror.handlers.registration import Binding, Request, register
+from trafficmirror.reconcile.common import Outcome
 from trafficmirror.reconcile.target import delete_target, endpoint_of, reconcile_target
 
-KIND = "MirrorTarget"
+
+def _reconcile(request: Request[MirrorTargetSpec]) -> Outcome:
+    return reconcile_target(request.owner, request.spec, request.status, request.annotations, request.context)
 
 
-@kopf.on.resume(*TARGETS)
-@kopf.on.create(*TARGETS)
-@kopf.on.update(*TARGETS, field="spec")
-async def reconcile(
-    body: kopf.Body,
-    patch: kopf.Patch,
-    retry: int,
-    logger: logging.Logger,
-    memo: kopf.Memo,
-    node_provider_ids: kopf.Index[str, str],
-    **_: Any,
-) -> None:
-    await _reconcile(body, patch, retry, logger, memo, node_provider_ids)
+def _delete(request: Request[MirrorTargetSpec]) -> Outcome | None:
+    users = all_of(request.indexes["session_users"], (request.owner.namespace, "target", request.owner.name))
+    return delete_target(request.spec, request.status, request.context, users)
 
 
-async def _reconcile(
-    body: kopf.Body,
-    patch: kopf.Patch,
-    retry: int,
-    logger: logging.Logger,
-    memo: kopf.Memo,
-    node_provider_ids: kopf.Index[str, str],
-    from_timer: bool = False,
-) -> None:
-    await apply.run(
-        KIND,
-        reconcile_target,
-        body=body,
-        patch=patch,
-        retry=retry,
-        logger=logger,
-        context=memo.context,
-        node_provider_ids=node_provider_ids,
-        owner=apply.owner_of(KIND, body, memo.context),
-        spec=MirrorTargetSpec.model_validate(dict(body["spec"])),
-        status=dict(body.get("status", {})),
-        annotations=dict(body["metadata"].get("annotations", {})),
-        from_timer=from_timer,
+def in_sync(spec: MirrorTargetSpec, status: Mapping[str, Any], observed: Any | None) -> bool:
+    if observed is None or status.get("previousTargetIds"):
+        return False
+    return endpoint_of(observed).get("NetworkInterfaceId") == status.get("networkInterfaceId")
+
+
+BINDING = register(
+    Binding(
+        api=MIRROR_TARGET,
+        spec_model=MirrorTargetSpec,
+        snapshot_kind="targets",
+        reconcile=_reconcile,
+        delete=_delete,
+        in_sync=in_sync,
+        uses_indexes=("session_users",),
     )
-
-
-@kopf.timer(*TARGETS, interval=RESYNC_SECONDS, initial_delay=RESYNC_SECONDS)
-async def resync(
-    body: kopf.Body,
-    patch: kopf.Patch,
-    retry: int,
-    logger: logging.Logger,
-    memo: kopf.Memo,
-    node_provider_ids: kopf.Index[str, str],
-    **_: Any,
-) -> None:
-    action = apply.resync_action(body, memo.config.resync_seconds)
-    if action == "skip":
-        return
-    status = body.get("status", {})
-    spec = MirrorTargetSpec.model_validate(dict(body["spec"]))
-    if action == "compare":
-        known = (await memo.snapshot.get("targets", spec.region)).get(status.get("trafficMirrorTargetId"))
-        in_sync = known is not None and endpoint_of(known).get("NetworkInterfaceId") == status.get("networkInterfaceId")
-        if in_sync and not status.get("previousTargetIds"):
-            return  # no call beyond the shared Describe
-        logger.info(
-            f"drift: {status.get('trafficMirrorTargetId')} is {'changed' if known else 'missing'} in the snapshot"
-        )
-    await _reconcile(body, patch, retry, logger, memo, node_provider_ids, from_timer=True)
-
-
-@kopf.on.delete(*TARGETS)
-async def delete(
-    body: kopf.Body,
-    patch: kopf.Patch,
-    retry: int,
-    logger: logging.Logger,
-    memo: kopf.Memo,
-    session_users: kopf.Index[Any, str],
-    **_: Any,
-) -> None:
-    meta = body["metadata"]
-    users = all_of(session_users, (meta["namespace"], "target", meta["name"]))
-    patch.status["phase"] = Phase.DELETING.value
-    await apply.run(
-        KIND,
-        delete_target,
-        body=body,
-        patch=patch,
-        retry=retry,
-        logger=logger,
-        context=memo.context,
-        spec=MirrorTargetSpec.model_validate(dict(body["spec"])),
-        status=dict(body.get("status", {})),
-        sessions_using=users,
-    )
-    apply.forget(meta["uid"])
+)

@@ -1,0 +1,217 @@
+"""One parameterised registration per kind: the kopf handlers every kind shares, written once.
+
+A kind is described by a `Binding` (its API `Kind`, how to reconcile, delete and compare it, and
+what it needs from the operator's indexes); `register` turns it into kopf's change and delete
+handlers and the in-memory index the batched resync (`handlers.resync`) walks. There are no
+per-object timers: one loop per kind compares every object with one shared Describe per period and
+nudges only the objects that need a reconcile.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Generic, Protocol, TypeVar
+
+import kopf
+from pydantic import BaseModel, ValidationError
+
+from trafficmirror.api import GROUP, VERSION, Kind, Phase
+from trafficmirror.handlers import apply
+from trafficmirror.reconcile.common import Outcome, Owner, failed
+from trafficmirror.reconcile.context import ReconcileContext
+
+SpecT = TypeVar("SpecT", bound=BaseModel)
+
+INVALID_SPEC = "InvalidSpec"
+# Written by the resync loop to ask for a reconcile; outside the operator's own annotation prefix,
+# so that kopf sees it as a change of the object (its own prefix is left out of the diff).
+NUDGE_ANNOTATION = f"resync.{GROUP}/requested"
+
+
+@dataclass(frozen=True)
+class Request(Generic[SpecT]):
+    """Everything a reconcile or delete of one object is decided from."""
+
+    owner: Owner
+    spec: SpecT
+    status: dict[str, Any]
+    annotations: dict[str, str]
+    indexes: Mapping[str, Any]  # kopf's in-memory indexes, by name
+    context: ReconcileContext
+
+
+class Follows(Protocol):
+    def __call__(self, tracked: Tracked, indexes: Mapping[str, Any]) -> bool: ...
+
+
+@dataclass(frozen=True)
+class Tracked:
+    """What the resync keeps of one object between watch events: small, and the spec parsed once."""
+
+    namespace: str
+    name: str
+    uid: str
+    generation: int
+    spec: BaseModel | None  # None: the stored spec does not validate
+    region: str | None
+    status: dict[str, Any]  # without conditions
+    phase: str | None
+    ready_reason: str | None
+    ready_since: str | None
+    deleting: bool
+    seen_at: float  # wall clock of the watch event this was built from
+
+
+@dataclass(frozen=True)
+class Binding(Generic[SpecT]):
+    api: Kind
+    spec_model: type[SpecT]
+    snapshot_kind: str  # the resync's shared Describe: "targets" | "filters" | "sessions"
+    reconcile: Callable[[Request[SpecT]], Outcome | None]
+    delete: Callable[[Request[SpecT]], Outcome | None]
+    # Whether AWS (one resource from the shared Describe, None when missing) matches the object.
+    in_sync: Callable[[SpecT, Mapping[str, Any], Any | None], bool]
+    # Named kopf indexes the handlers of this kind need besides the object.
+    uses_indexes: tuple[str, ...] = ()
+    # Cheap, in-memory check that a Ready object must follow something else (a session, its target).
+    follows: Follows | None = None
+    # Awaited before a change handler's reconcile (a session waits briefly for its dependencies).
+    before_reconcile: Callable[[Request[SpecT]], Awaitable[None]] | None = None
+    events: list[str] = field(default_factory=list)
+
+    @property
+    def resource(self) -> tuple[str, str, str]:
+        return (GROUP, VERSION, self.api.plural)
+
+    @property
+    def index_name(self) -> str:
+        return f"tracked_{self.api.plural}"
+
+
+BINDINGS: dict[str, Binding[Any]] = {}
+
+
+def ready_condition(status: Mapping[str, Any]) -> dict[str, Any]:
+    """The Ready condition of a stored status ({} when there is none)."""
+    return next((dict(c) for c in status.get("conditions", []) if c.get("type") == "Ready"), {})
+
+
+def track(binding: Binding[Any], body: kopf.Body) -> Tracked:
+    meta = body["metadata"]
+    status = dict(body.get("status") or {})
+    ready = ready_condition(status)
+    status.pop("conditions", None)
+    try:
+        spec: BaseModel | None = binding.spec_model.model_validate(dict(body.get("spec") or {}))
+    except ValidationError:
+        spec = None
+    return Tracked(
+        namespace=meta["namespace"],
+        name=meta["name"],
+        uid=meta["uid"],
+        generation=int(meta.get("generation", 1)),
+        spec=spec,
+        region=getattr(spec, "region", None),
+        status=status,
+        phase=status.get("phase"),
+        ready_reason=ready.get("reason"),
+        ready_since=ready.get("lastTransitionTime"),
+        deleting=bool(meta.get("deletionTimestamp")),
+        seen_at=time.time(),
+    )
+
+
+def _invalid_spec(error: ValidationError) -> Outcome:
+    problems = "; ".join(
+        f"spec.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" if e["loc"] else f"spec: {e['msg']}"
+        for e in error.errors()
+    )
+    return failed(INVALID_SPEC, f"the stored spec is not valid, change it: {problems}"[:1000])
+
+
+def _request(binding: Binding[SpecT], body: kopf.Body, memo: kopf.Memo, indexes: Mapping[str, Any]) -> Request[SpecT]:
+    spec = binding.spec_model.model_validate(dict(body.get("spec") or {}))
+    return Request(
+        owner=apply.owner_of(binding.api.kind, body, memo.context),
+        spec=spec,
+        status=dict(body.get("status") or {}),
+        annotations=dict(body["metadata"].get("annotations") or {}),
+        indexes=indexes,
+        context=apply.with_nodes(memo.context, indexes.get("node_provider_ids")),
+    )
+
+
+def register(binding: Binding[SpecT]) -> Binding[SpecT]:
+    """kopf's handlers for one kind: change (create, update of the spec, resume, resync nudge),
+    delete, and the index of tracked objects."""
+    kind, resource = binding.api.kind, binding.resource
+    BINDINGS[kind] = binding
+
+    def pick(kwargs: dict[str, Any]) -> dict[str, Any]:
+        return {name: kwargs[name] for name in (*binding.uses_indexes, "node_provider_ids") if name in kwargs}
+
+    async def change(kwargs: dict[str, Any], nudged: bool = False) -> None:
+        body: kopf.Body = kwargs["body"]
+        patch: kopf.Patch = kwargs["patch"]
+        if body["metadata"].get("deletionTimestamp"):
+            return
+        try:
+            request = _request(binding, body, kwargs["memo"], pick(kwargs))
+        except ValidationError as error:
+            apply.write(kind, body, patch, _invalid_spec(error))
+            return
+        if binding.before_reconcile is not None and not nudged:
+            await binding.before_reconcile(request)
+        await apply.run(
+            kind,
+            lambda: binding.reconcile(request),
+            body=body,
+            patch=patch,
+            retry=kwargs["retry"],
+            logger=kwargs["logger"],
+        )
+
+    async def on_change(**kwargs: Any) -> None:
+        await change(kwargs)
+
+    async def on_resume(**kwargs: Any) -> None:
+        # A Ready object of the current generation is the resync's: it is compared with the shared
+        # Describe instead of being reconciled one by one (a restart with 10,000 objects stays cheap).
+        body: kopf.Body = kwargs["body"]
+        status = body.get("status") or {}
+        generation = int(body["metadata"].get("generation", 1))
+        if status.get("phase") == Phase.READY.value and status.get("observedGeneration") == generation:
+            apply.count_phase(kind, body["metadata"]["uid"], Phase.READY.value)
+            return
+        await change(kwargs)
+
+    async def on_nudge(**kwargs: Any) -> None:
+        await change(kwargs, nudged=True)
+
+    async def on_delete(
+        body: kopf.Body, patch: kopf.Patch, retry: int, logger: logging.Logger, memo: kopf.Memo, **kwargs: Any
+    ) -> None:
+        patch.status["phase"] = Phase.DELETING.value
+        try:
+            request = _request(binding, body, memo, pick(kwargs))
+        except ValidationError:
+            logger.warning("the stored spec is not valid: nothing in AWS is deleted for it")
+        else:
+            await apply.run(kind, lambda: binding.delete(request), body=body, patch=patch, retry=retry, logger=logger)
+        apply.forget(body["metadata"]["uid"])
+
+    def tracked(body: kopf.Body, **_: Any) -> dict[tuple[str, str], Tracked]:
+        meta = body["metadata"]
+        return {(meta["namespace"], meta["name"]): track(binding, body)}
+
+    handler_id = kind.lower()
+    kopf.on.create(*resource, id=f"{handler_id}-reconcile")(on_change)
+    kopf.on.update(*resource, id=f"{handler_id}-reconcile", field="spec")(on_change)
+    kopf.on.update(*resource, id=f"{handler_id}-nudge", field=("metadata", "annotations", NUDGE_ANNOTATION))(on_nudge)
+    kopf.on.resume(*resource, id=f"{handler_id}-resume")(on_resume)
+    kopf.on.delete(*resource, id=f"{handler_id}-delete")(on_delete)
+    kopf.index(*resource, id=binding.index_name)(tracked)
+    return binding
