@@ -18,6 +18,7 @@ import botocore.exceptions
 
 from trafficmirror.aws.errors import AwsError, classify
 from trafficmirror.aws.instance_support import InstanceTypeFacts
+from trafficmirror.aws.pacing import Pacer
 
 CallObserver = Callable[[str, str], None]  # (operation, result code or "ok")
 Key = TypeVar("Key")
@@ -248,10 +249,16 @@ class Ec2Mirror:
         default_factory=lambda: TtlCache(NETWORK_INTERFACE_TTL_SECONDS)
     )
     _instance_types: TtlCache[str, str] = field(default_factory=lambda: TtlCache(INSTANCE_TYPE_TTL_SECONDS))
+    pacer: Pacer | None = None
 
     @classmethod
     def connect(
-        cls, region: str, observe: CallObserver | None = None, max_attempts: int = 8, max_connections: int = 32
+        cls,
+        region: str,
+        observe: CallObserver | None = None,
+        max_attempts: int = 8,
+        max_connections: int = 32,
+        pacing_scale: float = 1.0,
     ) -> Ec2Mirror:
         config = botocore.config.Config(
             region_name=region,
@@ -264,7 +271,10 @@ class Ec2Mirror:
         client = boto3.session.Session().client("ec2", config=config)
         if observe is not None:
             _observe_calls(client, observe)
-        return cls(client=client)
+        # One pacer per regional client: every reconcile of the process shares AWS's buckets of the region.
+        pacer = Pacer(scale=pacing_scale)
+        pacer.install(client)
+        return cls(client=client, pacer=pacer)
 
     def _call(self, operation: str, **kwargs: Any) -> dict[str, Any]:
         try:

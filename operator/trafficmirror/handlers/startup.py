@@ -51,7 +51,11 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: lo
         name = region or config.region
         if name not in clients:
             clients[name] = Ec2Mirror.connect(
-                name, observe=_observe, max_attempts=config.aws_max_attempts, max_connections=config.worker_threads
+                name,
+                observe=_observe,
+                max_attempts=config.aws_max_attempts,
+                max_connections=config.worker_threads,
+                pacing_scale=config.aws_rate_limit_scale,
             )
         return clients[name]
 
