@@ -53,16 +53,21 @@ async def run(
     patch: kopf.Patch,
     retry: int,
     logger: logging.Logger,
+    from_timer: bool = False,
 ) -> Outcome | None:
     """Run a (blocking) reconcile in a thread, then write what it decided.
 
     Waiting (an Outcome with `retry_after`) and AWS trouble become kopf's TemporaryError: kopf
-    retries the handler after the delay, with the status written in the meantime.
+    retries the handler after the delay, with the status written in the meantime. From a timer
+    nothing is raised: its next run, one period later, is the retry a periodic check wants.
     """
     try:
         outcome = await asyncio.to_thread(decide)
     except (RetryLater, AwsError) as error:
         RECONCILES.labels(kind, "retry").inc()
+        if from_timer:
+            logger.warning(f"the next resync tries again: {error}")
+            return None
         delay = error.delay if isinstance(error, RetryLater) else None
         raise kopf.TemporaryError(str(error), delay=backoff(retry, base=delay or 2.0)) from error
     if outcome is None:
@@ -70,7 +75,7 @@ async def run(
         return None
     write(kind, body, patch, outcome)
     RECONCILES.labels(kind, outcome.phase.value).inc()
-    if outcome.retry_after is not None:
+    if outcome.retry_after is not None and not from_timer:
         message = next((c.message for c in outcome.conditions if c.type == "Ready"), "")
         # Waiting on something else is not an error: short, steady delays; only failures back off.
         raise kopf.TemporaryError(message, delay=outcome.retry_after)
@@ -78,17 +83,25 @@ async def run(
 
 
 def write(kind: str, body: kopf.Body, patch: kopf.Patch, outcome: Outcome) -> None:
-    status = body.get("status", {})
+    """The outcome as a status patch (only what differs: a status the object already has costs no
+    write), its Events, and the annotations it changes."""
+    status = body.get("status") or {}
     generation = int(body["metadata"].get("generation", 1))
     for event in transition_events(status.get("phase"), _ready_reason(status), outcome):
         kopf.event(body, type=event.type, reason=event.reason, message=event.message[:1024])
-    patch.status["phase"] = outcome.phase.value
-    patch.status["observedGeneration"] = generation
-    patch.status["conditions"] = merge_conditions(status.get("conditions", []), outcome.conditions, generation)
-    for key, value in outcome.status_fields.items():
-        patch.status[key] = value
+    wanted: dict[str, Any] = {
+        "phase": outcome.phase.value,
+        "observedGeneration": generation,
+        "conditions": merge_conditions(list(status.get("conditions") or []), outcome.conditions, generation),
+        **outcome.status_fields,
+    }
+    for key, value in wanted.items():
+        if status.get(key) != value:
+            patch.status[key] = value
+    current = body["metadata"].get("annotations") or {}
     for key, value in outcome.annotations.items():
-        patch.metadata.annotations[key] = value
+        if current.get(key) != value:  # an unchanged annotation would cost a metadata patch of its own
+            patch.metadata.annotations[key] = value
     count_phase(kind, body["metadata"]["uid"], outcome.phase.value)
 
 

@@ -13,12 +13,14 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, Generic, Protocol, TypeVar
 
 import kopf
 from pydantic import BaseModel, ValidationError
 
 from trafficmirror.api import GROUP, VERSION, Kind, Phase
+from trafficmirror.config import RESYNC_SECONDS
 from trafficmirror.handlers import apply
 from trafficmirror.reconcile.common import Outcome, Owner, failed
 from trafficmirror.reconcile.context import ReconcileContext
@@ -124,6 +126,16 @@ def track(binding: Binding[Any], body: kopf.Body) -> Tracked:
     )
 
 
+def nudge_value(why: str) -> str:
+    return f"{datetime.now(UTC).strftime('%Y-%m-%dT%H:%M:%S.%fZ')} {why}"
+
+
+def recheckable(status: kopf.Status, meta: kopf.Meta, **_: Any) -> bool:
+    if meta.get("deletionTimestamp"):
+        return False
+    return apply.resync_action(status.get("phase"), ready_condition(status).get("reason")) == "reconcile"
+
+
 def _invalid_spec(error: ValidationError) -> Outcome:
     problems = "; ".join(
         f"spec.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" if e["loc"] else f"spec: {e['msg']}"
@@ -153,7 +165,7 @@ def register(binding: Binding[SpecT]) -> Binding[SpecT]:
     def pick(kwargs: dict[str, Any]) -> dict[str, Any]:
         return {name: kwargs[name] for name in (*binding.uses_indexes, "node_provider_ids") if name in kwargs}
 
-    async def change(kwargs: dict[str, Any], nudged: bool = False) -> None:
+    async def change(kwargs: dict[str, Any], nudged: bool = False, from_timer: bool = False) -> None:
         body: kopf.Body = kwargs["body"]
         patch: kopf.Patch = kwargs["patch"]
         if body["metadata"].get("deletionTimestamp"):
@@ -163,16 +175,21 @@ def register(binding: Binding[SpecT]) -> Binding[SpecT]:
         except ValidationError as error:
             apply.write(kind, body, patch, _invalid_spec(error))
             return
-        if binding.before_reconcile is not None and not nudged:
+        if binding.before_reconcile is not None and not (nudged or from_timer):
             await binding.before_reconcile(request)
-        await apply.run(
+        outcome = await apply.run(
             kind,
             lambda: binding.reconcile(request),
             body=body,
             patch=patch,
             retry=kwargs["retry"],
             logger=kwargs["logger"],
+            from_timer=from_timer,
         )
+        if from_timer and outcome is not None and outcome.retry_after is not None:
+            # Work has begun that the change handler carries on (kopf retries it); the timer stops
+            # with the failure it was looking at. The nudge rides on the same patch.
+            patch.metadata.annotations[NUDGE_ANNOTATION] = nudge_value("recheck")
 
     async def on_change(**kwargs: Any) -> None:
         await change(kwargs)
@@ -190,6 +207,9 @@ def register(binding: Binding[SpecT]) -> Binding[SpecT]:
 
     async def on_nudge(**kwargs: Any) -> None:
         await change(kwargs, nudged=True)
+
+    async def on_recheck(**kwargs: Any) -> None:
+        await change(kwargs, from_timer=True)
 
     async def on_delete(
         body: kopf.Body, patch: kopf.Patch, retry: int, logger: logging.Logger, memo: kopf.Memo, **kwargs: Any
@@ -213,5 +233,15 @@ def register(binding: Binding[SpecT]) -> Binding[SpecT]:
     kopf.on.update(*resource, id=f"{handler_id}-nudge", field=("metadata", "annotations", NUDGE_ANNOTATION))(on_nudge)
     kopf.on.resume(*resource, id=f"{handler_id}-resume")(on_resume)
     kopf.on.delete(*resource, id=f"{handler_id}-delete")(on_delete)
+    # Failures the world can fix (an instance resized, a quota freed) are looked at again once a period.
+    # Only such objects have a timer (kopf starts and stops it as the filter's answer changes): a
+    # Ready object has none, the batched resync compares it.
+    kopf.timer(
+        *resource,
+        id=f"{handler_id}-recheck",
+        interval=RESYNC_SECONDS,
+        initial_delay=RESYNC_SECONDS,
+        when=recheckable,
+    )(on_recheck)
     kopf.index(*resource, id=binding.index_name)(tracked)
     return binding

@@ -1,7 +1,7 @@
 """The batched resync: one loop per kind, one shared Describe per kind (and region) per period.
 
 Each period the loop compares every Ready object kopf's index holds with the Describe's answer
-(`Binding.in_sync`, no call per object) and looks again at failures the world can fix. Only the
+(`Binding.in_sync`, no call per object). Only the
 objects that need work are handed to kopf's change handler, by a nudge annotation, so every status
 write and Event still goes through one path. Between periods, a session that must follow its
 target or filter (a new AWS ID in kopf's in-memory index) is nudged at once, at no AWS cost.
@@ -13,12 +13,11 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from datetime import UTC, datetime
 from typing import Any
 
 from trafficmirror.aws.ec2 import Ec2Mirror
 from trafficmirror.handlers.apply import resync_action
-from trafficmirror.handlers.registration import NUDGE_ANNOTATION, Binding, Tracked
+from trafficmirror.handlers.registration import NUDGE_ANNOTATION, Binding, Tracked, nudge_value
 from trafficmirror.metrics import RESYNC_DESCRIBES, RESYNC_NUDGES
 
 Nudge = Callable[[Binding[Any], Tracked, str], Awaitable[None]]
@@ -82,7 +81,7 @@ class ResyncLoop:
                 self.logger.warning(f"resync of {self.binding.api.plural} failed, next period tries again: {error!r}")
 
     async def tick(self, compare: bool) -> list[tuple[Tracked, str]]:
-        """One pass: the objects nudged and why ('drift', 'missing', 'follow', 'recheck')."""
+        """One pass: the objects nudged and why ('drift', 'missing', 'follow')."""
         objects = [t for t in tracked_objects(self.indexes[self.binding.index_name]) if not t.deleting and t.spec]
         due: list[tuple[Tracked, str]] = []
         if self.binding.follows is not None:
@@ -105,10 +104,8 @@ class ResyncLoop:
         due: list[tuple[Tracked, str]] = []
         by_region: dict[str | None, list[Tracked]] = {}
         for tracked in objects:
-            action = resync_action(tracked.phase, tracked.ready_reason)
-            if action == "reconcile":
-                due.append((tracked, "recheck"))
-            elif action == "compare":
+            # Failures to look at again have a timer of their own (registration.recheckable).
+            if resync_action(tracked.phase, tracked.ready_reason) == "compare":
                 by_region.setdefault(tracked.region, []).append(tracked)
         id_field = self.binding.api.aws_id_field
         for region, ready in by_region.items():
@@ -127,5 +124,4 @@ class ResyncLoop:
 
 
 def nudge_patch(why: str) -> dict[str, Any]:
-    stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-    return {"metadata": {"annotations": {NUDGE_ANNOTATION: f"{stamp} {why}"}}}
+    return {"metadata": {"annotations": {NUDGE_ANNOTATION: nudge_value(why)}}}
