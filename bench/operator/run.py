@@ -396,8 +396,23 @@ def status_patch_limit(plane: ControlPlane, items: list[dict[str, Any]], threads
     with concurrent.futures.ThreadPoolExecutor(max_workers=threads) as pool:
         list(pool.map(patch, items))
     patch_s = time.monotonic() - start
+    local.conn = http.client.HTTPSConnection(host.hostname or "", host.port, context=context, timeout=300)
+    # One delete-collection request per kind (kubectl would send one per object), then wait until all are gone.
     for plural in ("mirrorsessions", "mirrortargets", "mirrorfilters"):
-        plane.kubectl("delete", plural, "--all", "-n", NAMESPACE, "--wait=true", "--timeout=300s")
+        local.conn.request(
+            "DELETE",
+            f"/apis/{API_VERSION}/namespaces/{NAMESPACE}/{plural}",
+            headers={"Authorization": f"Bearer {plane.admin_token}"},
+        )
+        response = local.conn.getresponse()
+        response.read()
+        if response.status != 200:
+            raise GaveUp(f"delete-collection of {plural} answered {response.status}")
+    deadline = time.monotonic() + 300
+    while any(phases_of(plane, p)[1] for p in ("mirrorsessions", "mirrortargets", "mirrorfilters")):
+        if time.monotonic() > deadline:
+            raise GaveUp("the limit's objects were not deleted within 300 s")
+        time.sleep(1)
     return {"objects": len(items), "apply_s": round(apply_s, 3), "patch_s": round(patch_s, 3), "threads": threads}
 
 

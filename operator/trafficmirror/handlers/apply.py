@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import kopf
@@ -47,7 +46,7 @@ def with_nodes(context: ReconcileContext, node_provider_ids: kopf.Index[str, str
 
 async def run(
     kind: str,
-    decide: Callable[[], Outcome | None],
+    decide: Callable[[], Awaitable[tuple[Outcome | None, Mapping[str, Any]]]],
     *,
     body: kopf.Body,
     patch: kopf.Patch,
@@ -62,7 +61,7 @@ async def run(
     nothing is raised: its next run, one period later, is the retry a periodic check wants.
     """
     try:
-        outcome = await asyncio.to_thread(decide)
+        outcome, annotations = await decide()
     except (RetryLater, AwsError) as error:
         RECONCILES.labels(kind, "retry").inc()
         if from_timer:
@@ -73,7 +72,7 @@ async def run(
     if outcome is None:
         RECONCILES.labels(kind, "done").inc()
         return None
-    write(kind, body, patch, outcome)
+    write(kind, body, patch, outcome, annotations)
     RECONCILES.labels(kind, outcome.phase.value).inc()
     if outcome.retry_after is not None and not from_timer:
         message = next((c.message for c in outcome.conditions if c.type == "Ready"), "")
@@ -82,7 +81,9 @@ async def run(
     return outcome
 
 
-def write(kind: str, body: kopf.Body, patch: kopf.Patch, outcome: Outcome) -> None:
+def write(
+    kind: str, body: kopf.Body, patch: kopf.Patch, outcome: Outcome, annotations: Mapping[str, Any] | None = None
+) -> None:
     """The outcome as a status patch (only what differs: a status the object already has costs no
     write), its Events, and the annotations it changes."""
     status = body.get("status") or {}
@@ -98,7 +99,7 @@ def write(kind: str, body: kopf.Body, patch: kopf.Patch, outcome: Outcome) -> No
     for key, value in wanted.items():
         if status.get(key) != value:
             patch.status[key] = value
-    current = body["metadata"].get("annotations") or {}
+    current = (body["metadata"].get("annotations") or {}) if annotations is None else annotations
     for key, value in outcome.annotations.items():
         if current.get(key) != value:  # an unchanged annotation would cost a metadata patch of its own
             patch.metadata.annotations[key] = value

@@ -9,10 +9,11 @@ nudges only the objects that need a reconcile.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -22,7 +23,8 @@ from pydantic import BaseModel, ValidationError
 from trafficmirror.api import GROUP, VERSION, Kind, Phase
 from trafficmirror.config import RESYNC_SECONDS
 from trafficmirror.handlers import apply
-from trafficmirror.reconcile.common import Outcome, Owner, failed
+from trafficmirror.handlers.patching import patch_annotations
+from trafficmirror.reconcile.common import CREATE_INTENT_ANNOTATION, Outcome, Owner, failed
 from trafficmirror.reconcile.context import ReconcileContext
 
 SpecT = TypeVar("SpecT", bound=BaseModel)
@@ -126,6 +128,16 @@ def track(binding: Binding[Any], body: kopf.Body) -> Tracked:
     )
 
 
+def is_create_intent(outcome: Outcome | None) -> bool:
+    """The reconciler's "store the create's token first, then come back at once" (create_once)."""
+    return (
+        outcome is not None
+        and outcome.retry_after == 0
+        and outcome.ready_reason == "Creating"
+        and CREATE_INTENT_ANNOTATION in outcome.annotations
+    )
+
+
 def nudge_value(why: str) -> str:
     return f"{datetime.now(UTC).strftime('%Y-%m-%dT%H:%M:%S.%fZ')} {why}"
 
@@ -177,14 +189,25 @@ def register(binding: Binding[SpecT]) -> Binding[SpecT]:
             return
         if binding.before_reconcile is not None and not (nudged or from_timer):
             await binding.before_reconcile(request)
+        memo, logger = kwargs["memo"], kwargs["logger"]
+
+        async def decide() -> tuple[Outcome | None, Mapping[str, Any]]:
+            current = request
+            outcome = await asyncio.to_thread(binding.reconcile, current)
+            if is_create_intent(outcome):
+                # The intent (the create's token) must be stored before the create is sent; it is
+                # written at once, and the create follows in the same call: no status write, no
+                # Event and no kopf retry for the step in between.
+                assert outcome is not None
+                intent = {k: v for k, v in outcome.annotations.items() if v is not None}
+                meta = body["metadata"]
+                await patch_annotations(memo.settings, binding.api, meta["namespace"], meta["name"], intent, logger)
+                current = replace(current, annotations={**current.annotations, **intent})
+                outcome = await asyncio.to_thread(binding.reconcile, current)
+            return outcome, current.annotations
+
         outcome = await apply.run(
-            kind,
-            lambda: binding.reconcile(request),
-            body=body,
-            patch=patch,
-            retry=kwargs["retry"],
-            logger=kwargs["logger"],
-            from_timer=from_timer,
+            kind, decide, body=body, patch=patch, retry=kwargs["retry"], logger=logger, from_timer=from_timer
         )
         if from_timer and outcome is not None and outcome.retry_after is not None:
             # Work has begun that the change handler carries on (kopf retries it); the timer stops
@@ -220,7 +243,11 @@ def register(binding: Binding[SpecT]) -> Binding[SpecT]:
         except ValidationError:
             logger.warning("the stored spec is not valid: nothing in AWS is deleted for it")
         else:
-            await apply.run(kind, lambda: binding.delete(request), body=body, patch=patch, retry=retry, logger=logger)
+
+            async def decide() -> tuple[Outcome | None, Mapping[str, Any]]:
+                return await asyncio.to_thread(binding.delete, request), request.annotations
+
+            await apply.run(kind, decide, body=body, patch=patch, retry=retry, logger=logger)
         apply.forget(body["metadata"]["uid"])
 
     def tracked(body: kopf.Body, **_: Any) -> dict[tuple[str, str], Tracked]:

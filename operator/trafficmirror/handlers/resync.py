@@ -17,7 +17,7 @@ from typing import Any
 
 from trafficmirror.aws.ec2 import Ec2Mirror
 from trafficmirror.handlers.apply import resync_action
-from trafficmirror.handlers.registration import NUDGE_ANNOTATION, Binding, Tracked, nudge_value
+from trafficmirror.handlers.registration import Binding, Tracked
 from trafficmirror.metrics import RESYNC_DESCRIBES, RESYNC_NUDGES
 
 Nudge = Callable[[Binding[Any], Tracked, str], Awaitable[None]]
@@ -121,7 +121,3 @@ class ResyncLoop:
                     )
                     due.append((tracked, "drift" if known else "missing"))
         return due
-
-
-def nudge_patch(why: str) -> dict[str, Any]:
-    return {"metadata": {"annotations": {NUDGE_ANNOTATION: nudge_value(why)}}}

@@ -14,8 +14,9 @@ import prometheus_client
 from trafficmirror.aws.ec2 import Ec2Mirror
 from trafficmirror.aws.instance_support import load_support_table
 from trafficmirror.config import OperatorConfig
-from trafficmirror.handlers.registration import BINDINGS, Binding, Tracked
-from trafficmirror.handlers.resync import ResyncLoop, Snapshot, nudge_patch
+from trafficmirror.handlers.patching import patch_annotations
+from trafficmirror.handlers.registration import BINDINGS, NUDGE_ANNOTATION, Binding, Tracked, nudge_value
+from trafficmirror.handlers.resync import ResyncLoop, Snapshot
 from trafficmirror.metrics import AWS_CALLS
 from trafficmirror.reconcile.common import ANNOTATION_PREFIX
 from trafficmirror.reconcile.context import ReconcileContext
@@ -61,6 +62,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: lo
 
     aws_for_region(None)  # fail at start, not at the first object, if AWS settings are broken
     memo.config = config
+    memo.settings = settings
     memo.context = ReconcileContext(
         aws_for_region=aws_for_region,
         support_table=load_support_table(overrides),
@@ -89,30 +91,11 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: lo
 def _nudger(
     settings: kopf.OperatorSettings, logger: logging.Logger
 ) -> Callable[[Binding[Any], Tracked, str], Awaitable[None]]:
-    """Asks kopf to reconcile one object: a metadata patch, seen by the change handler as an update.
-
-    kopf has no public call for patching an object outside its handlers; its own patch function is
-    used, with the operator's credentials and settings.
-    """
-    from kopf._cogs.clients.patching import patch_obj
+    """Asks kopf to reconcile one object: an annotation, seen by the change handler as an update."""
 
     async def nudge(binding: Binding[Any], tracked: Tracked, why: str) -> None:
-        resource = kopf.Resource(
-            binding.resource[0],
-            binding.resource[1],
-            binding.resource[2],
-            kind=binding.api.kind,
-            namespaced=True,
-            subresources=frozenset({"status"}),
-        )
-        await patch_obj(
-            settings=settings,
-            resource=resource,
-            namespace=tracked.namespace,
-            name=tracked.name,
-            patch=kopf.Patch(nudge_patch(why)),
-            logger=logger,
-        )
+        annotations = {NUDGE_ANNOTATION: nudge_value(why)}
+        await patch_annotations(settings, binding.api, tracked.namespace, tracked.name, annotations, logger)
 
     return nudge
 
