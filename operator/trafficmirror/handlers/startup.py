@@ -41,6 +41,10 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: lo
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.batching.error_delays = (1, 2, 5, 10, 30, 60)
+    # After its own patch, kopf waits for that version to come back through the watch before it handles
+    # the object again. Under load (thousands of objects applied at once) the watch lags by more than
+    # kopf's 5 s default, and a stale event would run a create handler a second time.
+    settings.persistence.consistency_timeout = 60.0
     # boto3 is blocking: reconciles run in threads, enough of them for many objects at once.
     asyncio.get_running_loop().set_default_executor(
         concurrent.futures.ThreadPoolExecutor(max_workers=config.worker_threads, thread_name_prefix="reconcile")
