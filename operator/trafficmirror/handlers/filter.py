@@ -6,9 +6,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from trafficmirror.api import MIRROR_FILTER, MirrorFilterSpec
-from trafficmirror.handlers.indexes import all_of
-from trafficmirror.handlers.registration import Binding, Request, register
-from trafficmirror.reconcile.common import Outcome
+from trafficmirror.handlers.registration import register_referenced
 from trafficmirror.reconcile.filter import (
     delete_filter,
     desired_rules,
@@ -16,15 +14,6 @@ from trafficmirror.reconcile.filter import (
     reconcile_filter,
     rule_changes,
 )
-
-
-def _reconcile(request: Request[MirrorFilterSpec]) -> Outcome:
-    return reconcile_filter(request.owner, request.spec, request.status, request.annotations, request.context)
-
-
-def _delete(request: Request[MirrorFilterSpec]) -> Outcome | None:
-    users = all_of(request.indexes["session_users"], (request.owner.namespace, "filter", request.owner.name))
-    return delete_filter(request.spec, request.status, request.context, users)
 
 
 def in_sync(spec: MirrorFilterSpec, status: Mapping[str, Any], observed: Any | None) -> bool:
@@ -37,14 +26,4 @@ def in_sync(spec: MirrorFilterSpec, status: Mapping[str, Any], observed: Any | N
     )
 
 
-BINDING = register(
-    Binding(
-        api=MIRROR_FILTER,
-        spec_model=MirrorFilterSpec,
-        snapshot_kind="filters",
-        reconcile=_reconcile,
-        delete=_delete,
-        in_sync=in_sync,
-        uses_indexes=("session_users",),
-    )
-)
+BINDING = register_referenced(MIRROR_FILTER, reconcile_filter, delete_filter, in_sync)

@@ -15,7 +15,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar, cast
 
 import kopf
 from pydantic import BaseModel, ValidationError
@@ -23,6 +23,7 @@ from pydantic import BaseModel, ValidationError
 from trafficmirror.api import GROUP, VERSION, Kind, Phase
 from trafficmirror.config import RESYNC_SECONDS
 from trafficmirror.handlers import apply
+from trafficmirror.handlers.indexes import all_of
 from trafficmirror.handlers.patching import patch_annotations
 from trafficmirror.reconcile.common import CREATE_INTENT_ANNOTATION, Outcome, Owner, failed
 from trafficmirror.reconcile.context import ReconcileContext
@@ -72,8 +73,6 @@ class Tracked:
 @dataclass(frozen=True)
 class Binding(Generic[SpecT]):
     api: Kind
-    spec_model: type[SpecT]
-    snapshot_kind: str  # the resync's shared Describe: "targets" | "filters" | "sessions"
     reconcile: Callable[[Request[SpecT]], Outcome | None]
     delete: Callable[[Request[SpecT]], Outcome | None]
     # Whether AWS (one resource from the shared Describe, None when missing) matches the object.
@@ -85,6 +84,15 @@ class Binding(Generic[SpecT]):
     # Awaited before a change handler's reconcile (a session waits briefly for its dependencies).
     before_reconcile: Callable[[Request[SpecT]], Awaitable[None]] | None = None
     events: list[str] = field(default_factory=list)
+
+    @property
+    def spec_model(self) -> type[SpecT]:
+        return cast(type[SpecT], self.api.spec_model)
+
+    @property
+    def snapshot_kind(self) -> str:
+        """The resync's shared Describe: "targets" | "filters" | "sessions"."""
+        return self.api.plural.removeprefix("mirror")
 
     @property
     def resource(self) -> tuple[str, str, str]:
@@ -101,6 +109,43 @@ BINDINGS: dict[str, Binding[Any]] = {}
 def ready_condition(status: Mapping[str, Any]) -> dict[str, Any]:
     """The Ready condition of a stored status ({} when there is none)."""
     return next((dict(c) for c in status.get("conditions", []) if c.get("type") == "Ready"), {})
+
+
+def decided_by(
+    reconcile: Callable[[Owner, SpecT, dict[str, Any], dict[str, str], ReconcileContext], Outcome],
+) -> Callable[[Request[SpecT]], Outcome | None]:
+    """A reconciler that needs nothing but the object and the context."""
+    return lambda r: reconcile(r.owner, r.spec, r.status, r.annotations, r.context)
+
+
+def deleted_by(
+    delete: Callable[[SpecT, dict[str, Any], ReconcileContext, list[str]], Outcome | None], referenced_as: str
+) -> Callable[[Request[SpecT]], Outcome | None]:
+    """A delete that waits for the sessions referencing the object (`referenced_as`: 'target' | 'filter')."""
+
+    def decide(r: Request[SpecT]) -> Outcome | None:
+        users = all_of(r.indexes["session_users"], (r.owner.namespace, referenced_as, r.owner.name))
+        return delete(r.spec, r.status, r.context, users)
+
+    return decide
+
+
+def register_referenced(
+    api: Kind,
+    reconcile: Callable[[Owner, SpecT, dict[str, Any], dict[str, str], ReconcileContext], Outcome],
+    delete: Callable[[SpecT, dict[str, Any], ReconcileContext, list[str]], Outcome | None],
+    in_sync: Callable[[SpecT, Mapping[str, Any], Any | None], bool],
+) -> Binding[SpecT]:
+    """A kind that sessions reference (targets, filters): deleted only when no session uses it."""
+    referenced_as = api.plural.removeprefix("mirror").removesuffix("s")
+    binding = Binding(
+        api=api,
+        reconcile=decided_by(reconcile),
+        delete=deleted_by(delete, referenced_as),
+        in_sync=in_sync,
+        uses_indexes=("session_users",),
+    )
+    return register(binding)
 
 
 def track(binding: Binding[Any], body: kopf.Body) -> Tracked:

@@ -84,8 +84,6 @@ def follows(tracked: Tracked, indexes: Mapping[str, Any]) -> bool:
 BINDING = register(
     Binding(
         api=MIRROR_SESSION,
-        spec_model=MirrorSessionSpec,
-        snapshot_kind="sessions",
         reconcile=_reconcile,
         delete=_delete,
         in_sync=in_sync,

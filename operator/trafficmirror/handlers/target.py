@@ -6,19 +6,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from trafficmirror.api import MIRROR_TARGET, MirrorTargetSpec
-from trafficmirror.handlers.indexes import all_of
-from trafficmirror.handlers.registration import Binding, Request, register
-from trafficmirror.reconcile.common import Outcome
+from trafficmirror.handlers.registration import register_referenced
 from trafficmirror.reconcile.target import delete_target, endpoint_of, reconcile_target
-
-
-def _reconcile(request: Request[MirrorTargetSpec]) -> Outcome:
-    return reconcile_target(request.owner, request.spec, request.status, request.annotations, request.context)
-
-
-def _delete(request: Request[MirrorTargetSpec]) -> Outcome | None:
-    users = all_of(request.indexes["session_users"], (request.owner.namespace, "target", request.owner.name))
-    return delete_target(request.spec, request.status, request.context, users)
 
 
 def in_sync(spec: MirrorTargetSpec, status: Mapping[str, Any], observed: Any | None) -> bool:
@@ -27,14 +16,4 @@ def in_sync(spec: MirrorTargetSpec, status: Mapping[str, Any], observed: Any | N
     return endpoint_of(observed).get("NetworkInterfaceId") == status.get("networkInterfaceId")
 
 
-BINDING = register(
-    Binding(
-        api=MIRROR_TARGET,
-        spec_model=MirrorTargetSpec,
-        snapshot_kind="targets",
-        reconcile=_reconcile,
-        delete=_delete,
-        in_sync=in_sync,
-        uses_indexes=("session_users",),
-    )
-)
+BINDING = register_referenced(MIRROR_TARGET, reconcile_target, delete_target, in_sync)
