@@ -5,6 +5,8 @@ from __future__ import annotations
 import threading
 import time
 
+import pytest
+
 from trafficmirror.aws.ec2 import TtlCache
 
 
@@ -43,8 +45,6 @@ def test_an_expired_entry_is_loaded_again_and_a_failed_load_is_not_cached() -> N
         raise RuntimeError("AWS said no")
 
     fresh: TtlCache[str, int] = TtlCache(ttl_seconds=60)
-    try:
+    with pytest.raises(RuntimeError):
         fresh.get_or_load("k", fail)
-    except RuntimeError:
-        pass
     assert fresh.get_or_load("k", lambda: 3) == 3
