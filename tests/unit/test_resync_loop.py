@@ -21,7 +21,10 @@ from trafficmirror.aws.ec2 import AwsSession
 from trafficmirror.handlers import session as session_handlers
 from trafficmirror.handlers.registration import Binding, Tracked
 from trafficmirror.handlers.resync import ResyncLoop
-from trafficmirror.reconcile.session import Dependency
+from trafficmirror.reconcile.common import Owner, owner_description, owner_tags
+from trafficmirror.reconcile.kinds import SESSION
+from trafficmirror.reconcile.observed import Observed
+from trafficmirror.reconcile.seam import Dependency, Request, parse_request
 
 PERIOD = 60.0
 
@@ -29,7 +32,7 @@ PERIOD = 60.0
 class FakeSnapshot:
     """Answers the shared Describe from a dict; counts the calls; `started` is when the Describe began."""
 
-    def __init__(self, sessions: dict[str, AwsSession]) -> None:
+    def __init__(self, sessions: dict[str, Observed[AwsSession]]) -> None:
         self.sessions = sessions
         self.calls = 0
         self.started = time.time()
@@ -40,15 +43,14 @@ class FakeSnapshot:
         return self.started, dict(self.sessions)
 
 
-def _session(i: int, **changes: Any) -> tuple[Tracked, AwsSession]:
-    spec = session_handlers.MirrorSessionSpec.model_validate(
-        {
-            "source": {"networkInterfaceId": f"eni-{i:017x}"},
-            "targetRef": {"name": "t"},
-            "filterRef": {"name": "f"},
-            "sessionNumber": 1,
-        }
-    )
+def _session(i: int, **changes: Any) -> tuple[Tracked, Observed[AwsSession]]:
+    raw_spec = {
+        "source": {"networkInterfaceId": f"eni-{i:017x}"},
+        "targetRef": {"name": "t"},
+        "filterRef": {"name": "f"},
+        "sessionNumber": 1,
+    }
+    owner = Owner("MirrorSession", "ns", f"s{i}", f"uid-{i}", 1, "test")
     aws = AwsSession(
         session_id=f"tms-{i:017x}",
         network_interface_id=f"eni-{i:017x}",
@@ -57,30 +59,36 @@ def _session(i: int, **changes: Any) -> tuple[Tracked, AwsSession]:
         session_number=1,
         virtual_network_id=1000 + i,
         packet_length=None,
-        description="",
-        tags={},
+        description=owner_description(owner, None),
+        tags=owner_tags(owner, None),
     )
+    status = {
+        "phase": "Ready",
+        "trafficMirrorSessionId": aws.session_id,
+        "trafficMirrorTargetId": "tmt-1",
+        "trafficMirrorFilterId": "tmf-1",
+        "virtualNetworkId": aws.virtual_network_id,
+        "sourceInstanceType": "t3.small",
+    }
+    request = parse_request(SESSION, owner, raw_spec, status)
+    assert isinstance(request, Request)
     tracked = Tracked(
         namespace="ns",
         name=f"s{i}",
-        uid=f"uid-{i}",
-        generation=1,
-        spec=spec,
-        region=None,
-        status={
-            "phase": "Ready",
-            "trafficMirrorSessionId": aws.session_id,
-            "trafficMirrorTargetId": "tmt-1",
-            "trafficMirrorFilterId": "tmf-1",
-            "virtualNetworkId": aws.virtual_network_id,
-        },
+        uid=owner.uid,
+        request=request,
+        raw_spec=raw_spec,
         phase="Ready",
         ready_reason="Ready",
-        ready_since="2026-11-26T11:00:00Z",
         deleting=False,
         seen_at=time.time() - 600,
     )
-    return replace(tracked, **changes), aws
+    return replace(tracked, **changes), Observed(aws, "t3.small", True)
+
+
+def _status(tracked: Tracked, **fields: Any) -> Tracked:
+    assert tracked.request is not None
+    return replace(tracked, request=replace(tracked.request, status=tracked.request.status.model_copy(update=fields)))
 
 
 def _world(count: int) -> tuple[dict[str, Any], FakeSnapshot, list[Tracked]]:
@@ -90,11 +98,21 @@ def _world(count: int) -> tuple[dict[str, Any], FakeSnapshot, list[Tracked]]:
         "target_states": {("ns", "t"): [Dependency("t", "Ready", "tmt-1")]},
         "filter_states": {("ns", "f"): [Dependency("f", "Ready", "tmf-1")]},
     }
-    return indexes, FakeSnapshot({aws.session_id: aws for _, aws in pairs}), [t for t, _ in pairs]
+    return indexes, FakeSnapshot({o.resource.session_id: o for _, o in pairs}), [t for t, _ in pairs]
+
+
+def _sid(tracked: Tracked) -> str:
+    assert tracked.request is not None
+    return str(tracked.request.status.traffic_mirror_session_id)
+
+
+def _change(snapshot: FakeSnapshot, session_id: str, **fields: Any) -> None:
+    observed = snapshot.sessions[session_id]
+    snapshot.sessions[session_id] = replace(observed, resource=replace(observed.resource, **fields))
 
 
 def _loop(indexes: dict[str, Any], snapshot: FakeSnapshot, nudged: list[tuple[str, str]]) -> ResyncLoop:
-    async def nudge(binding: Binding[Any], tracked: Tracked, why: str) -> None:
+    async def nudge(binding: Binding, tracked: Tracked, why: str) -> None:
         nudged.append((tracked.name, why))
 
     return ResyncLoop(
@@ -121,15 +139,11 @@ def test_steady_state_costs_one_describe_per_period_and_no_reconcile(count: int)
 
 def test_drift_missing_and_follow_are_nudged_once_per_period() -> None:
     indexes, snapshot, objects = _world(10)
-    del snapshot.sessions[objects[0].status["trafficMirrorSessionId"]]  # deleted outside
-    changed = snapshot.sessions[objects[1].status["trafficMirrorSessionId"]]
-    snapshot.sessions[changed.session_id] = replace(changed, session_number=7)  # modified outside
+    del snapshot.sessions[_sid(objects[0])]  # deleted outside
+    _change(snapshot, _sid(objects[1]), session_number=7)  # modified outside
     key = session_handlers.BINDING.index_name
-    moved = replace(objects[2], status={**objects[2].status, "trafficMirrorTargetId": "tmt-old"})
-    indexes[key][("ns", "s2")] = [moved]  # its target has a new AWS ID
-    snapshot.sessions[objects[2].status["trafficMirrorSessionId"]] = replace(
-        snapshot.sessions[objects[2].status["trafficMirrorSessionId"]], target_id="tmt-old"
-    )
+    indexes[key][("ns", "s2")] = [_status(objects[2], traffic_mirror_target_id="tmt-old")]  # its target is new
+    _change(snapshot, _sid(objects[2]), target_id="tmt-old")
     nudged: list[tuple[str, str]] = []
     loop = _loop(indexes, snapshot, nudged)
     asyncio.run(loop.tick(compare=True))
@@ -147,7 +161,7 @@ def test_an_object_changed_after_the_describe_started_waits_for_the_next_period(
     key = session_handlers.BINDING.index_name
     fresh = replace(objects[0], seen_at=snapshot.started + 0.5)  # became Ready while AWS was asked
     indexes[key][("ns", "s0")] = [fresh]
-    del snapshot.sessions[objects[0].status["trafficMirrorSessionId"]]  # so the Describe predates it
+    del snapshot.sessions[_sid(objects[0])]  # so the Describe predates it
     nudged: list[tuple[str, str]] = []
     asyncio.run(_loop(indexes, snapshot, nudged).tick(compare=True))
     assert nudged == []
@@ -161,20 +175,20 @@ def test_random_worlds_nudge_exactly_the_objects_out_of_sync(seed: int) -> None:
     indexes, snapshot, objects = _world(rng.randint(5, 200))
     drifted: dict[str, str] = {}
     for tracked in rng.sample(objects, rng.randint(0, len(objects))):
-        sid = tracked.status["trafficMirrorSessionId"]
+        sid = _sid(tracked)
         change = rng.choice(["delete", "number", "length", "filter", "skip-pending", "skip-deleting"])
         key = (tracked.namespace, tracked.name)
         if change == "delete":
             del snapshot.sessions[sid]
             drifted[tracked.name] = "missing"
         elif change == "number":
-            snapshot.sessions[sid] = replace(snapshot.sessions[sid], session_number=2)
+            _change(snapshot, sid, session_number=2)
             drifted[tracked.name] = "drift"
         elif change == "length":
-            snapshot.sessions[sid] = replace(snapshot.sessions[sid], packet_length=100)
+            _change(snapshot, sid, packet_length=100)
             drifted[tracked.name] = "drift"
         elif change == "filter":
-            snapshot.sessions[sid] = replace(snapshot.sessions[sid], filter_id="tmf-other")
+            _change(snapshot, sid, filter_id="tmf-other")
             drifted[tracked.name] = "drift"
         elif change == "skip-pending":  # kopf's change handler owns it; the resync stays away
             indexes[session_handlers.BINDING.index_name][key] = [replace(tracked, phase="Pending")]

@@ -10,10 +10,12 @@ from typing import Any
 
 import kopf
 
+from trafficmirror.api import ready_condition
 from trafficmirror.aws.errors import AwsError
 from trafficmirror.metrics import RECONCILES, RESOURCES
-from trafficmirror.reconcile.common import Outcome, Owner, merge_conditions, transition_events
+from trafficmirror.reconcile.common import RECHECKED_AT_RESYNC, Outcome, Owner, merge_conditions, transition_events
 from trafficmirror.reconcile.context import ReconcileContext, RetryLater
+from trafficmirror.reconcile.seam import ClusterFacts, Reconciler, Request, parse_request
 
 MAX_BACKOFF_SECONDS = 300.0
 _phases: dict[str, tuple[str, str]] = {}  # uid → (kind, phase), for the resources gauge
@@ -36,12 +38,46 @@ def backoff(retry: int, base: float = 2.0) -> float:
     return random.uniform(base, min(MAX_BACKOFF_SECONDS, base * 2 ** min(retry, 10)))
 
 
-def with_nodes(context: ReconcileContext, node_provider_ids: kopf.Index[str, str] | None) -> ReconcileContext:
-    """The context with the nodes' provider IDs as kopf's index has them now."""
-    if node_provider_ids is None:
-        return context
-    nodes = {name: next(iter(store), "") for name, store in node_provider_ids.items()}
-    return dataclasses.replace(context, node_provider_ids=nodes)
+def request_of(
+    reconciler: Reconciler[Any, Any, Any],
+    body: kopf.Body,
+    context: ReconcileContext,
+    facts: ClusterFacts | None = None,
+) -> Request[Any, Any] | Outcome:
+    """The typed request for a reconciler, or a Failed outcome when the stored spec is invalid."""
+    return parse_request(
+        reconciler,
+        owner_of(reconciler.kind, body, context),
+        body.get("spec") or {},
+        body.get("status") or {},
+        dict(body["metadata"].get("annotations") or {}),
+        facts,
+    )
+
+
+def live_owners_of(*indexes: kopf.Index[str, str]) -> Callable[[str], str | None]:
+    """A UID lookup over the kinds' owner indexes: which live object owns an AWS resource's tag."""
+
+    def lookup(uid: str) -> str | None:
+        for index in indexes:
+            store = index.get(uid)
+            if store is not None:
+                return next(iter(store), None)
+        return None
+
+    return lookup
+
+
+def context_for(context: ReconcileContext, indexes: Mapping[str, Any]) -> ReconcileContext:
+    """The context with what kopf's indexes know now: nodes' provider IDs, the live owners."""
+    changes: dict[str, Any] = {}
+    node_provider_ids = indexes.get("node_provider_ids")
+    if node_provider_ids is not None:
+        changes["node_provider_ids"] = {name: next(iter(store), "") for name, store in node_provider_ids.items()}
+    owners = [indexes[name] for name in ("target_owners", "filter_owners", "session_owners") if name in indexes]
+    if owners:
+        changes["live_owners"] = live_owners_of(*owners)
+    return dataclasses.replace(context, **changes) if changes else context
 
 
 async def run(
@@ -54,7 +90,8 @@ async def run(
     logger: logging.Logger,
     from_timer: bool = False,
 ) -> Outcome | None:
-    """Run a (blocking) reconcile in a thread, then write what it decided.
+    """Run a reconcile step (`decide` gives its outcome and the annotations as they are now), then
+    write what it decided.
 
     Waiting (an Outcome with `retry_after`) and AWS trouble become kopf's TemporaryError: kopf
     retries the handler after the delay, with the status written in the meantime. From a timer
@@ -64,6 +101,8 @@ async def run(
         outcome, annotations = await decide()
     except (RetryLater, AwsError) as error:
         RECONCILES.labels(kind, "retry").inc()
+        if isinstance(error, RetryLater) and error.outcome is not None:
+            write(kind, body, patch, error.outcome)
         if from_timer:
             logger.warning(f"the next resync tries again: {error}")
             return None
@@ -90,10 +129,13 @@ def write(
     generation = int(body["metadata"].get("generation", 1))
     for event in transition_events(status.get("phase"), _ready_reason(status), outcome):
         kopf.event(body, type=event.type, reason=event.reason, message=event.message[:1024])
+    conditions = merge_conditions(
+        list(status.get("conditions") or []), outcome.conditions, generation, clear=outcome.clear_conditions
+    )
     wanted: dict[str, Any] = {
         "phase": outcome.phase.value,
         "observedGeneration": generation,
-        "conditions": merge_conditions(list(status.get("conditions") or []), outcome.conditions, generation),
+        "conditions": conditions,
         **outcome.status_fields,
     }
     for key, value in wanted.items():
@@ -106,8 +148,9 @@ def write(
     count_phase(kind, body["metadata"]["uid"], outcome.phase.value)
 
 
-def _ready_reason(status: dict[str, Any]) -> str | None:
-    return next((c.get("reason") for c in status.get("conditions", []) if c.get("type") == "Ready"), None)
+def _ready_reason(status: Mapping[str, Any]) -> str | None:
+    condition = ready_condition(status)
+    return condition.reason if condition is not None else None
 
 
 def count_phase(kind: str, uid: str, phase: str | None) -> None:
@@ -123,8 +166,8 @@ def forget(uid: str) -> None:
     count_phase("", uid, None)
 
 
-# Failures that the world can fix without a spec change: the resync looks at them again.
-RECOVERABLE_FAILURES = frozenset({"UnsupportedInstanceType", "QuotaExceeded"})
+# Failures that the world can fix without a spec change: looked at again once a period.
+RECOVERABLE_FAILURES = RECHECKED_AT_RESYNC
 
 
 def resync_action(phase: str | None, reason: str | None) -> str:

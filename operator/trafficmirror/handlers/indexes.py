@@ -3,12 +3,13 @@ and which sessions use which target or filter. kopf keeps them current from its 
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import kopf
 
-from trafficmirror.api import GROUP, VERSION
-from trafficmirror.reconcile.session import Dependency
+from trafficmirror.api import GROUP, VERSION, ready_condition
+from trafficmirror.reconcile.seam import ClusterFacts, Dependency
 
 TARGETS = (GROUP, VERSION, "mirrortargets")
 FILTERS = (GROUP, VERSION, "mirrorfilters")
@@ -21,13 +22,14 @@ def node_provider_ids(name: str, spec: kopf.Spec, **_: Any) -> dict[str, str]:
 
 
 def _dependency(name: str, status: kopf.Status, id_field: str) -> Dependency:
-    ready: dict[str, Any] = next((c for c in status.get("conditions", []) if c.get("type") == "Ready"), {})
+    ready = ready_condition(status)
     return Dependency(
         name=name,
         phase=status.get("phase"),
         aws_id=status.get(id_field),
-        reason=ready.get("reason"),
+        reason=ready.reason if ready is not None else None,
         network_interface_id=status.get("networkInterfaceId"),
+        endpoint_type=status.get("endpointType"),
     )
 
 
@@ -50,6 +52,22 @@ def session_users(namespace: str, name: str, spec: kopf.Spec, **_: Any) -> dict[
     }
 
 
+# UID → "Kind namespace/name": whether the owner an AWS resource's tags name is alive (adoption).
+@kopf.index(*TARGETS)
+def target_owners(uid: str, namespace: str, name: str, **_: Any) -> dict[str, str]:
+    return {uid: f"MirrorTarget {namespace}/{name}"}
+
+
+@kopf.index(*FILTERS)
+def filter_owners(uid: str, namespace: str, name: str, **_: Any) -> dict[str, str]:
+    return {uid: f"MirrorFilter {namespace}/{name}"}
+
+
+@kopf.index(*SESSIONS)
+def session_owners(uid: str, namespace: str, name: str, **_: Any) -> dict[str, str]:
+    return {uid: f"MirrorSession {namespace}/{name}"}
+
+
 def one(index: kopf.Index[Any, Any], key: Any) -> Any:
     store = index.get(key)
     return next(iter(store), None) if store is not None else None
@@ -58,3 +76,18 @@ def one(index: kopf.Index[Any, Any], key: Any) -> Any:
 def all_of(index: kopf.Index[Any, Any], key: Any) -> list[Any]:
     store = index.get(key)
     return list(store) if store is not None else []
+
+
+def users_facts(
+    referenced_as: str,
+) -> Callable[[str, str, Mapping[str, Any], Mapping[str, Any], bool], ClusterFacts]:
+    """Facts of a kind that sessions reference ('target' | 'filter'): for a delete, the sessions using it."""
+
+    def facts(
+        namespace: str, name: str, spec: Mapping[str, Any], indexes: Mapping[str, Any], deleting: bool
+    ) -> ClusterFacts:
+        if not deleting:
+            return ClusterFacts()
+        return ClusterFacts(users=tuple(all_of(indexes["session_users"], (namespace, referenced_as, name))))
+
+    return facts

@@ -1,10 +1,11 @@
 """One parameterised registration per kind: the kopf handlers every kind shares, written once.
 
-A kind is described by a `Binding` (its API `Kind`, how to reconcile, delete and compare it, and
-what it needs from the operator's indexes); `register` turns it into kopf's change and delete
-handlers and the in-memory index the batched resync (`handlers.resync`) walks. There are no
-per-object timers: one loop per kind compares every object with one shared Describe per period and
-nudges only the objects that need a reconcile.
+A kind is a `Binding`: its reconciler (the typed seam, `reconcile.seam.Reconciler`) and what the
+cluster must tell it (`facts`, from kopf's in-memory indexes). `register` turns it into kopf's
+change and delete handlers, a timer only for failures the world can fix, and the index of tracked
+objects that the batched resync (`handlers.resync`) walks: there is no per-object timer for a Ready
+object; one loop per kind compares them all with one shared Describe per period and nudges only
+the objects that need a reconcile.
 """
 
 from __future__ import annotations
@@ -13,86 +14,64 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from typing import Any, Generic, Protocol, TypeVar, cast
+from typing import Any
 
 import kopf
-from pydantic import BaseModel, ValidationError
 
-from trafficmirror.api import GROUP, VERSION, Kind, Phase
+from trafficmirror.api import GROUP, VERSION, Kind, Phase, ready_condition
 from trafficmirror.config import RESYNC_SECONDS
 from trafficmirror.handlers import apply
-from trafficmirror.handlers.indexes import all_of
 from trafficmirror.handlers.patching import patch_annotations
-from trafficmirror.reconcile.common import CREATE_INTENT_ANNOTATION, Outcome, Owner, failed
+from trafficmirror.reconcile.common import CREATE_INTENT_ANNOTATION, Outcome
 from trafficmirror.reconcile.context import ReconcileContext
+from trafficmirror.reconcile.seam import ClusterFacts, Reconciler, Request
 
-SpecT = TypeVar("SpecT", bound=BaseModel)
-
-INVALID_SPEC = "InvalidSpec"
 # Written by the resync loop to ask for a reconcile; outside the operator's own annotation prefix,
 # so that kopf sees it as a change of the object (its own prefix is left out of the diff).
 NUDGE_ANNOTATION = f"resync.{GROUP}/requested"
+# The indexes every change handler may need: nodes (ENIs by node name), live owners (adoption).
+COMMON_INDEXES = ("node_provider_ids", "target_owners", "filter_owners", "session_owners")
 
-
-@dataclass(frozen=True)
-class Request(Generic[SpecT]):
-    """Everything a reconcile or delete of one object is decided from."""
-
-    owner: Owner
-    spec: SpecT
-    status: dict[str, Any]
-    annotations: dict[str, str]
-    indexes: Mapping[str, Any]  # kopf's in-memory indexes, by name
-    context: ReconcileContext
-
-
-class Follows(Protocol):
-    def __call__(self, tracked: Tracked, indexes: Mapping[str, Any]) -> bool: ...
+# What a kind needs to know from the cluster: (namespace, name, raw spec, indexes, for a delete) → facts.
+FactsOf = Callable[[str, str, Mapping[str, Any], Mapping[str, Any], bool], ClusterFacts]
 
 
 @dataclass(frozen=True)
 class Tracked:
-    """What the resync keeps of one object between watch events: small, and the spec parsed once."""
+    """What the resync keeps of one object between watch events: small, parsed once per change."""
 
     namespace: str
     name: str
     uid: str
-    generation: int
-    spec: BaseModel | None  # None: the stored spec does not validate
-    region: str | None
-    status: dict[str, Any]  # without conditions
+    request: Request[Any, Any] | None  # None: the stored spec does not validate
+    raw_spec: Mapping[str, Any]
     phase: str | None
     ready_reason: str | None
-    ready_since: str | None
     deleting: bool
     seen_at: float  # wall clock of the watch event this was built from
 
+    @property
+    def region(self) -> str | None:
+        return self.request.spec.region if self.request is not None else None
+
 
 @dataclass(frozen=True)
-class Binding(Generic[SpecT]):
+class Binding:
     api: Kind
-    reconcile: Callable[[Request[SpecT]], Outcome | None]
-    delete: Callable[[Request[SpecT]], Outcome | None]
-    # Whether AWS (one resource from the shared Describe, None when missing) matches the object.
-    in_sync: Callable[[SpecT, Mapping[str, Any], Any | None], bool]
-    # Named kopf indexes the handlers of this kind need besides the object.
+    reconciler: Reconciler[Any, Any, Any]
+    facts: FactsOf
+    # Named kopf indexes `facts` reads.
     uses_indexes: tuple[str, ...] = ()
     # Cheap, in-memory check that a Ready object must follow something else (a session, its target).
-    follows: Follows | None = None
+    follows: Callable[[Tracked, Mapping[str, Any]], bool] | None = None
     # Awaited before a change handler's reconcile (a session waits briefly for its dependencies).
-    before_reconcile: Callable[[Request[SpecT]], Awaitable[None]] | None = None
-    events: list[str] = field(default_factory=list)
-
-    @property
-    def spec_model(self) -> type[SpecT]:
-        return cast(type[SpecT], self.api.spec_model)
+    before_reconcile: Callable[[str, Mapping[str, Any], Mapping[str, Any]], Awaitable[None]] | None = None
 
     @property
     def snapshot_kind(self) -> str:
-        """The resync's shared Describe: "targets" | "filters" | "sessions"."""
-        return self.api.plural.removeprefix("mirror")
+        return self.reconciler.snapshot_kind
 
     @property
     def resource(self) -> tuple[str, str, str]:
@@ -102,72 +81,30 @@ class Binding(Generic[SpecT]):
     def index_name(self) -> str:
         return f"tracked_{self.api.plural}"
 
-
-BINDINGS: dict[str, Binding[Any]] = {}
-
-
-def ready_condition(status: Mapping[str, Any]) -> dict[str, Any]:
-    """The Ready condition of a stored status ({} when there is none)."""
-    return next((dict(c) for c in status.get("conditions", []) if c.get("type") == "Ready"), {})
-
-
-def decided_by(
-    reconcile: Callable[[Owner, SpecT, dict[str, Any], dict[str, str], ReconcileContext], Outcome],
-) -> Callable[[Request[SpecT]], Outcome | None]:
-    """A reconciler that needs nothing but the object and the context."""
-    return lambda r: reconcile(r.owner, r.spec, r.status, r.annotations, r.context)
+    def in_sync(self, tracked: Tracked, observed: Any | None, indexes: Mapping[str, Any]) -> bool:
+        """Whether AWS (one resource of the shared Describe, None when missing) matches the object."""
+        if tracked.request is None:
+            return True  # an invalid spec is the change handler's (Failed/InvalidSpec)
+        facts = self.facts(tracked.namespace, tracked.name, tracked.raw_spec, indexes, False)
+        return bool(self.reconciler.in_sync(replace(tracked.request, facts=facts), observed))
 
 
-def deleted_by(
-    delete: Callable[[SpecT, dict[str, Any], ReconcileContext, list[str]], Outcome | None], referenced_as: str
-) -> Callable[[Request[SpecT]], Outcome | None]:
-    """A delete that waits for the sessions referencing the object (`referenced_as`: 'target' | 'filter')."""
-
-    def decide(r: Request[SpecT]) -> Outcome | None:
-        users = all_of(r.indexes["session_users"], (r.owner.namespace, referenced_as, r.owner.name))
-        return delete(r.spec, r.status, r.context, users)
-
-    return decide
+BINDINGS: dict[str, Binding] = {}
 
 
-def register_referenced(
-    api: Kind,
-    reconcile: Callable[[Owner, SpecT, dict[str, Any], dict[str, str], ReconcileContext], Outcome],
-    delete: Callable[[SpecT, dict[str, Any], ReconcileContext, list[str]], Outcome | None],
-    in_sync: Callable[[SpecT, Mapping[str, Any], Any | None], bool],
-) -> Binding[SpecT]:
-    """A kind that sessions reference (targets, filters): deleted only when no session uses it."""
-    referenced_as = api.plural.removeprefix("mirror").removesuffix("s")
-    binding = Binding(
-        api=api,
-        reconcile=decided_by(reconcile),
-        delete=deleted_by(delete, referenced_as),
-        in_sync=in_sync,
-        uses_indexes=("session_users",),
-    )
-    return register(binding)
-
-
-def track(binding: Binding[Any], body: kopf.Body) -> Tracked:
+def track(binding: Binding, body: kopf.Body, context: ReconcileContext) -> Tracked:
     meta = body["metadata"]
-    status = dict(body.get("status") or {})
+    status = body.get("status") or {}
     ready = ready_condition(status)
-    status.pop("conditions", None)
-    try:
-        spec: BaseModel | None = binding.spec_model.model_validate(dict(body.get("spec") or {}))
-    except ValidationError:
-        spec = None
+    request = apply.request_of(binding.reconciler, body, context)
     return Tracked(
         namespace=meta["namespace"],
         name=meta["name"],
         uid=meta["uid"],
-        generation=int(meta.get("generation", 1)),
-        spec=spec,
-        region=getattr(spec, "region", None),
-        status=status,
+        request=request if isinstance(request, Request) else None,
+        raw_spec=dict(body.get("spec") or {}),
         phase=status.get("phase"),
-        ready_reason=ready.get("reason"),
-        ready_since=ready.get("lastTransitionTime"),
+        ready_reason=ready.reason if ready is not None else None,
         deleting=bool(meta.get("deletionTimestamp")),
         seen_at=time.time(),
     )
@@ -190,65 +127,47 @@ def nudge_value(why: str) -> str:
 def recheckable(status: kopf.Status, meta: kopf.Meta, **_: Any) -> bool:
     if meta.get("deletionTimestamp"):
         return False
-    return apply.resync_action(status.get("phase"), ready_condition(status).get("reason")) == "reconcile"
+    ready = ready_condition(status)
+    return apply.resync_action(status.get("phase"), ready.reason if ready is not None else None) == "reconcile"
 
 
-def _invalid_spec(error: ValidationError) -> Outcome:
-    problems = "; ".join(
-        f"spec.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" if e["loc"] else f"spec: {e['msg']}"
-        for e in error.errors()
-    )
-    return failed(INVALID_SPEC, f"the stored spec is not valid, change it: {problems}"[:1000])
-
-
-def _request(binding: Binding[SpecT], body: kopf.Body, memo: kopf.Memo, indexes: Mapping[str, Any]) -> Request[SpecT]:
-    spec = binding.spec_model.model_validate(dict(body.get("spec") or {}))
-    return Request(
-        owner=apply.owner_of(binding.api.kind, body, memo.context),
-        spec=spec,
-        status=dict(body.get("status") or {}),
-        annotations=dict(body["metadata"].get("annotations") or {}),
-        indexes=indexes,
-        context=apply.with_nodes(memo.context, indexes.get("node_provider_ids")),
-    )
-
-
-def register(binding: Binding[SpecT]) -> Binding[SpecT]:
+def register(binding: Binding) -> Binding:
     """kopf's handlers for one kind: change (create, update of the spec, resume, resync nudge),
-    delete, and the index of tracked objects."""
-    kind, resource = binding.api.kind, binding.resource
+    delete, a recheck timer for failures the world can fix, and the index of tracked objects."""
+    kind, resource, reconciler = binding.api.kind, binding.resource, binding.reconciler
     BINDINGS[kind] = binding
 
-    def pick(kwargs: dict[str, Any]) -> dict[str, Any]:
-        return {name: kwargs[name] for name in (*binding.uses_indexes, "node_provider_ids") if name in kwargs}
+    def indexes_of(kwargs: dict[str, Any]) -> dict[str, Any]:
+        return {name: kwargs[name] for name in (*binding.uses_indexes, *COMMON_INDEXES) if name in kwargs}
 
     async def change(kwargs: dict[str, Any], nudged: bool = False, from_timer: bool = False) -> None:
         body: kopf.Body = kwargs["body"]
         patch: kopf.Patch = kwargs["patch"]
+        memo, logger = kwargs["memo"], kwargs["logger"]
         if body["metadata"].get("deletionTimestamp"):
             return
-        try:
-            request = _request(binding, body, kwargs["memo"], pick(kwargs))
-        except ValidationError as error:
-            apply.write(kind, body, patch, _invalid_spec(error))
-            return
+        meta, spec, indexes = body["metadata"], body.get("spec") or {}, indexes_of(kwargs)
         if binding.before_reconcile is not None and not (nudged or from_timer):
-            await binding.before_reconcile(request)
-        memo, logger = kwargs["memo"], kwargs["logger"]
+            await binding.before_reconcile(meta["namespace"], spec, indexes)
+        context = apply.context_for(memo.context, indexes)
+        request = apply.request_of(
+            reconciler, body, context, binding.facts(meta["namespace"], meta["name"], spec, indexes, False)
+        )
 
         async def decide() -> tuple[Outcome | None, Mapping[str, Any]]:
+            if isinstance(request, Outcome):  # the stored spec is invalid: say so, do not retry
+                return request, request.annotations
             current = request
-            outcome = await asyncio.to_thread(binding.reconcile, current)
+            outcome = await asyncio.to_thread(reconciler.reconcile, current, context)
             if is_create_intent(outcome):
                 # The intent (the create's token) must be stored before the create is sent; it is
                 # written at once, and the create follows in the same call: no status write, no
                 # Event and no kopf retry for the step in between.
                 assert outcome is not None
                 intent = {k: v for k, v in outcome.annotations.items() if v is not None}
-                meta = body["metadata"]
                 await patch_annotations(memo.settings, binding.api, meta["namespace"], meta["name"], intent, logger)
                 current = replace(current, annotations={**current.annotations, **intent})
-                outcome = await asyncio.to_thread(binding.reconcile, current)
+                outcome = await asyncio.to_thread(reconciler.reconcile, current, context)
             return outcome, current.annotations
 
         outcome = await apply.run(
@@ -282,22 +201,22 @@ def register(binding: Binding[SpecT]) -> Binding[SpecT]:
     async def on_delete(
         body: kopf.Body, patch: kopf.Patch, retry: int, logger: logging.Logger, memo: kopf.Memo, **kwargs: Any
     ) -> None:
+        meta, indexes = body["metadata"], indexes_of(kwargs)
         patch.status["phase"] = Phase.DELETING.value
-        try:
-            request = _request(binding, body, memo, pick(kwargs))
-        except ValidationError:
-            logger.warning("the stored spec is not valid: nothing in AWS is deleted for it")
-        else:
+        context = apply.context_for(memo.context, indexes)
+        facts = binding.facts(meta["namespace"], meta["name"], body.get("spec") or {}, indexes, True)
+        request = apply.request_of(reconciler, body, context, facts)
+        if isinstance(request, Request):  # an invalid spec names no region nor policy to delete by
 
             async def decide() -> tuple[Outcome | None, Mapping[str, Any]]:
-                return await asyncio.to_thread(binding.delete, request), request.annotations
+                return await asyncio.to_thread(reconciler.delete, request, context), request.annotations
 
             await apply.run(kind, decide, body=body, patch=patch, retry=retry, logger=logger)
-        apply.forget(body["metadata"]["uid"])
+        apply.forget(meta["uid"])
 
-    def tracked(body: kopf.Body, **_: Any) -> dict[tuple[str, str], Tracked]:
+    def tracked(body: kopf.Body, memo: kopf.Memo, **_: Any) -> dict[tuple[str, str], Tracked]:
         meta = body["metadata"]
-        return {(meta["namespace"], meta["name"]): track(binding, body)}
+        return {(meta["namespace"], meta["name"]): track(binding, body, memo.context)}
 
     handler_id = kind.lower()
     kopf.on.create(*resource, id=f"{handler_id}-reconcile")(on_change)

@@ -19,8 +19,9 @@ from trafficmirror.aws.ec2 import Ec2Mirror
 from trafficmirror.handlers.apply import resync_action
 from trafficmirror.handlers.registration import Binding, Tracked
 from trafficmirror.metrics import RESYNC_DESCRIBES, RESYNC_NUDGES
+from trafficmirror.reconcile.observed import observe
 
-Nudge = Callable[[Binding[Any], Tracked, str], Awaitable[None]]
+Nudge = Callable[[Binding, Tracked, str], Awaitable[None]]
 
 
 class Snapshot:
@@ -35,13 +36,9 @@ class Snapshot:
         return started, items
 
     def _describe(self, kind: str, region: str | None) -> dict[str, Any]:
-        aws = self._aws_for_region(region)
+        """AWS resources of a kind by ID, as `Observed` (with the type behind an ENI)."""
         RESYNC_DESCRIBES.labels(kind).inc()
-        if kind == "targets":
-            return {t.target_id: t for t in aws.describe_targets()}
-        if kind == "filters":
-            return {f.filter_id: f for f in aws.describe_filters()}
-        return {s.session_id: s for s in aws.describe_sessions()}
+        return observe(self._aws_for_region(region), kind)
 
 
 def tracked_objects(index: Any) -> list[Tracked]:
@@ -51,7 +48,7 @@ def tracked_objects(index: Any) -> list[Tracked]:
 class ResyncLoop:
     def __init__(
         self,
-        binding: Binding[Any],
+        binding: Binding,
         snapshot: Snapshot,
         indexes: Mapping[str, Any],
         nudge: Nudge,
@@ -82,7 +79,7 @@ class ResyncLoop:
 
     async def tick(self, compare: bool) -> list[tuple[Tracked, str]]:
         """One pass: the objects nudged and why ('drift', 'missing', 'follow')."""
-        objects = [t for t in tracked_objects(self.indexes[self.binding.index_name]) if not t.deleting and t.spec]
+        objects = [t for t in tracked_objects(self.indexes[self.binding.index_name]) if not t.deleting and t.request]
         due: list[tuple[Tracked, str]] = []
         if self.binding.follows is not None:
             due += [(t, "follow") for t in objects if t.phase == "Ready" and self.binding.follows(t, self.indexes)]
@@ -107,17 +104,19 @@ class ResyncLoop:
             # Failures to look at again have a timer of their own (registration.recheckable).
             if resync_action(tracked.phase, tracked.ready_reason) == "compare":
                 by_region.setdefault(tracked.region, []).append(tracked)
-        id_field = self.binding.api.aws_id_field
+        reconciler = self.binding.reconciler
         for region, ready in by_region.items():
             fetched_at, observed = await self.snapshot.fetch(self.binding.snapshot_kind, region)
             for tracked in ready:
                 if tracked.seen_at >= fetched_at - 1.0:
                     continue  # changed while (or after) AWS was asked: the next period compares it
-                known = observed.get(tracked.status.get(id_field))
-                if not self.binding.in_sync(tracked.spec, tracked.status, known):
+                assert tracked.request is not None
+                aws_id = reconciler.observed_id(tracked.request.status)
+                known = observed.get(aws_id) if aws_id else None
+                if not self.binding.in_sync(tracked, known, self.indexes):
                     self.logger.info(
                         f"drift: {self.binding.api.kind} {tracked.namespace}/{tracked.name} "
-                        f"{tracked.status.get(id_field)} is {'changed' if known else 'missing'} in AWS"
+                        f"{aws_id} is {'changed' if known else 'missing'} in AWS"
                     )
                     due.append((tracked, "drift" if known else "missing"))
         return due

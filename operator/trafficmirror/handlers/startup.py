@@ -94,10 +94,10 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: lo
 
 def _nudger(
     settings: kopf.OperatorSettings, logger: logging.Logger
-) -> Callable[[Binding[Any], Tracked, str], Awaitable[None]]:
+) -> Callable[[Binding, Tracked, str], Awaitable[None]]:
     """Asks kopf to reconcile one object: an annotation, seen by the change handler as an update."""
 
-    async def nudge(binding: Binding[Any], tracked: Tracked, why: str) -> None:
+    async def nudge(binding: Binding, tracked: Tracked, why: str) -> None:
         annotations = {NUDGE_ANNOTATION: nudge_value(why)}
         await patch_annotations(settings, binding.api, tracked.namespace, tracked.name, annotations, logger)
 

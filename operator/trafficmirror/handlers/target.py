@@ -1,19 +1,10 @@
-"""MirrorTarget: its binding to the shared registration."""
+"""MirrorTarget: its reconciler, registered; a delete waits for the sessions that use it."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+from trafficmirror.api import MIRROR_TARGET
+from trafficmirror.handlers.indexes import users_facts
+from trafficmirror.handlers.registration import Binding, register
+from trafficmirror.reconcile.kinds import TARGET
 
-from trafficmirror.api import MIRROR_TARGET, MirrorTargetSpec
-from trafficmirror.handlers.registration import register_referenced
-from trafficmirror.reconcile.target import delete_target, endpoint_of, reconcile_target
-
-
-def in_sync(spec: MirrorTargetSpec, status: Mapping[str, Any], observed: Any | None) -> bool:
-    if observed is None or status.get("previousTargetIds"):
-        return False
-    return endpoint_of(observed).get("NetworkInterfaceId") == status.get("networkInterfaceId")
-
-
-BINDING = register_referenced(MIRROR_TARGET, reconcile_target, delete_target, in_sync)
+BINDING = register(Binding(MIRROR_TARGET, TARGET, users_facts("target"), uses_indexes=("session_users",)))
