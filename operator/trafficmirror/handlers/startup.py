@@ -45,6 +45,10 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: lo
     # the object again. Under load (thousands of objects applied at once) the watch lags by more than
     # kopf's 5 s default, and a stale event would run a create handler a second time.
     settings.persistence.consistency_timeout = 60.0
+    # Events are posted by a bounded number of workers (thousands of objects changing at once would
+    # otherwise hold thousands of posting tasks). kopf's per-object workers stay unlimited: a limit
+    # there can deadlock with the indexes, which must see every object before any handler runs.
+    settings.posting.worker_limit = config.worker_threads
     # boto3 is blocking: reconciles run in threads, enough of them for many objects at once.
     asyncio.get_running_loop().set_default_executor(
         concurrent.futures.ThreadPoolExecutor(max_workers=config.worker_threads, thread_name_prefix="reconcile")
