@@ -531,17 +531,16 @@ class Chaos:
         if declared is None or aws_id is None:
             return None
         user = sorted((declared.spec.get("tags") or {}).items())
-        choice = self.rng.choice(["remove-user", "change-user", "remove-cluster"])
-        if choice == "remove-user" and user:
-            key = self.rng.choice(user)[0]
+        # (The ownership tags are the operator's own: its IAM policy lets it neither remove nor rewrite them.)
+        if not user or self.rng.random() < 0.3:
+            self.quietly(self.ec2.create_tags, Resources=[aws_id], Tags=[{"Key": "added-by-hand", "Value": "x"}])
+            return f"aws: add tag added-by-hand to {declared.name}"
+        key = self.rng.choice(user)[0]
+        if self.rng.random() < 0.5:
             self.quietly(self.ec2.delete_tags, Resources=[aws_id], Tags=[{"Key": key}])
             return f"aws: remove tag {key} of {declared.name}"
-        if choice == "change-user" and user:
-            key = self.rng.choice(user)[0]
-            self.quietly(self.ec2.create_tags, Resources=[aws_id], Tags=[{"Key": key, "Value": "changed"}])
-            return f"aws: change tag {key} of {declared.name}"
-        self.quietly(self.ec2.delete_tags, Resources=[aws_id], Tags=[{"Key": CLUSTER_TAG}])
-        return f"aws: remove tag {CLUSTER_TAG} of {declared.name}"
+        self.quietly(self.ec2.create_tags, Resources=[aws_id], Tags=[{"Key": key, "Value": "changed"}])
+        return f"aws: change tag {key} of {declared.name}"
 
     def aws_resize_instance(self) -> str | None:
         if self.rng.random() < 0.6:
