@@ -884,8 +884,16 @@ def chaos_bed(
                 for obj in api.list(kind):
                     spec = {**obj["spec"], "deletionPolicy": "Delete"}
                     api.replace_spec(kind, obj["metadata"]["name"], spec)
-            for plurals in ("mirrorsessions", "mirrortargets,mirrorfilters"):
-                control_plane.kubectl("delete", plurals, "--all", "-n", namespace, "--wait=true", "--timeout=120s")
+            control_plane.kubectl("delete", "mirrorsessions", "--all", "-n", namespace, "--wait=true", "--timeout=120s")
+            # Sessions orphaned by the last burst still use targets and filters in AWS: they go first.
+            for item in ec2.describe_traffic_mirror_sessions()["TrafficMirrorSessions"]:
+                if _tags(item).get(OWNER_TAG, "").split("/")[1:2] == [namespace]:
+                    Chaos.quietly(
+                        ec2.delete_traffic_mirror_session, TrafficMirrorSessionId=item["TrafficMirrorSessionId"]
+                    )
+            control_plane.kubectl(
+                "delete", "mirrortargets,mirrorfilters", "--all", "-n", namespace, "--wait=true", "--timeout=120s"
+            )
         finally:
             operator.stop(kill=True)
             proxy.stop()

@@ -6,7 +6,7 @@ import asyncio
 import dataclasses
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -131,10 +131,17 @@ def write(kind: str, body: kopf.Body, patch: kopf.Patch, outcome: Outcome) -> No
         status.get("conditions", []), outcome.conditions, generation, clear=outcome.clear_conditions
     )
     for key, value in outcome.status_fields.items():
-        patch.status[key] = value
+        patch.status[key] = merge_patch_value(status.get(key), value)
     for key, value in outcome.annotations.items():
         patch.metadata.annotations[key] = value
     _count_phase(kind, body["metadata"]["uid"], outcome.phase.value)
+
+
+def merge_patch_value(old: Any, new: Any) -> Any:
+    """`new` as a JSON merge patch over `old`: a key a map no longer has is removed only when sent as null."""
+    if isinstance(old, Mapping) and isinstance(new, Mapping):
+        return {**dict.fromkeys(k for k in old if k not in new), **new}
+    return new
 
 
 def _ready_reason(status: dict[str, Any]) -> str | None:
