@@ -246,9 +246,8 @@ def test_policy_allows_exactly_what_the_code_calls(policy: str) -> None:
 
 def test_tags_on_the_creates_that_send_them_and_on_this_clusters_resources_only() -> None:
     creates = scan_package()["aws/ec2.py"].tagged_creates
-    statements = [
-        s for s in load_policy("operator-policy.json")["Statement"] if "ec2:CreateTags" in listed(s["Action"])
-    ]
+    policy = load_policy("operator-policy.json")
+    statements = [s for s in policy["Statement"] if "ec2:CreateTags" in listed(s["Action"])]
     assert all(listed(s["Action"]) == ["ec2:CreateTags"] for s in statements)
     on_create = [s for s in statements if "ec2:CreateAction" in s["Condition"].get("StringEquals", {})]
     [statement] = on_create
@@ -286,9 +285,8 @@ def test_creates_require_the_ownership_tags_and_changes_the_cluster_tag() -> Non
                 continue
         if actions == ["ec2:CreateTags"]:
             equals = condition["StringEquals"]
-            assert "ec2:CreateAction" in equals or equals == {
-                "aws:ResourceTag/trafficmirror.io/cluster": "CLUSTER_NAME"
-            }
+            own_cluster = {"aws:ResourceTag/trafficmirror.io/cluster": "CLUSTER_NAME"}
+            assert "ec2:CreateAction" in equals or equals == own_cluster
             continue
         if actions == ["ec2:DeleteTags"]:
             continue  # test_untagging_never_removes_the_ownership_tags

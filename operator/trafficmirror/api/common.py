@@ -43,7 +43,8 @@ Region = Annotated[
 Tags = Annotated[
     dict[str, str],
     Field(
-        description="Extra AWS tags. Keys under trafficmirror.io/ are reserved for ownership tags.",
+        description="AWS tags, the whole set besides the ownership tags: tags changed or added outside are put "
+        "back or removed (keys starting with aws: are left alone). Keys under trafficmirror.io/ are reserved.",
         json_schema_extra={
             "maxProperties": 40,
             "x-kubernetes-validations": [

@@ -148,8 +148,15 @@ class MirrorFilterSpec(
         ]
     },
 ):
-    ingress_rules: Rules | None = None
-    egress_rules: Rules | None = None
+    ingress_rules: Rules | None = Field(
+        default=None,
+        description="Rules for traffic into the source ENI. A filter needs at least one rule here or in "
+        "egressRules (or a networkServices entry): one with none mirrors nothing, so it is rejected at "
+        "admission, also when a misspelt field name (ingresRules) was pruned by the apiserver.",
+    )
+    egress_rules: Rules | None = Field(
+        default=None, description="Rules for traffic out of the source ENI; see ingressRules."
+    )
     network_services: (
         Annotated[
             list[Literal["amazon-dns"]],

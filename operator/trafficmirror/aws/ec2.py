@@ -298,6 +298,7 @@ class TtlCache(Generic[Key, Value]):
 # start, which takes minutes: both can be reused briefly across the reconciles of many objects.
 NETWORK_INTERFACE_TTL_SECONDS = 300.0
 INSTANCE_TYPE_TTL_SECONDS = 15.0
+FILTER_VALUES_PER_CALL = 200  # values of one Describe filter, kept well under EC2's limits
 
 
 @dataclass
@@ -530,6 +531,44 @@ class Ec2Mirror:
                         instance["InstanceId"], instance["InstanceType"]
                     )
         return types
+
+    def instance_types_behind(self, network_interface_ids: list[str]) -> dict[str, str | None]:
+        """The type of the instance behind each ENI (None: not attached to an instance), in batches.
+
+        Filters, not ID lists: an ENI or instance deleted meanwhile is left out instead of failing
+        the whole call. Attachments come from the ENI cache; types are at most
+        INSTANCE_TYPE_TTL_SECONDS old.
+        """
+        unknown = [e for e in dict.fromkeys(network_interface_ids) if self._interfaces.get(e) is None]
+        for start in range(0, len(unknown), FILTER_VALUES_PER_CALL):
+            chunk = unknown[start : start + FILTER_VALUES_PER_CALL]
+            for raw in self._pages(
+                "describe_network_interfaces",
+                "NetworkInterfaces",
+                Filters=[{"Name": "network-interface-id", "Values": chunk}],
+            ):
+                self._interfaces.put(
+                    raw["NetworkInterfaceId"],
+                    NetworkInterface(
+                        network_interface_id=raw["NetworkInterfaceId"],
+                        instance_id=(raw.get("Attachment") or {}).get("InstanceId"),
+                        private_ip_address=raw.get("PrivateIpAddress"),
+                        interface_type=raw.get("InterfaceType", "interface"),
+                    ),
+                )
+        attached = {e: i.instance_id for e in network_interface_ids if (i := self._interfaces.get(e)) is not None}
+        instances = [i for i in dict.fromkeys(attached.values()) if i and self._instance_types.get(i) is None]
+        for start in range(0, len(instances), FILTER_VALUES_PER_CALL):
+            chunk = instances[start : start + FILTER_VALUES_PER_CALL]
+            for reservation in self._pages(
+                "describe_instances", "Reservations", Filters=[{"Name": "instance-id", "Values": chunk}]
+            ):
+                for instance in reservation["Instances"]:
+                    self._instance_types.put(instance["InstanceId"], instance["InstanceType"])
+        return {
+            eni: (self._instance_types.get(instance_id) if instance_id else None)
+            for eni, instance_id in attached.items()
+        }
 
     def primary_network_interface(self, instance_id: str) -> str:
         response = self._call("describe_instances", InstanceIds=[instance_id])

@@ -15,7 +15,6 @@ from trafficmirror.config import RESYNC_SECONDS
 from trafficmirror.handlers import apply
 from trafficmirror.handlers.indexes import SESSIONS, one
 from trafficmirror.reconcile.kinds import SESSION
-from trafficmirror.reconcile.observed import Observed
 from trafficmirror.reconcile.seam import ClusterFacts, Dependency, Request
 
 KIND = "MirrorSession"
@@ -153,7 +152,7 @@ async def resync(
     if action == "compare" and isinstance(request, Request):
         aws_id = SESSION.observed_id(request.status)
         known = (await memo.snapshot.get(SESSION.snapshot_kind, request.spec.region)).get(aws_id)
-        if SESSION.in_sync(request, Observed(known) if known is not None else None):
+        if SESSION.in_sync(request, known):
             return  # in sync: no call beyond the shared Describe
         logger.info(f"drift: {aws_id} is {'changed' if known else 'missing'} in the snapshot")
     # Not Ready: Pending, or Failed for a fact of the world that may since have changed (the seed's fix).

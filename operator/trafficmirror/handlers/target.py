@@ -13,7 +13,6 @@ from trafficmirror.config import RESYNC_SECONDS
 from trafficmirror.handlers import apply
 from trafficmirror.handlers.indexes import TARGETS, all_of
 from trafficmirror.reconcile.kinds import TARGET
-from trafficmirror.reconcile.observed import Observed
 from trafficmirror.reconcile.seam import ClusterFacts, Request
 
 KIND = "MirrorTarget"
@@ -83,7 +82,7 @@ async def resync(
     if action == "compare" and isinstance(request, Request):
         aws_id = TARGET.observed_id(request.status)
         known = (await memo.snapshot.get(TARGET.snapshot_kind, request.spec.region)).get(aws_id)
-        if TARGET.in_sync(request, Observed(known) if known is not None else None):
+        if TARGET.in_sync(request, known):
             return  # no call beyond the shared Describe
         logger.info(f"drift: {aws_id} is {'changed' if known else 'missing'} in the snapshot")
     owners = apply.live_owners_of(target_owners, filter_owners, session_owners)

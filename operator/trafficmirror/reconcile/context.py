@@ -13,6 +13,7 @@ from trafficmirror.reconcile.common import (
     CLUSTER_TAG,
     CREATE_INTENT_ANNOTATION,
     QUOTA_EXCEEDED,
+    UNSUPPORTED_INSTANCE_TYPE,
     Event,
     LiveOwners,
     Outcome,
@@ -61,7 +62,9 @@ def outcome_for_aws_error(error: AwsError, **status_fields: Any) -> Outcome:
             f"AWS quota reached ({error.quota or error.code}): {error.message}; checked again every resync",
             **status_fields,
         )
-    if error.error_class in (ErrorClass.TERMINAL, ErrorClass.UNSUPPORTED_INSTANCE):
+    if error.error_class is ErrorClass.UNSUPPORTED_INSTANCE:  # the instance type: a fact of the world
+        return failed(UNSUPPORTED_INSTANCE_TYPE, f"{error.operation}: {error.code}: {error.message}", **status_fields)
+    if error.error_class is ErrorClass.TERMINAL:
         return failed("AwsRejected", f"{error.operation} was rejected: {error.code}: {error.message}", **status_fields)
     reason = "NotFound" if error.error_class is ErrorClass.NOT_FOUND else "AwsRetrying"
     outcome = pending(reason, f"{error}; retrying", retry_after=AWS_RETRY_SECONDS, **status_fields)

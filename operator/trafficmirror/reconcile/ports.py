@@ -84,4 +84,6 @@ class SessionAws(Tagging, InstanceLookups, Protocol):
 
 
 class MirrorAws(TargetAws, FilterAws, SessionAws, Protocol):
-    """Everything of one region: what `ReconcileContext.aws_for_region` hands out."""
+    """Everything of one region: what `ReconcileContext.aws_for_region` hands out (and `observe` uses)."""
+
+    def instance_types_behind(self, network_interface_ids: list[str]) -> dict[str, str | None]: ...

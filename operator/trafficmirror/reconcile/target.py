@@ -87,7 +87,8 @@ class TargetReconciler:
         """AWS still holds the recorded target, on the recorded endpoint, with the spec's tags, and
         nothing (a replaced target, a resized instance) is left to settle."""
         spec, status = request.spec, request.status
-        if observed is None or status.previous_target_ids:
+        # No endpointType yet: written by an older version; one reconcile records it for the sessions.
+        if observed is None or status.previous_target_ids or status.endpoint_type is None:
             return False
         target = observed.resource
         network_interface_id = spec.network_interface_id or status.network_interface_id
