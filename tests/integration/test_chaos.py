@@ -340,6 +340,8 @@ class Chaos:
 
     def swap_target_eni(self) -> str | None:
         declared = self.pick("MirrorTarget")
+        if declared is not None and self.used_by_orphans(declared):
+            return None  # the old target stays as long as the orphaned session uses it: correct, endless
         free = self.free_target_enis(declared)
         free = [e for e in free if declared is None or e != declared.spec["networkInterfaceId"]]
         if declared is None or not free:
@@ -378,6 +380,9 @@ class Chaos:
         if not candidates:
             return None
         declared = self.rng.choice(candidates)
+        target = self.objects.get(declared.spec["targetRef"]["name"]) if declared.kind == "MirrorSession" else None
+        if declared.spec.get("deletionPolicy") == "Orphan" and target is not None and target.name in self.touched:
+            return None  # (an orphaned session would keep a target being replaced in this burst in use)
         self.api.delete(declared.kind, declared.name)
         declared.live = False
         self.deleted_this_burst.add(declared.name)
