@@ -495,3 +495,24 @@ def test_the_batched_observation_sees_a_resized_source_and_target_and_drift_foll
     world.session.reconcile(world.ctx)
     assert world.target.status["instanceType"] == "t2.micro"
     assert world.session.status["phase"] == "Failed" and world.session.reason == "UnsupportedInstanceType"
+
+
+@pytest.mark.parametrize("target_spec", [{}, {"networkLoadBalancerArn": NLB}], ids=["eni target", "nlb target"])
+def test_a_session_in_sync_stays_so_without_the_cluster_facts_and_a_vni_changed_outside_is_recorded(
+    target_spec: dict[str, Any],
+) -> None:
+    """The resync may compare without the target's and filter's index entries: it then judges by the
+    IDs and packet length recorded in status, and still sees nothing to do."""
+    world = World()
+    if target_spec:
+        world.target.spec = target_spec
+    world.converge()
+    session_id = world.session.status["trafficMirrorSessionId"]
+    bare = Obj(SESSION, world.session.spec, name="web", uid=world.session.uid, status=world.session.status)
+    assert SESSION.in_sync(bare.request(), world.observed(world.session))
+    found = world.region.sessions[session_id]
+    world.region.sessions[session_id] = type(found)(**{**found.__dict__, "virtual_network_id": 99})
+    assert not SESSION.in_sync(world.session.request(), world.observed(world.session))
+    world.session.reconcile(world.ctx)
+    assert world.session.status["virtualNetworkId"] == 99
+    assert SESSION.in_sync(world.session.request(), world.observed(world.session))

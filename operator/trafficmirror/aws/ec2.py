@@ -279,6 +279,7 @@ class TtlCache(Generic[Key, Value]):
     def __init__(self, ttl_seconds: float) -> None:
         self._ttl = ttl_seconds
         self._items: dict[Key, tuple[float, Value]] = {}
+        self._loading: dict[Key, threading.Lock] = {}
         self._lock = threading.Lock()
 
     def get(self, key: Key) -> Value | None:
@@ -292,6 +293,22 @@ class TtlCache(Generic[Key, Value]):
         with self._lock:
             self._items[key] = (time.monotonic(), value)
         return value
+
+    def get_or_load(self, key: Key, load: Callable[[], Value]) -> Value:
+        """The cached value, or `load()`'s; concurrent misses of one key wait for a single load
+        (the three sessions of one source ENI, reconciled at once, ask AWS once)."""
+        cached = self.get(key)
+        if cached is not None:
+            return cached
+        with self._lock:
+            loading = self._loading.setdefault(key, threading.Lock())
+        try:
+            with loading:
+                cached = self.get(key)
+                return cached if cached is not None else self.put(key, load())
+        finally:
+            with self._lock:
+                self._loading.pop(key, None)
 
 
 # An ENI's attachment outlives its instance's changes of type; a type changes only through a stop and
@@ -505,23 +522,25 @@ class Ec2Mirror:
 
     # --- what sits behind an ENI --------------------------------------------------------------
     def network_interface(self, network_interface_id: str) -> NetworkInterface:
-        cached = self._interfaces.get(network_interface_id)
-        if cached is not None:
-            return cached
-        response = self._call("describe_network_interfaces", NetworkInterfaceIds=[network_interface_id])
-        raw = response["NetworkInterfaces"][0]
-        return self._interfaces.put(
-            network_interface_id,
-            NetworkInterface(
+        def load() -> NetworkInterface:
+            response = self._call("describe_network_interfaces", NetworkInterfaceIds=[network_interface_id])
+            raw = response["NetworkInterfaces"][0]
+            return NetworkInterface(
                 network_interface_id=raw["NetworkInterfaceId"],
                 instance_id=(raw.get("Attachment") or {}).get("InstanceId"),
                 private_ip_address=raw.get("PrivateIpAddress"),
                 interface_type=raw.get("InterfaceType", "interface"),
-            ),
-        )
+            )
+
+        return self._interfaces.get_or_load(network_interface_id, load)
 
     def instance_types(self, instance_ids: list[str]) -> dict[str, str]:
         """Current type of each instance, at most INSTANCE_TYPE_TTL_SECONDS old (a stop/modify/start changes it)."""
+        if len(instance_ids) == 1:  # one reconcile's lookup: shared with the others asking at the same time
+            (instance_id,) = instance_ids
+            return {
+                instance_id: self._instance_types.get_or_load(instance_id, lambda: self._instance_type(instance_id))
+            }
         types = {i: t for i in instance_ids if (t := self._instance_types.get(i)) is not None}
         missing = [i for i in instance_ids if i not in types]
         if missing:
@@ -531,6 +550,10 @@ class Ec2Mirror:
                         instance["InstanceId"], instance["InstanceType"]
                     )
         return types
+
+    def _instance_type(self, instance_id: str) -> str:
+        response = self._call("describe_instances", InstanceIds=[instance_id])
+        return str(response["Reservations"][0]["Instances"][0]["InstanceType"])
 
     def instance_types_behind(self, network_interface_ids: list[str]) -> dict[str, str | None]:
         """The type of the instance behind each ENI (None: not attached to an instance), in batches.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import kopf
@@ -13,12 +14,15 @@ import prometheus_client
 from trafficmirror.aws.ec2 import Ec2Mirror
 from trafficmirror.aws.instance_support import load_support_table
 from trafficmirror.config import OperatorConfig
-from trafficmirror.handlers.resync import Snapshot
+from trafficmirror.handlers.patching import patch_annotations
+from trafficmirror.handlers.registration import BINDINGS, NUDGE_ANNOTATION, Binding, Tracked, nudge_value
+from trafficmirror.handlers.resync import ResyncLoop, Snapshot
 from trafficmirror.metrics import AWS_CALLS
 from trafficmirror.reconcile.common import ANNOTATION_PREFIX
 from trafficmirror.reconcile.context import ReconcileContext
 
 FINALIZER = f"{ANNOTATION_PREFIX}/finalizer"
+FOLLOW_SECONDS = 5.0  # how soon a session notices that its target or filter got a new AWS ID
 
 
 def _observe(operation: str, result: str) -> None:
@@ -26,7 +30,7 @@ def _observe(operation: str, result: str) -> None:
 
 
 @kopf.on.startup()
-async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: logging.Logger, **_: Any) -> None:
+async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: logging.Logger, **indexes: Any) -> None:
     config = OperatorConfig()
     settings.persistence.finalizer = FINALIZER
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=ANNOTATION_PREFIX)
@@ -37,6 +41,10 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: lo
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.batching.error_delays = (1, 2, 5, 10, 30, 60)
+    # After its own patch, kopf waits for that version to come back through the watch before it handles
+    # the object again. Under load (thousands of objects applied at once) the watch lags by more than
+    # kopf's 5 s default, and a stale event would run a create handler a second time.
+    settings.persistence.consistency_timeout = 60.0
     # boto3 is blocking: reconciles run in threads, enough of them for many objects at once.
     asyncio.get_running_loop().set_default_executor(
         concurrent.futures.ThreadPoolExecutor(max_workers=config.worker_threads, thread_name_prefix="reconcile")
@@ -58,12 +66,45 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: lo
 
     aws_for_region(None)  # fail at start, not at the first object, if AWS settings are broken
     memo.config = config
+    memo.settings = settings
     memo.context = ReconcileContext(
         aws_for_region=aws_for_region,
         support_table=load_support_table(overrides),
         cluster=config.cluster_name,
     )
-    memo.snapshot = Snapshot(aws_for_region, period=config.resync_seconds)
+    memo.resync_tasks = [
+        asyncio.create_task(
+            ResyncLoop(
+                binding,
+                Snapshot(aws_for_region),
+                indexes,
+                _nudger(settings, logger),
+                period=config.resync_seconds,
+                follow_period=FOLLOW_SECONDS,
+                logger=logger,
+            ).run(),
+            name=f"resync {binding.api.plural}",
+        )
+        for binding in BINDINGS.values()
+    ]
     if config.metrics_port:
         prometheus_client.start_http_server(config.metrics_port)
         logger.info(f"metrics on :{config.metrics_port}/metrics")
+
+
+def _nudger(
+    settings: kopf.OperatorSettings, logger: logging.Logger
+) -> Callable[[Binding, Tracked, str], Awaitable[None]]:
+    """Asks kopf to reconcile one object: an annotation, seen by the change handler as an update."""
+
+    async def nudge(binding: Binding, tracked: Tracked, why: str) -> None:
+        annotations = {NUDGE_ANNOTATION: nudge_value(why)}
+        await patch_annotations(settings, binding.api, tracked.namespace, tracked.name, annotations, logger)
+
+    return nudge
+
+
+@kopf.on.cleanup()
+async def stop_resync(memo: kopf.Memo, **_: Any) -> None:
+    for task in getattr(memo, "resync_tasks", []):
+        task.cancel()

@@ -8,7 +8,7 @@ ModifyTrafficMirrorSession; only a new source ENI (not modifiable in AWS) re-cre
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from trafficmirror.api import MirrorSessionSpec, MirrorSessionStatus, ready_condition
@@ -111,31 +111,36 @@ class SessionReconciler:
 
     def in_sync(self, request: SessionRequest, observed: Observed[AwsSession] | None) -> bool:
         """AWS holds the recorded session, pointed at the current target and filter, with the spec's
-        effective values and tags, from a source whose instance type is the recorded one."""
+        effective values and tags, from a source whose instance type is the recorded one. The same
+        delta as the reconcile's (`session_modifications`), so the two cannot disagree."""
         if observed is None:
             return False
         spec, status, facts, found = request.spec, request.status, request.facts, observed.resource
-        target_id = facts.target.aws_id if facts.target and facts.target.aws_id else status.traffic_mirror_target_id
-        filter_id = (
-            facts.mirror_filter.aws_id
-            if facts.mirror_filter and facts.mirror_filter.aws_id
-            else status.traffic_mirror_filter_id
-        )
-        endpoint_type = facts.target.endpoint_type if facts.target else None
-        wanted_length = (
-            effective_packet_length(spec.packet_length, endpoint_type)
-            if facts.target is not None or spec.packet_length is not None
-            else status.packet_length
-        )
-        wanted_vni = spec.virtual_network_id if spec.virtual_network_id is not None else status.virtual_network_id
         if observed.instance_type_known and observed.instance_type != status.source_instance_type:
             return False
-        return (
-            (found.target_id, found.filter_id, found.session_number, found.virtual_network_id, found.packet_length)
-            == (target_id, filter_id, spec.session_number, wanted_vni, wanted_length)
-            and found.description == owner_description(request.owner, spec.description)
-            and tag_changes(owner_tags(request.owner, spec.tags), found.tags).empty
+        target, mirror_filter = facts.target, facts.mirror_filter
+        desired = SessionParams(
+            network_interface_id=found.network_interface_id,
+            target_id=(target.aws_id if target and target.aws_id else status.traffic_mirror_target_id) or "",
+            filter_id=(
+                mirror_filter.aws_id if mirror_filter and mirror_filter.aws_id else status.traffic_mirror_filter_id
+            )
+            or "",
+            session_number=spec.session_number,
+            virtual_network_id=spec.virtual_network_id,
+            packet_length=spec.packet_length,
+            description=owner_description(request.owner, spec.description),
         )
+        changes = session_modifications(found, desired, target.endpoint_type if target else None)
+        if target is None:  # the target's kind is not known here: AWS's length is the one recorded
+            recorded_length = spec.packet_length if spec.packet_length is not None else status.packet_length
+            if found.packet_length != recorded_length:
+                return False
+            changes = replace(changes, packet_length=None, remove_packet_length=False)
+        # A VNI AWS chose is recorded in status (capture files are named by it): a change is drift too.
+        if spec.virtual_network_id is None and found.virtual_network_id != status.virtual_network_id:
+            return False
+        return changes.empty and tag_changes(owner_tags(request.owner, spec.tags), found.tags).empty
 
     def reconcile(self, request: SessionRequest, ctx: ReconcileContext) -> Outcome:
         return reconcile_session(request, ctx)
