@@ -53,13 +53,21 @@ from trafficmirror_testbed.seed import World
 
 DEFAULT_SEED = 20261130
 STEPS = int(os.environ.get("TRAFFICMIRROR_CHAOS_STEPS", "200"))
-BURST = int(os.environ.get("TRAFFICMIRROR_CHAOS_BURST", "20"))
-RESYNC_SECONDS = float(os.environ.get("TRAFFICMIRROR_CHAOS_RESYNC_SECONDS", "5"))
+BURST = int(os.environ.get("TRAFFICMIRROR_CHAOS_BURST", "25"))
+# Short, so that 200 steps take minutes; long enough that a repair's fixed costs (a watch event, a dependency's
+# 3 s retry, a status patch) fit in the second period on a loaded machine.
+RESYNC_SECONDS = float(os.environ.get("TRAFFICMIRROR_CHAOS_RESYNC_SECONDS", "8"))
 CONVERGE_PERIODS = 2  # the invariant: AWS equals the specs within two resync periods
 STEADY_PERIODS = 1  # then no mutating call for this long
 SETUP_SECONDS = 120.0  # the first creation of every object is not a resync matter
 # Seeds that once found a defect: (seed, steps, burst). Each runs as its own test, forever.
-REGRESSION_SEEDS: dict[str, tuple[int, int, int]] = {}
+REGRESSION_SEEDS: dict[str, tuple[int, int, int]] = {
+    # A filter's status.ruleIds kept a removed rule (merge patch); a source resize hidden by a 15 s cache;
+    # sessions whose target was deleted in AWS backing off 10 s+ instead of following it.
+    "status-maps-resizes-and-deleted-targets": (DEFAULT_SEED, 20, 10),
+    # A session deleted in AWS while its spec change was being applied: NotFound backed off 10 s+.
+    "modify-of-a-session-deleted-meanwhile": (DEFAULT_SEED, 200, 20),
+}
 
 SESSIONS, TARGETS, FILTERS = 8, 3, 3
 SPARE_TARGET_ENIS = 3
