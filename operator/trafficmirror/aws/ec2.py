@@ -559,8 +559,7 @@ class Ec2Mirror:
         """The type of the instance behind each ENI (None: not attached to an instance), in batches.
 
         Filters, not ID lists: an ENI or instance deleted meanwhile is left out instead of failing
-        the whole call. Attachments come from the ENI cache; types are at most
-        INSTANCE_TYPE_TTL_SECONDS old.
+        the whole call. Attachments come from the ENI cache; types are read anew.
         """
         unknown = [e for e in dict.fromkeys(network_interface_ids) if self._interfaces.get(e) is None]
         for start in range(0, len(unknown), FILTER_VALUES_PER_CALL):
@@ -580,7 +579,9 @@ class Ec2Mirror:
                     ),
                 )
         attached = {e: i.instance_id for e in network_interface_ids if (i := self._interfaces.get(e)) is not None}
-        instances = [i for i in dict.fromkeys(attached.values()) if i and self._instance_types.get(i) is None]
+        # Every type afresh: this is the once-a-period observation, and a resize must show within a period
+        # however short (the cache then serves the reconciles of the period with what was just seen).
+        instances = [i for i in dict.fromkeys(attached.values()) if i]
         for start in range(0, len(instances), FILTER_VALUES_PER_CALL):
             chunk = instances[start : start + FILTER_VALUES_PER_CALL]
             for reservation in self._pages(

@@ -140,12 +140,19 @@ def write(
     }
     for key, value in wanted.items():
         if status.get(key) != value:
-            patch.status[key] = value
+            patch.status[key] = merge_patch_value(status.get(key), value)
     current = (body["metadata"].get("annotations") or {}) if annotations is None else annotations
     for key, value in outcome.annotations.items():
         if current.get(key) != value:  # an unchanged annotation would cost a metadata patch of its own
             patch.metadata.annotations[key] = value
     count_phase(kind, body["metadata"]["uid"], outcome.phase.value)
+
+
+def merge_patch_value(old: Any, new: Any) -> Any:
+    """`new` as a JSON merge patch over `old`: a key a map no longer has is removed only when sent as null."""
+    if isinstance(old, Mapping) and isinstance(new, Mapping):
+        return {**dict.fromkeys(k for k in old if k not in new), **new}
+    return new
 
 
 def _ready_reason(status: Mapping[str, Any]) -> str | None:

@@ -1,0 +1,31 @@
+"""The adapter's once-a-period observation of instance types reads them anew: a resize shows at the next
+period however short the period is (its cache must not hide it for longer)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from trafficmirror.aws.ec2 import Ec2Mirror
+from trafficmirror_testbed.emulator import Emulator
+from trafficmirror_testbed.seed import World
+
+
+def test_a_resize_shows_at_the_next_observation(
+    emulator: Emulator, ec2: Any, world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for key, value in emulator.env().items():
+        monkeypatch.setenv(key, value)
+    instance = ec2.run_instances(
+        ImageId=world.image_id, InstanceType="t3.small", MinCount=1, MaxCount=1, SubnetId=world.subnet_ids["a"]
+    )["Instances"][0]
+    eni, instance_id = instance["NetworkInterfaces"][0]["NetworkInterfaceId"], instance["InstanceId"]
+    aws = Ec2Mirror.connect(emulator.region)
+    assert aws.instance_types_behind([eni]) == {eni: "t3.small"}
+    ec2.stop_instances(InstanceIds=[instance_id])
+    ec2.modify_instance_attribute(InstanceId=instance_id, InstanceType={"Value": "m5.large"})
+    ec2.start_instances(InstanceIds=[instance_id])
+    assert aws.instance_types_behind([eni]) == {eni: "m5.large"}
+    # and the reconciles of the period see what the observation saw
+    assert aws.instance_types([instance_id]) == {instance_id: "m5.large"}
