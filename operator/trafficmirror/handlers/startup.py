@@ -70,6 +70,9 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: lo
 
     aws_for_region(None)  # fail at start, not at the first object, if AWS settings are broken
     memo.config = config
+    # Reconciles in progress at once (the others wait here, holding nothing but kopf's own state): a
+    # burst of thousands of objects keeps a bounded working set, and the threads stay busy.
+    memo.reconcile_slots = asyncio.Semaphore(2 * config.worker_threads)
     memo.settings = settings
     memo.context = ReconcileContext(
         aws_for_region=aws_for_region,
