@@ -213,7 +213,8 @@ def register(binding: Binding) -> Binding:
         body: kopf.Body, patch: kopf.Patch, retry: int, logger: logging.Logger, memo: kopf.Memo, **kwargs: Any
     ) -> None:
         meta, indexes = body["metadata"], indexes_of(kwargs)
-        patch.status["phase"] = Phase.DELETING.value
+        if (body.get("status") or {}).get("phase") != Phase.DELETING.value:  # no patch that changes nothing
+            patch.status["phase"] = Phase.DELETING.value
         context = apply.context_for(memo.context, indexes)
         facts = binding.facts(meta["namespace"], meta["name"], body.get("spec") or {}, indexes, True)
         request = apply.request_of(reconciler, body, context, facts)
