@@ -41,11 +41,6 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: lo
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.batching.error_delays = (1, 2, 5, 10, 30, 60)
-    # After its own patch, kopf waits for that version to come back through the watch before it handles
-    # the object again. Under load (thousands of objects applied at once) the watch lags by more than
-    # kopf's 5 s default, and a stale event would run a create handler a second time. A patch that
-    # changes nothing gets no new version and costs this wait in full: the handlers never send one.
-    settings.persistence.consistency_timeout = 30.0
     # Events are posted by a bounded number of workers (thousands of objects changing at once would
     # otherwise hold thousands of posting tasks). kopf's per-object workers stay unlimited: a limit
     # there can deadlock with the indexes, which must see every object before any handler runs.
