@@ -1081,7 +1081,9 @@ def summary_line(result: dict[str, Any]) -> str:
         return fmt.format(value) if value is not None else "none"
 
     creates = [p.get("creates_per_resource") for p in phases.values() if p.get("creates_per_resource") is not None]
-    rss = (phases.get("rss") or {}).get("rss_mb")
+    rss_phase = phases.get("rss") or {}
+    # A phase that gave up still held every object: its peak so far is a lower bound (the JSON says which).
+    rss = rss_phase.get("rss_mb") or (rss_phase.get("operator") or {}).get("peak_rss_mb_so_far")
     return (
         f"operator_bucket_ratio={figure('throttled', 'bucket_ratio', '{:.2f}')} "
         f"operator_converge_ratio={figure('unthrottled', 'converge_ratio', '{:.2f}')} "

@@ -2,7 +2,7 @@
 how many Describes it makes. In-memory: kopf's index is a dict of lists, the Describe a counted fake.
 
 The invariants: at steady state (every object in sync) no object is nudged and each kind costs one
-Describe per period, whatever the number of objects; an object is nudged at most once per period;
+Describe per period, whatever the number of objects; an object is nudged at most once per follow period;
 an object that changed after the Describe started is not judged on that Describe.
 """
 
@@ -137,7 +137,7 @@ def test_steady_state_costs_one_describe_per_period_and_no_reconcile(count: int)
     assert nudged == []
 
 
-def test_drift_missing_and_follow_are_nudged_once_per_period() -> None:
+def test_drift_missing_and_follow_are_nudged_once_per_follow_period() -> None:
     indexes, snapshot, objects = _world(10)
     del snapshot.sessions[_sid(objects[0])]  # deleted outside
     _change(snapshot, _sid(objects[1]), session_number=7)  # modified outside
@@ -148,7 +148,7 @@ def test_drift_missing_and_follow_are_nudged_once_per_period() -> None:
     loop = _loop(indexes, snapshot, nudged)
     asyncio.run(loop.tick(compare=True))
     assert sorted(nudged) == [("s0", "missing"), ("s1", "drift"), ("s2", "follow")]
-    asyncio.run(loop.tick(compare=True))  # the same period: nobody twice
+    asyncio.run(loop.tick(compare=True))  # within the follow period: nobody twice
     assert len(nudged) == 3
     # Between periods the follow check costs no Describe.
     calls = snapshot.calls

@@ -142,13 +142,24 @@ def register(binding: Binding) -> Binding:
 
     async def change(kwargs: dict[str, Any], nudged: bool = False, from_timer: bool = False) -> None:
         body: kopf.Body = kwargs["body"]
-        patch: kopf.Patch = kwargs["patch"]
-        memo, logger = kwargs["memo"], kwargs["logger"]
         if body["metadata"].get("deletionTimestamp"):
             return
         meta, spec, indexes = body["metadata"], body.get("spec") or {}, indexes_of(kwargs)
         if binding.before_reconcile is not None and not (nudged or from_timer):
             await binding.before_reconcile(meta["namespace"], spec, indexes)
+        async with kwargs["memo"].reconcile_slots:
+            await decide_and_write(kwargs, meta, spec, indexes, from_timer)
+
+    async def decide_and_write(
+        kwargs: dict[str, Any],
+        meta: Mapping[str, Any],
+        spec: Mapping[str, Any],
+        indexes: dict[str, Any],
+        from_timer: bool,
+    ) -> None:
+        body: kopf.Body = kwargs["body"]
+        patch: kopf.Patch = kwargs["patch"]
+        memo, logger = kwargs["memo"], kwargs["logger"]
         context = apply.context_for(memo.context, indexes)
         request = apply.request_of(
             reconciler, body, context, binding.facts(meta["namespace"], meta["name"], spec, indexes, False)
@@ -202,7 +213,8 @@ def register(binding: Binding) -> Binding:
         body: kopf.Body, patch: kopf.Patch, retry: int, logger: logging.Logger, memo: kopf.Memo, **kwargs: Any
     ) -> None:
         meta, indexes = body["metadata"], indexes_of(kwargs)
-        patch.status["phase"] = Phase.DELETING.value
+        if (body.get("status") or {}).get("phase") != Phase.DELETING.value:  # no patch that changes nothing
+            patch.status["phase"] = Phase.DELETING.value
         context = apply.context_for(memo.context, indexes)
         facts = binding.facts(meta["namespace"], meta["name"], body.get("spec") or {}, indexes, True)
         request = apply.request_of(reconciler, body, context, facts)

@@ -63,7 +63,7 @@ class ResyncLoop:
         self.period = period
         self.follow_period = min(follow_period, period)
         self.logger = logger
-        self._nudged: dict[str, float] = {}  # uid → when; one nudge per object per period
+        self._nudged: dict[str, float] = {}  # uid → when it was last nudged
 
     async def run(self) -> None:
         next_compare = time.monotonic() + self.period
@@ -86,7 +86,9 @@ class ResyncLoop:
         if compare:
             due += await self._compare([t for t in objects if (t, "follow") not in due])
         now = time.monotonic()
-        self._nudged = {uid: at for uid, at in self._nudged.items() if now - at < self.period}
+        # One nudge per object per follow period: a reconcile that raced with a change of its target
+        # (a replacement) is asked again soon, and nothing is nudged twice while its reconcile runs.
+        self._nudged = {uid: at for uid, at in self._nudged.items() if now - at < self.follow_period}
         nudged = []
         for tracked, why in due:
             if tracked.uid in self._nudged:

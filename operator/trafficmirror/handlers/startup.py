@@ -43,8 +43,13 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: lo
     settings.batching.error_delays = (1, 2, 5, 10, 30, 60)
     # After its own patch, kopf waits for that version to come back through the watch before it handles
     # the object again. Under load (thousands of objects applied at once) the watch lags by more than
-    # kopf's 5 s default, and a stale event would run a create handler a second time.
-    settings.persistence.consistency_timeout = 60.0
+    # kopf's 5 s default, and a stale event would run a create handler a second time. A patch that
+    # changes nothing gets no new version and costs this wait in full: the handlers never send one.
+    settings.persistence.consistency_timeout = 30.0
+    # Events are posted by a bounded number of workers (thousands of objects changing at once would
+    # otherwise hold thousands of posting tasks). kopf's per-object workers stay unlimited: a limit
+    # there can deadlock with the indexes, which must see every object before any handler runs.
+    settings.posting.worker_limit = config.worker_threads
     # boto3 is blocking: reconciles run in threads, enough of them for many objects at once.
     asyncio.get_running_loop().set_default_executor(
         concurrent.futures.ThreadPoolExecutor(max_workers=config.worker_threads, thread_name_prefix="reconcile")
@@ -69,6 +74,9 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: lo
 
     aws_for_region(None)  # fail at start, not at the first object, if AWS settings are broken
     memo.config = config
+    # Reconciles in progress at once (the others wait here, holding nothing but kopf's own state): a
+    # burst of thousands of objects keeps a bounded working set, and the threads stay busy.
+    memo.reconcile_slots = asyncio.Semaphore(2 * config.worker_threads)
     memo.settings = settings
     memo.context = ReconcileContext(
         aws_for_region=aws_for_region,
