@@ -339,6 +339,7 @@ class Ec2Mirror:
         max_attempts: int = 8,
         max_connections: int = 32,
         pacing_scale: float = 1.0,
+        instance_type_ttl_seconds: float = INSTANCE_TYPE_TTL_SECONDS,
     ) -> Ec2Mirror:
         config = botocore.config.Config(
             region_name=region,
@@ -354,7 +355,7 @@ class Ec2Mirror:
         # One pacer per regional client: every reconcile of the process shares AWS's buckets of the region.
         pacer = Pacer(scale=pacing_scale)
         pacer.install(client)
-        return cls(client=client, pacer=pacer)
+        return cls(client=client, pacer=pacer, _instance_types=TtlCache(instance_type_ttl_seconds))
 
     def _call(self, operation: str, **kwargs: Any) -> dict[str, Any]:
         try:

@@ -11,7 +11,7 @@ from typing import Any
 import kopf
 import prometheus_client
 
-from trafficmirror.aws.ec2 import Ec2Mirror
+from trafficmirror.aws.ec2 import INSTANCE_TYPE_TTL_SECONDS, Ec2Mirror
 from trafficmirror.aws.instance_support import load_support_table
 from trafficmirror.config import OperatorConfig
 from trafficmirror.handlers.patching import patch_annotations
@@ -61,6 +61,9 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: lo
                 max_attempts=config.aws_max_attempts,
                 max_connections=config.worker_threads,
                 pacing_scale=config.aws_rate_limit_scale,
+                # A type read for one reconcile may be reused briefly, never for a good part of a period:
+                # a resize must show in the status within the next period.
+                instance_type_ttl_seconds=min(INSTANCE_TYPE_TTL_SECONDS, config.resync_seconds / 4),
             )
         return clients[name]
 

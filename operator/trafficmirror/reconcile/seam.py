@@ -1,8 +1,10 @@
 """The seam between the kopf handlers and the reconcilers: one typed Protocol that each kind's
 reconciler implements, and the request it is given. The handlers know nothing of a kind beyond it.
 
-Per kind: `observed_id` names the AWS resource in the shared Describe, `in_sync` says whether that
-observation still matches the spec (no AWS call), `reconcile` observes, creates and updates,
+Per kind: `observed_id` names the AWS resource in the shared Describe (`reconcile.observed.observe`
+makes it, one batched look per kind and region), `in_sync(request, observed)` says whether that
+observation still matches the spec and status (no AWS call; it takes the request, not only spec and
+status, because the tags AWS should hold name the owner), `reconcile` observes, creates and updates,
 `delete` deletes. A stored spec that no longer validates becomes a Failed outcome, not a traceback.
 """
 
@@ -56,8 +58,11 @@ class Request(Generic[SpecT, StatusT]):
 class Reconciler(Protocol[SpecT, StatusT, ObservedT]):
     """One kind's decisions. `ObservedT` is what the shared Describe returns for one resource."""
 
-    kind: str  # MirrorTarget | MirrorFilter | MirrorSession
-    snapshot_kind: str  # targets | filters | sessions: the shared Describe that observes it
+    @property
+    def kind(self) -> str: ...  # MirrorTarget | MirrorFilter | MirrorSession
+
+    @property
+    def snapshot_kind(self) -> str: ...  # targets | filters | sessions: the shared Describe that observes it
 
     @property
     def spec_model(self) -> type[SpecT]: ...
