@@ -56,3 +56,12 @@ def kubectl_output(result: subprocess.CompletedProcess[str]) -> str:
 
 
 __all__ = ["CRD_DIR", "Path", "kubectl_output"]
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--chaos-seed",
+        type=int,
+        default=None,
+        help="replay tests/integration/test_chaos.py with this seed (or set TRAFFICMIRROR_CHAOS_SEED)",
+    )

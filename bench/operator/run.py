@@ -1,37 +1,36 @@
 """Operator benchmark (`make bench-operator`): N MirrorSessions (with their targets and filters) at once.
 
-One AWS emulator (moto + traffic mirroring) and one real kube-apiserver + etcd, both on loopback.
+One AWS emulator (moto + traffic mirroring) and one real kube-apiserver + etcd, both on loopback, fresh for
+each phase.
 
 World: ceil(N/3) t3.small source instances (an ENI takes at most 3 sessions: session numbers 1..3) and
 ceil(N/10) c5.large target instances; session i mirrors source ENI i//3 (number i%3+1) to target i//10
 through filter i%F (F = N/10 by default, one ingress accept rule each). A target then has at most 5
 distinct source ENIs, under the emulator's default `sources_per_target_limit` of 10, which is left as is.
 
-1. Baseline (the limit): the same AWS resources made directly with boto3 against the same emulator:
-   targets + filters, then one rule per filter, then the sessions, each phase on a thread pool of the
-   operator's size (TRAFFICMIRROR_WORKER_THREADS, 32), one shared client as the operator has. Only the
-   create calls are made: the fewest calls that produce the same AWS state. They are then deleted
-   (not timed), so the operator starts from the same emulator state.
-2. Operator: started as in tests/integration (a subprocess, its own metrics port, resync period
-   --resync-seconds); all objects applied at once (--apply-chunks parallel `kubectl apply
-   --server-side` of one List each); the list `kubectl get mirrorsessions -A -o json` shows, read at
-   most every 2 s straight from the apiserver (--poll api, the default: kubectl's own decoding of
-   1,000 objects took 10-15 s of CPU per poll on this 2-core machine; --poll kubectl uses kubectl),
-   until all are Ready. Time to all Ready is from the start of the apply (also reported from its end).
-   Gives up after --timeout, or when a target or filter stays Failed for 3 periods (its sessions
-   can never be Ready); partial figures are still written.
-3. Steady state: after convergence, once `trafficmirror_reconciles_total` has not moved for a whole
-   period (at most --settle-timeout), `trafficmirror_aws_calls_total` (summed over operations) and
-   `trafficmirror_resync_describe_calls_total` are scraped at period boundaries; the figure is the
-   median delta over --periods windows of one period each.
-4. Peak RSS: VmHWM of the operator process, from /proc.
-5. Diagnostic: the operator's per-object DescribeNetworkInterfaces/DescribeInstances, replayed directly
-   (a sample of up to 2,000, scaled), to show what its extra lookups alone cost.
+Phases (--phases):
+- unthrottled: first the limit, measured in the same run: the same objects applied (as the operator run
+  applies them), the same AWS resources made directly with boto3 (targets + filters, then one rule per
+  filter, then the sessions, each on a thread pool of the operator's size, one shared client), and one
+  status patch per object through the Kubernetes API (keep-alive connections, the same pool size).
+  limit = apply + creates + status patches. Then the operator: all objects applied at once (--apply-chunks
+  parallel `kubectl apply --server-side`), sessions listed straight from the apiserver at most every 2 s
+  until all are Ready. operator_converge_ratio = time from the start of the apply to all Ready / limit.
+- throttled: the operator talks to EC2 through the fault proxy enforcing EC2's documented per-API token
+  buckets (trafficmirror_testbed.ec2_throttling), all full at the start. The bucket-bound minimum is
+  computed from the bucket parameters and the plan's create calls (one per AWS resource): per bucket
+  (calls - capacity) / refill rate, the slowest bucket bounding the whole. operator_bucket_ratio = time to
+  all Ready / that minimum; the proxy counts the calls its buckets refused (throttled fraction).
+- rss: --rss-objects custom resources (sessions plus a tenth each of targets and filters), unthrottled,
+  for the operator's peak RSS (VmHWM from /proc) with that many objects.
+In every phase: creates per AWS resource (the operator's successful Create* calls / resources made), and
+the steady state: once `trafficmirror_reconciles_total` has not moved for a period, EC2 calls and the
+resync's batched Describes per period (median over --periods windows).
 
-Full figures go to bench/results/operator.json (the last run at the top, the last run of each size
-under `runs_by_sessions`, one summary line per run under `history`, with the git HEAD under test);
-the last line is the summary:  operator_converge_ratio=<x> resync_calls_per_period=<n> rss_mb=<n>
-(`none` for what a failed run could not measure, with exit status 1).
+Full figures go to bench/results/operator.json (this run's phases, and one summary line per run under
+`history`, with the git HEAD under test). The last line is the summary:
+operator_bucket_ratio=<x> operator_converge_ratio=<x> creates_per_resource=<x> resync_calls_per_period=<n>
+rss_mb_10k=<n>  (`none` for what a failed phase could not measure, with exit status 1).
 """
 
 from __future__ import annotations
@@ -39,6 +38,7 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import datetime
+import http.client
 import json
 import math
 import os
@@ -53,6 +53,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.parse
 import urllib.request
 from collections import Counter
 from pathlib import Path
@@ -63,6 +64,7 @@ REPO = HERE.parents[1]
 sys.path.insert(0, str(REPO / "operator"))
 
 from trafficmirror_testbed.emulator import Emulator  # noqa: E402
+from trafficmirror_testbed.faultproxy import FaultProxy  # noqa: E402
 from trafficmirror_testbed.kube import ControlPlane, free_port, testbed_bin_dir  # noqa: E402
 from trafficmirror_testbed.seed import seed_world  # noqa: E402
 
@@ -74,7 +76,14 @@ SESSIONS_PER_TARGET = 10
 OPERATOR_WORKER_THREADS = int(os.environ.get("TRAFFICMIRROR_WORKER_THREADS", "32"))
 POLL_SECONDS = 2.0
 TICK = os.sysconf("SC_CLK_TCK")
-TARGETS = {"ratio": 1.5, "resync_calls_per_period": 3, "rss_mb": 200}
+TARGETS = {
+    "operator_bucket_ratio": 1.1,
+    "operator_converge_ratio": 1.5,
+    "creates_per_resource": 1.0,
+    "throttled_fraction": 0.05,
+    "resync_describes_per_kind_per_period": 1,
+    "rss_mb_10k": 256,
+}
 
 
 class GaveUp(Exception):
@@ -191,6 +200,20 @@ class Plan:
     @property
     def targets(self) -> int:
         return len(self.target_enis)
+
+    @property
+    def resources(self) -> int:
+        """AWS resources the plan makes: targets, filters, one rule per filter, sessions."""
+        return self.targets + 2 * self.filters + self.sessions
+
+    def create_calls(self) -> dict[str, int]:
+        """The fewest EC2 calls that make the plan's AWS state: one create per resource."""
+        return {
+            "CreateTrafficMirrorTarget": self.targets,
+            "CreateTrafficMirrorFilter": self.filters,
+            "CreateTrafficMirrorFilterRule": self.filters,
+            "CreateTrafficMirrorSession": self.sessions,
+        }
 
     def session(self, i: int) -> tuple[str, int, int, int]:
         """(source ENI, session number, target index, filter index) of session i."""
@@ -315,6 +338,129 @@ def baseline(emulator: Emulator, plan: Plan, threads: int) -> dict[str, Any]:
     }
 
 
+# ---------------------------------------------------------------------------------------------------------
+# The limits
+# ---------------------------------------------------------------------------------------------------------
+def status_patch_limit(plane: ControlPlane, items: list[dict[str, Any]], threads: int, chunks: int) -> dict[str, Any]:
+    """The Kubernetes side of the limit: the objects applied (as the operator run applies them), then one
+    status patch per object (what a Ready status costs), on `threads` keep-alive connections. The objects
+    are deleted afterwards (not timed; no operator runs, so no finalizer holds them)."""
+    start = time.monotonic()
+    procs = apply_all(plane, items, chunks)
+    for proc in procs:
+        proc.wait()
+        if proc.returncode != 0:
+            raise GaveUp(f"kubectl apply failed: {proc.stderr.read() if proc.stderr else ''}")
+    apply_s = time.monotonic() - start
+    id_fields = {
+        "MirrorTarget": "trafficMirrorTargetId",
+        "MirrorFilter": "trafficMirrorFilterId",
+        "MirrorSession": "trafficMirrorSessionId",
+    }
+    local = threading.local()
+    host = urllib.parse.urlsplit(plane.url)
+    context = ssl.create_default_context(cafile=str(plane.ca_file))
+
+    def patch(item: dict[str, Any]) -> None:
+        if not hasattr(local, "conn"):
+            local.conn = http.client.HTTPSConnection(host.hostname or "", host.port, context=context, timeout=60)
+        plural = item["kind"].lower() + "s"
+        stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        conditions = [
+            {
+                "type": t,
+                "status": "True",
+                "reason": t,
+                "message": "",
+                "observedGeneration": 1,
+                "lastTransitionTime": stamp,
+            }
+            for t in ("Ready", "Synced")
+        ]
+        status = {"phase": "Ready", "observedGeneration": 1, "conditions": conditions, id_fields[item["kind"]]: "x-1"}
+        local.conn.request(
+            "PATCH",
+            f"/apis/{API_VERSION}/namespaces/{NAMESPACE}/{plural}/{item['metadata']['name']}/status",
+            body=json.dumps({"status": status}),
+            headers={
+                "Authorization": f"Bearer {plane.admin_token}",
+                "Content-Type": "application/merge-patch+json",
+            },
+        )
+        response = local.conn.getresponse()
+        body = response.read()
+        if response.status != 200:
+            raise GaveUp(f"status patch answered {response.status}: {body[:300]!r}")
+
+    start = time.monotonic()
+    with concurrent.futures.ThreadPoolExecutor(max_workers=threads) as pool:
+        list(pool.map(patch, items))
+    patch_s = time.monotonic() - start
+    local.conn = http.client.HTTPSConnection(host.hostname or "", host.port, context=context, timeout=300)
+    # One delete-collection request per kind (kubectl would send one per object), then wait until all are gone.
+    for plural in ("mirrorsessions", "mirrortargets", "mirrorfilters"):
+        local.conn.request(
+            "DELETE",
+            f"/apis/{API_VERSION}/namespaces/{NAMESPACE}/{plural}",
+            headers={"Authorization": f"Bearer {plane.admin_token}"},
+        )
+        response = local.conn.getresponse()
+        response.read()
+        if response.status != 200:
+            raise GaveUp(f"delete-collection of {plural} answered {response.status}")
+    deadline = time.monotonic() + 300
+    while any(phases_of(plane, p)[1] for p in ("mirrorsessions", "mirrortargets", "mirrorfilters")):
+        if time.monotonic() > deadline:
+            raise GaveUp("the limit's objects were not deleted within 300 s")
+        time.sleep(1)
+    return {"objects": len(items), "apply_s": round(apply_s, 3), "patch_s": round(patch_s, 3), "threads": threads}
+
+
+def bucket_bound_of_calls(calls: dict[str, int]) -> dict[str, Any]:
+    """The least time EC2's token buckets allow for these calls (by action), from the buckets' sizes and
+    refill rates: per bucket, (calls - capacity) / refill, and the slowest bucket bounds the whole."""
+    from trafficmirror_testbed.ec2_throttling import bucket_for
+
+    per_bucket: dict[str, dict[str, float]] = {}
+    for action, count in calls.items():
+        # The operator's Describe calls name IDs or a filter; a create is in its own mutating bucket.
+        key, spec = bucket_for(action, {"Filter.1.Name": "x"} if action.startswith("Describe") else None)
+        entry = per_bucket.setdefault(key, {"calls": 0, "capacity": spec.capacity, "refill": spec.refill_per_second})
+        entry["calls"] += count
+    for entry in per_bucket.values():
+        entry["seconds"] = round(max(0.0, entry["calls"] - entry["capacity"]) / entry["refill"], 2)
+    slowest = max(per_bucket, key=lambda k: per_bucket[k]["seconds"]) if per_bucket else None
+    return {
+        "seconds": per_bucket[slowest]["seconds"] if slowest else 0.0,
+        "bound_by": slowest,
+        "buckets": per_bucket,
+    }
+
+
+def bucket_bound(plan: Plan) -> dict[str, Any]:
+    """The bucket-bound minimum of the plan: its create calls only, each API's bucket full at the start."""
+    bound = bucket_bound_of_calls(plan.create_calls())
+    bound["calls"] = plan.create_calls()
+    return bound
+
+
+def creates_of(now_metrics: str, before: str) -> dict[str, Any]:
+    """The operator's create calls since `before`: answered with a resource ('ok'), and all attempts."""
+    ok = attempts = 0
+    by_operation: Counter[str] = Counter()
+    previous = samples(before, "trafficmirror_aws_calls_total")
+    for labels, value in samples(now_metrics, "trafficmirror_aws_calls_total").items():
+        named = dict(labels)
+        if not named.get("operation", "").startswith("Create"):
+            continue
+        count = int(value - previous.get(labels, 0.0))
+        attempts += count
+        if named.get("result") == "ok":
+            ok += count
+            by_operation[named["operation"]] += count
+    return {"ok": ok, "attempts": attempts, "ok_by_operation": dict(by_operation)}
+
+
 def replay_lookups(
     emulator: Emulator,
     counts: dict[str, int],
@@ -365,11 +511,21 @@ def replay_lookups(
 # The operator
 # ---------------------------------------------------------------------------------------------------------
 class Operator:
-    def __init__(self, control_plane: ControlPlane, emulator: Emulator, log_path: Path, resync: float) -> None:
+    def __init__(
+        self,
+        control_plane: ControlPlane,
+        emulator: Emulator,
+        log_path: Path,
+        resync: float,
+        endpoint: str,
+        pacing_scale: str,
+    ) -> None:
         self.metrics_port = free_port()
         env = {
             **control_plane.env(),
             **emulator.env(),
+            "AWS_ENDPOINT_URL": endpoint,
+            "TRAFFICMIRROR_AWS_RATE_LIMIT_SCALE": pacing_scale,
             "TRAFFICMIRROR_RESYNC_SECONDS": str(resync),
             "TRAFFICMIRROR_METRICS_PORT": str(self.metrics_port),
             "TRAFFICMIRROR_CLUSTER_NAME": "bench",
@@ -590,8 +746,10 @@ def git_state() -> dict[str, Any]:
     }
 
 
-def run(args: argparse.Namespace, work: Path, result: dict[str, Any]) -> None:
-    n = args.sessions
+def run(args: argparse.Namespace, work: Path, result: dict[str, Any], mode: str, n: int) -> None:
+    """One phase on a fresh emulator and control plane: mode 'unthrottled' (with the measured limit),
+    'throttled' (EC2's token buckets emulated in front of the emulator) or 'rss' (a large count, for memory)."""
+    work.mkdir(parents=True, exist_ok=True)
     filters = args.filters or max(1, n // 10)
     result.update(
         sessions=n,
@@ -602,6 +760,7 @@ def run(args: argparse.Namespace, work: Path, result: dict[str, Any]) -> None:
         poll=f"every {POLL_SECONDS:g} s at most, via {args.poll}",
         operator_worker_threads=OPERATOR_WORKER_THREADS,
         emulator_sources_per_target_limit="default (10), not raised: a target gets at most 5 distinct source ENIs",
+        mode=mode,
     )
     deadline = time.monotonic() + args.timeout
     stack: list[Any] = []
@@ -636,16 +795,33 @@ def run(args: argparse.Namespace, work: Path, result: dict[str, Any]) -> None:
         result["world"] = {"source_instances": sources, "target_instances": targets, "source_type": "t3.small"}
         result["world"]["target_type"] = "c5.large"
 
-        log(f"baseline: {targets} targets, {filters} filters + rules, {n} sessions with boto3, {args.threads} threads")
-        emu_cpu0 = cpu_seconds(emulator.process.pid if emulator.process else None)
-        result["baseline"] = base = baseline(emulator, plan, args.threads)
-        emu_cpu1 = cpu_seconds(emulator.process.pid if emulator.process else None)
-        if emu_cpu0 is not None and emu_cpu1 is not None:
-            base["emulator_cpu_s_incl_cleanup"] = round(emu_cpu1 - emu_cpu0, 2)
-        log(f"baseline: {base['seconds']:.2f} s, {base['total_calls']} calls")
+        items = plan.manifests()
+        base: dict[str, Any] = {}
+        if mode == "unthrottled":
+            log(f"limit: {targets} targets, {filters} filters + rules, {n} sessions with boto3, {args.threads} threads")
+            emu_cpu0 = cpu_seconds(emulator.process.pid if emulator.process else None)
+            result["baseline"] = base = baseline(emulator, plan, args.threads)
+            emu_cpu1 = cpu_seconds(emulator.process.pid if emulator.process else None)
+            if emu_cpu0 is not None and emu_cpu1 is not None:
+                base["emulator_cpu_s_incl_cleanup"] = round(emu_cpu1 - emu_cpu0, 2)
+            log(f"limit, creates: {base['seconds']:.2f} s, {base['total_calls']} calls")
+            result["status_patch_limit"] = patches = status_patch_limit(plane, items, args.threads, args.apply_chunks)
+            log(f"limit, apply {patches['apply_s']:.2f} s + one status patch per object {patches['patch_s']:.2f} s")
+            result["limit_seconds"] = round(patches["apply_s"] + base["seconds"] + patches["patch_s"], 3)
+        result["bucket_bound"] = bucket_bound(plan)
+        endpoint = emulator.endpoint_url
+        proxy = None
+        if mode == "throttled":
+            proxy = FaultProxy(emulator.endpoint_url, seed=1, rate_limits=1.0).start()
+            stack.append(proxy.stop)
+            endpoint = proxy.endpoint_url
+            log(f"EC2 token buckets emulated; bucket-bound minimum {result['bucket_bound']['seconds']:.1f} s")
 
         log("starting the operator")
-        operator = Operator(plane, emulator, work / "operator.log", args.resync_seconds)
+        # Without emulated buckets the operator's client-side pacing (EC2's default rates) is switched off,
+        # as for an account with raised limits: the phase measures the operator's own costs.
+        pacing = "1.0" if mode == "throttled" else "0"
+        operator = Operator(plane, emulator, work / "operator.log", args.resync_seconds, endpoint, pacing)
         stack.append(operator.stop)
         operator.wait_ready()
         watcher = RssWatcher(operator.pid)
@@ -655,7 +831,9 @@ def run(args: argparse.Namespace, work: Path, result: dict[str, Any]) -> None:
         metrics_before = operator.metrics_text()
         rss_idle_mb = (proc_status_kb(operator.pid, "VmRSS") or 0) / 1024
 
-        items = plan.manifests()
+        if proxy is not None:
+            proxy.reset_counters()
+            proxy.configure(rate_limits=1.0)  # full buckets at the start, as an idle account has them
         log(f"applying {len(items)} objects in {args.apply_chunks} parallel server-side applies")
         pids = {
             "operator": operator.pid,
@@ -796,8 +974,23 @@ def run(args: argparse.Namespace, work: Path, result: dict[str, Any]) -> None:
         collect(converged)
         log(f"all {n} sessions Ready after {converged:.1f} s")
         aws_calls = {k: float(v) for k, v in result["operator"]["aws_calls"].items()}
-        result["converge_ratio"] = round(converged / base["seconds"], 2)
-        result["converge_ratio_after_apply_finished"] = round((converged - (apply_done or 0)) / base["seconds"], 2)
+        creates = creates_of(operator.metrics_text(), metrics_before)
+        result["creates"] = creates
+        result["creates_per_resource"] = round(creates["ok"] / plan.resources, 3)
+        if mode == "unthrottled":
+            result["converge_ratio"] = round(converged / result["limit_seconds"], 2)
+            result["converge_ratio_vs_creates_only"] = round(converged / base["seconds"], 2)
+        if mode == "throttled" and proxy is not None:
+            counters = proxy.counters()
+            calls, limited = sum(counters["calls"].values()), sum(counters["rate_limited"].values())
+            result["proxy"] = {
+                "calls": calls,
+                "rate_limited": limited,
+                "rate_limited_by_action": counters["rate_limited"],
+            }
+            result["throttled_fraction"] = round(limited / max(1, calls), 4)
+            result["bucket_ratio"] = round(converged / result["bucket_bound"]["seconds"], 3)
+            result["bucket_bound_of_operator_calls"] = bucket_bound_of_calls({k: int(v) for k, v in aws_calls.items()})
 
         # Steady state: no reconcile (retry, follow-up, drift) for a whole period; then one window per period.
         period = args.resync_seconds
@@ -851,15 +1044,19 @@ def run(args: argparse.Namespace, work: Path, result: dict[str, Any]) -> None:
             "aws_calls_per_period_max": max(totals),
         }
         result["resync_calls_per_period"] = per_period
+        result["resync_describes_per_kind_per_period_max"] = max(
+            (v for w in windows for v in w["resync_describes_by_kind"].values()), default=0
+        )
 
         # Diagnostic: how long the operator's extra lookups take when made directly (same pool size).
         lookups = {
             "describe_network_interfaces": int(aws_calls.get("DescribeNetworkInterfaces", 0)),
             "describe_instances": int(aws_calls.get("DescribeInstances", 0)),
         }
-        result["replay_of_operator_lookups"] = replay_lookups(
-            emulator, lookups, [*source_enis, *target_enis], instance_ids, args.threads
-        )
+        if mode == "unthrottled":
+            result["replay_of_operator_lookups"] = replay_lookups(
+                emulator, lookups, [*source_enis, *target_enis], instance_ids, args.threads
+            )
 
         watcher.stop()
         result["operator"]["rss_samples_mb"] = watcher.samples
@@ -875,6 +1072,27 @@ def run(args: argparse.Namespace, work: Path, result: dict[str, Any]) -> None:
                 log(f"cleanup: {error!r}")
 
 
+def summary_line(result: dict[str, Any]) -> str:
+    """The last line: `none` for what a phase could not measure."""
+    phases = result.get("phases", {})
+
+    def figure(phase: str, key: str, fmt: str = "{}") -> str:
+        value = (phases.get(phase) or {}).get(key)
+        return fmt.format(value) if value is not None else "none"
+
+    creates = [p.get("creates_per_resource") for p in phases.values() if p.get("creates_per_resource") is not None]
+    rss_phase = phases.get("rss") or {}
+    # A phase that gave up still held every object: its peak so far is a lower bound (the JSON says which).
+    rss = rss_phase.get("rss_mb") or (rss_phase.get("operator") or {}).get("peak_rss_mb_so_far")
+    return (
+        f"operator_bucket_ratio={figure('throttled', 'bucket_ratio', '{:.2f}')} "
+        f"operator_converge_ratio={figure('unthrottled', 'converge_ratio', '{:.2f}')} "
+        f"creates_per_resource={f'{max(creates):.2f}' if creates else 'none'} "
+        f"resync_calls_per_period={figure('unthrottled', 'resync_calls_per_period', '{:g}')} "
+        f"rss_mb_10k={f'{rss:.0f}' if rss is not None else 'none'}"
+    )
+
+
 def write_results(result: dict[str, Any], path: Path = RESULTS) -> None:
     existing: dict[str, Any] = {}
     if path.exists():
@@ -882,24 +1100,24 @@ def write_results(result: dict[str, Any], path: Path = RESULTS) -> None:
             existing = json.loads(path.read_text())
         except ValueError:
             existing = {}
-    runs = dict(existing.get("runs_by_sessions", {}))
-    runs[str(result["sessions"])] = result
+    phases = result.get("phases", {})
     # One line per run, kept across runs: the code moves while this benchmark is run.
     summary = {
         "started_utc": result.get("started_utc"),
         "sessions": result.get("sessions"),
         "code_head": (result.get("code") or {}).get("head", "")[:10],
         "operator_dirty": bool((result.get("code") or {}).get("operator_dirty")),
-        "baseline_s": (result.get("baseline") or {}).get("seconds"),
-        "converge_s": (result.get("operator") or {}).get("converge_seconds"),
-        "converge_ratio": result.get("converge_ratio"),
-        "resync_calls_per_period": result.get("resync_calls_per_period"),
-        "rss_mb": result.get("rss_mb") or (result.get("operator") or {}).get("peak_rss_mb_so_far"),
+        "line": summary_line(result),
+        "unthrottled_limit_s": (phases.get("unthrottled") or {}).get("limit_seconds"),
+        "unthrottled_converge_s": ((phases.get("unthrottled") or {}).get("operator") or {}).get("converge_seconds"),
+        "throttled_bound_s": ((phases.get("throttled") or {}).get("bucket_bound") or {}).get("seconds"),
+        "throttled_converge_s": ((phases.get("throttled") or {}).get("operator") or {}).get("converge_seconds"),
+        "throttled_fraction": (phases.get("throttled") or {}).get("throttled_fraction"),
         "load_avg_at_start": (result.get("machine") or {}).get("load_avg_at_start"),
         "error": (result.get("error") or "")[:300] or None,
     }
     history = [*existing.get("history", []), summary]
-    out = {**result, "targets": TARGETS, "history": history, "runs_by_sessions": runs}
+    out = {**result, "targets": TARGETS, "history": history}
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out, indent=2) + "\n")
 
@@ -908,7 +1126,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sessions", type=int, default=1000)
     parser.add_argument("--filters", type=int, default=0, help="default: sessions/10, one rule each")
-    parser.add_argument("--threads", type=int, default=OPERATOR_WORKER_THREADS, help="baseline thread pool")
+    parser.add_argument("--threads", type=int, default=OPERATOR_WORKER_THREADS, help="limit's thread pools")
     parser.add_argument("--resync-seconds", type=float, default=10.0)
     parser.add_argument("--periods", type=int, default=3, help="resync periods to measure at steady state")
     parser.add_argument(
@@ -918,6 +1136,14 @@ def main() -> int:
     parser.add_argument("--timeout", type=float, default=900.0, help="give up on convergence after this")
     parser.add_argument(
         "--poll", choices=("api", "kubectl"), default="api", help="list sessions via the API or via kubectl"
+    )
+    parser.add_argument(
+        "--phases",
+        default="unthrottled,throttled,rss",
+        help="comma-separated: unthrottled (limit measured in the run), throttled (EC2 token buckets), rss",
+    )
+    parser.add_argument(
+        "--rss-objects", type=int, default=10000, help="custom resources of the rss phase (sessions, targets, filters)"
     )
     parser.add_argument("--results", type=Path, default=RESULTS, help="where the figures go")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs) even on success")
@@ -930,50 +1156,51 @@ def main() -> int:
         "machine": machine_notes(),
         "work_dir": str(work),
         "code": git_state(),
+        "sessions": args.sessions,
+        "phases": {},
     }
+    # rss: sessions s with s + 2 * s/10 (targets and filters) = the number of objects asked for.
+    rss_sessions = math.ceil(args.rss_objects / 1.2)
 
-    # A hard stop for everything, cleanup included.
     def out_of_time(signum: int, frame: Any) -> None:
         raise GaveUp("hard time limit reached")
 
     signal.signal(signal.SIGALRM, out_of_time)
-    signal.alarm(int(args.timeout + 20 * args.resync_seconds + 300))
-    ok = False
-    try:
-        run(args, work, result)
-        ok = True
-    except GaveUp as problem:
-        result["error"] = str(problem)[:8000]
-        log(f"GAVE UP: {problem}")
-    finally:
-        signal.alarm(0)
-        result["finished_utc"] = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
-        result["machine"]["load_avg_at_end"] = os.getloadavg()
-        if ok and not args.keep:
-            shutil.rmtree(work, ignore_errors=True)
-            result["work_dir"] = None
-        else:
-            log(f"logs kept in {work}")
-        write_results(result, args.results)
-    if not ok:
-        # Same last-line shape for scripts that parse it; the exit status says it failed.
-        partial_rss = (result.get("operator") or {}).get("peak_rss_mb_so_far")
-        rss = f"{partial_rss:.0f}" if partial_rss else "none"
-        print(f"operator_converge_ratio=none resync_calls_per_period=none rss_mb={rss}")
-        return 1
-    base, op = result["baseline"], result["operator"]
-    print(json.dumps({k: result[k] for k in ("sessions", "filters", "world")}))
-    print(f"baseline (boto3, {base['threads']} threads, {base['total_calls']} calls): {base['seconds']:.2f} s")
-    print(
-        f"operator: all Ready after {op['converge_seconds']:.1f} s (apply {op['apply_seconds']:.1f} s), "
-        f"{op['aws_calls_total']} EC2 calls: {op['aws_calls']}"
-    )
-    print(f"steady state: {[w['aws_calls_total'] for w in result['steady_state']['windows']]} EC2 calls per period")
-    print(
-        f"operator_converge_ratio={result['converge_ratio']} "
-        f"resync_calls_per_period={result['resync_calls_per_period']:g} rss_mb={result['rss_mb']:.0f}"
-    )
-    return 0
+    ok = True
+    for mode in [m.strip() for m in args.phases.split(",") if m.strip()]:
+        n = rss_sessions if mode == "rss" else args.sessions
+        phase: dict[str, Any] = {}
+        result["phases"][mode] = phase
+        log(f"=== phase {mode}: {n} sessions")
+        signal.alarm(int(args.timeout + 20 * args.resync_seconds + 600))
+        try:
+            run(args, work / mode, phase, mode, n)
+        except GaveUp as problem:
+            ok = False
+            phase["error"] = str(problem)[:8000]
+            log(f"GAVE UP in {mode}: {problem}")
+        finally:
+            signal.alarm(0)
+            write_results(result, args.results)
+    result["finished_utc"] = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+    result["machine"]["load_avg_at_end"] = os.getloadavg()
+    if ok and not args.keep:
+        shutil.rmtree(work, ignore_errors=True)
+        result["work_dir"] = None
+    else:
+        log(f"logs kept in {work}")
+    write_results(result, args.results)
+    for mode, phase in result["phases"].items():
+        op = phase.get("operator") or {}
+        print(
+            f"{mode}: {phase.get('sessions')} sessions, all Ready after {op.get('converge_seconds')} s; "
+            f"limit {phase.get('limit_seconds')} s; bucket-bound {(phase.get('bucket_bound') or {}).get('seconds')} s; "
+            f"creates {phase.get('creates')}; throttled {phase.get('throttled_fraction')}; "
+            f"steady state {[w['aws_calls_total'] for w in (phase.get('steady_state') or {}).get('windows', [])]} "
+            f"EC2 calls per period; peak RSS {phase.get('rss_mb')} MB"
+        )
+    print(summary_line(result))
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

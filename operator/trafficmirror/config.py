@@ -25,6 +25,9 @@ class OperatorConfig:
     )
     metrics_port: int = field(default_factory=lambda: int(os.environ.get("TRAFFICMIRROR_METRICS_PORT", "8080")))
     aws_max_attempts: int = field(default_factory=lambda: int(os.environ.get("TRAFFICMIRROR_AWS_MAX_ATTEMPTS", "8")))
+    # Client-side pacing to EC2's documented request rate limits, as a multiple of them (an account with raised
+    # limits sets more than 1; 0 switches pacing off).
+    aws_rate_limit_scale: float = field(default_factory=lambda: _env_float("TRAFFICMIRROR_AWS_RATE_LIMIT_SCALE", 1.0))
     worker_threads: int = field(default_factory=lambda: int(os.environ.get("TRAFFICMIRROR_WORKER_THREADS", "32")))
 
 

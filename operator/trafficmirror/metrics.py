@@ -10,3 +10,6 @@ RESOURCES = Gauge("trafficmirror_resources", "Custom resources by kind and phase
 RESYNC_DESCRIBES = Counter(
     "trafficmirror_resync_describe_calls_total", "Batched Describe calls made by the resync", ["kind"]
 )
+RESYNC_NUDGES = Counter(
+    "trafficmirror_resync_nudges_total", "Objects the resync handed to a reconcile, by kind and why", ["kind", "why"]
+)

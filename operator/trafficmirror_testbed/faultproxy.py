@@ -9,25 +9,39 @@ against the failures AWS clients meet in production:
 - `drop_response_for` (a set of EC2 actions, e.g. {"CreateTrafficMirrorSession"}) with `drop_ratio`: the request
   is forwarded and completed by the emulator (AWS did the work), but the response is thrown away and the client's
   connection closed, so the caller sees a connection error and cannot know whether the create happened.
+- `rate_limits` (a scale, 1.0 = AWS's defaults; None = off): EC2's documented per-API token buckets
+  (`trafficmirror_testbed.ec2_throttling`). A call that finds its API's bucket empty is answered with HTTP 503
+  and `RequestLimitExceeded`, as EC2 does, and counted in `rate_limited` (and `throttled`).
+- `record_calls`: every EC2 call is kept in `call_log` (time, action, its query parameters, the verdict), so a
+  test can count calls per resource ID or ClientToken.
 
 Decisions come from one seeded RNG, drawn in arrival order, so a run is repeatable up to thread scheduling.
 Every EC2 call is counted per action (`calls`), and the faults too (`throttled`, `dropped`).
 
 From pytest:  `with FaultProxy(emulator.endpoint_url, seed=7) as proxy: ...` then point the client's
 `AWS_ENDPOINT_URL` at `proxy.endpoint_url` and flip the switches at run time with `proxy.configure(...)`.
+From a script or a shell: `python -m trafficmirror_testbed.faultproxy --upstream URL --rate-limits 1.0` prints
+`faultproxy ready on http://...`; GET /_faultproxy/counters answers the counters as JSON.
 """
 
 from __future__ import annotations
 
+import argparse
 import http.client
 import http.server
+import json
 import random
+import signal
 import sys
 import threading
+import time
 import urllib.parse
 from collections import Counter
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
+
+from trafficmirror_testbed.ec2_throttling import Ec2RateLimits
 
 THROTTLE_STATUS = 503
 # What EC2 answers when an account's API request rate is exceeded [EC2 API "Request throttling"].
@@ -36,6 +50,8 @@ THROTTLE_BODY = (
     "<Response><Errors><Error><Code>RequestLimitExceeded</Code><Message>Request limit exceeded.</Message>"
     "</Error></Errors><RequestID>{request_id}</RequestID></Response>"
 )
+COUNTERS_PATH = "/_faultproxy/counters"
+READY_MARKER = "faultproxy ready on "
 # Not forwarded either way: they describe one hop, not the message.
 _HOP_BY_HOP = {
     "connection",
@@ -58,6 +74,16 @@ class _Server(http.server.ThreadingHTTPServer):
             super().handle_error(request, client_address)
 
 
+@dataclass(frozen=True)
+class Call:
+    """One EC2 call as the proxy saw it: when (time.monotonic()), which action, its parameters, the verdict."""
+
+    at: float
+    action: str
+    params: dict[str, str]
+    verdict: str  # "forward" | "throttle" | "rate-limit" | "drop"
+
+
 class FaultProxy:
     """A threaded reverse proxy to `upstream` (the emulator's endpoint URL) that injects AWS faults on demand."""
 
@@ -69,6 +95,8 @@ class FaultProxy:
         host: str = "127.0.0.1",
         port: int = 0,
         upstream_timeout: float = 60.0,
+        rate_limits: float | None = None,
+        record_calls: bool = False,
     ) -> None:
         parsed = urllib.parse.urlsplit(upstream)
         if parsed.scheme != "http" or not parsed.hostname:
@@ -82,10 +110,15 @@ class FaultProxy:
         self.throttle_ratio = 0.0
         self.drop_response_for: set[str] = set()
         self.drop_ratio = 1.0
-        # What was seen: EC2 actions → number of calls, of calls throttled, of responses dropped.
+        self.rate_limits: Ec2RateLimits | None = Ec2RateLimits(rate_limits) if rate_limits else None
+        self.record_calls = record_calls
+        # What was seen: EC2 actions → number of calls, of calls throttled (either way), of calls refused by the
+        # emulated token buckets, of responses dropped; and, when recording, every call.
         self.calls: Counter[str] = Counter()
         self.throttled: Counter[str] = Counter()
+        self.rate_limited: Counter[str] = Counter()
         self.dropped: Counter[str] = Counter()
+        self.call_log: list[Call] = []
         self._server = _Server((host, port), self._handler_class())
         self._thread: threading.Thread | None = None
 
@@ -121,8 +154,13 @@ class FaultProxy:
         throttle_ratio: float | None = None,
         drop_response_for: Iterable[str] | None = None,
         drop_ratio: float | None = None,
+        rate_limits: float | bool | None = None,
+        record_calls: bool | None = None,
     ) -> None:
-        """Change the faults at run time; what is not named stays as it is."""
+        """Change the faults at run time; what is not named stays as it is.
+
+        `rate_limits`: a scale of AWS's default buckets (True = 1.0) switches the emulated buckets on, afresh (full);
+        False switches them off."""
         for name, ratio in (("throttle_ratio", throttle_ratio), ("drop_ratio", drop_ratio)):
             if ratio is not None and not 0.0 <= ratio <= 1.0:
                 raise ValueError(f"{name} must be within [0, 1], not {ratio}")
@@ -133,43 +171,72 @@ class FaultProxy:
                 self.drop_response_for = set(drop_response_for)
             if drop_ratio is not None:
                 self.drop_ratio = drop_ratio
+            if rate_limits is not None:
+                scale = 1.0 if rate_limits is True else float(rate_limits)
+                self.rate_limits = Ec2RateLimits(scale) if rate_limits is not False and scale > 0 else None
+            if record_calls is not None:
+                self.record_calls = record_calls
 
     def heal(self) -> None:
-        """No more faults: every call is forwarded and answered."""
+        """No more faults: every call is forwarded and answered (the emulated rate limits stay as they are)."""
         self.configure(throttle_ratio=0.0, drop_response_for=())
 
     def reset_counters(self) -> None:
         with self._lock:
             self.calls.clear()
             self.throttled.clear()
+            self.rate_limited.clear()
             self.dropped.clear()
+            self.call_log.clear()
 
     def total_calls(self) -> int:
         with self._lock:
             return sum(self.calls.values())
 
     def counters(self) -> dict[str, dict[str, int]]:
-        """A consistent copy of the counters: {"calls": {action: n}, "throttled": {...}, "dropped": {...}}."""
+        """A consistent copy of the counters: {"calls": {action: n}, "throttled": {...}, "rate_limited": {...},
+        "dropped": {...}}."""
         with self._lock:
-            return {"calls": dict(self.calls), "throttled": dict(self.throttled), "dropped": dict(self.dropped)}
+            return {
+                "calls": dict(self.calls),
+                "throttled": dict(self.throttled),
+                "rate_limited": dict(self.rate_limited),
+                "dropped": dict(self.dropped),
+            }
+
+    def calls_since(self, start: float) -> list[Call]:
+        """The recorded calls that arrived at or after `start` (a time.monotonic() value)."""
+        with self._lock:
+            return [c for c in self.call_log if c.at >= start]
 
     # -- the decisions -------------------------------------------------------------------------------------
-    def _decide(self, action: str | None) -> tuple[str, str]:
-        """("throttle" | "drop" | "forward", a request ID) for one call; non-EC2 requests are only forwarded."""
+    def _decide(self, action: str | None, params: dict[str, str]) -> tuple[str, str]:
+        """("throttle" | "rate-limit" | "drop" | "forward", a request ID) for one call; non-EC2 requests are only
+        forwarded."""
         with self._lock:
             request_id = "%08x-%04x-%04x-%04x-%012x" % tuple(  # noqa: UP031
                 self._rng.getrandbits(bits) for bits in (32, 16, 16, 16, 48)
             )
             if action is None:
                 return "forward", request_id
-            self.calls[action] += 1
-            if self.throttle_ratio and self._rng.random() < self.throttle_ratio:
-                self.throttled[action] += 1
-                return "throttle", request_id
-            if action in self.drop_response_for and self._rng.random() < self.drop_ratio:
-                self.dropped[action] += 1
-                return "drop", request_id
-            return "forward", request_id
+            verdict = self._verdict(action, params)
+            if self.record_calls:
+                self.call_log.append(Call(time.monotonic(), action, params, verdict))
+            return verdict, request_id
+
+    def _verdict(self, action: str, params: dict[str, str]) -> str:
+        self.calls[action] += 1
+        if self.throttle_ratio and self._rng.random() < self.throttle_ratio:
+            self.throttled[action] += 1
+            return "throttle"
+        if self.rate_limits is not None and not self.rate_limits.allow(action, params):
+            self.throttled[action] += 1
+            self.rate_limited[action] += 1
+            return "rate-limit"
+        if action in self.drop_response_for and self._rng.random() < self.drop_ratio:
+            self.dropped[action] += 1
+            return "drop"
+        return "forward"
 
     def _handler_class(self) -> type[http.server.BaseHTTPRequestHandler]:
         proxy = self
@@ -190,8 +257,13 @@ class FaultProxy:
             def _handle(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""
-                verdict, request_id = proxy._decide(_action(self.path, self.headers.get("Content-Type"), body))
-                if verdict == "throttle":
+                if self.path.startswith(COUNTERS_PATH):
+                    payload = json.dumps(proxy.counters(), sort_keys=True).encode()
+                    self._reply(200, [("Content-Type", "application/json")], payload)
+                    return
+                params = _params(self.path, self.headers.get("Content-Type"), body)
+                verdict, request_id = proxy._decide(params.get("Action"), params)
+                if verdict in ("throttle", "rate-limit"):
                     payload = THROTTLE_BODY.format(request_id=request_id).encode()
                     self._reply(THROTTLE_STATUS, [("Content-Type", "text/xml;charset=UTF-8")], payload)
                     return
@@ -234,11 +306,39 @@ class FaultProxy:
         return Handler
 
 
-def _action(path: str, content_type: str | None, body: bytes) -> str | None:
-    """The EC2 action of a query-protocol request (form body or query string); None for anything else."""
+def _params(path: str, content_type: str | None, body: bytes) -> dict[str, str]:
+    """The parameters of a query-protocol request (form body and query string), "Action" among them; {} for
+    anything else."""
     query = urllib.parse.urlsplit(path).query
     fields = urllib.parse.parse_qs(query)
     if body and (content_type or "").startswith("application/x-www-form-urlencoded"):
         fields.update(urllib.parse.parse_qs(body.decode("utf-8", errors="replace")))
-    actions = fields.get("Action")
-    return actions[0] if actions else None
+    return {key: values[0] for key, values in fields.items() if values}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run a proxy until SIGTERM/SIGINT, e.g. with AWS's rate limits in front of an emulator for a benchmark."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--upstream", required=True, help="the emulator's endpoint URL, http://host:port")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--rate-limits", type=float, default=None, metavar="SCALE", help="enforce EC2's token buckets (1.0: defaults)"
+    )
+    parser.add_argument("--throttle-ratio", type=float, default=0.0)
+    args = parser.parse_args(argv)
+    proxy = FaultProxy(args.upstream, seed=args.seed, host=args.host, port=args.port, rate_limits=args.rate_limits)
+    proxy.configure(throttle_ratio=args.throttle_ratio)
+    done = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: done.set())
+    signal.signal(signal.SIGINT, lambda *_: done.set())
+    with proxy:
+        print(f"{READY_MARKER}{proxy.endpoint_url}", flush=True)
+        done.wait()
+    print(json.dumps(proxy.counters(), sort_keys=True), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,51 +1,36 @@
-"""What the drift timer does with an object, by its status: a table."""
+"""What the batched resync does with an object, by its status: a table."""
 
 from __future__ import annotations
-
-from datetime import UTC, datetime
-from typing import Any
 
 import pytest
 
 from trafficmirror.handlers.apply import resync_action
 
-NOW = datetime(2026, 11, 26, 12, 0, 0, tzinfo=UTC)
-PERIOD = 60.0
-
-
-def _body(phase: str | None, reason: str | None = None, since: str = "2026-11-26T11:59:30Z", **meta: Any) -> Any:
-    status: dict[str, Any] = {}
-    if phase:
-        status = {"phase": phase, "conditions": [{"type": "Ready", "reason": reason, "lastTransitionTime": since}]}
-    return {"metadata": {"name": "x", **meta}, "status": status}
-
 
 @pytest.mark.parametrize(
-    ("body", "action"),
+    ("phase", "reason", "action"),
     [
-        (_body("Ready", "Ready"), "compare"),
-        (_body("Failed", "UnsupportedInstanceType"), "reconcile"),
-        (_body("Failed", "QuotaExceeded"), "reconcile"),
-        (_body("Failed", "AwsRejected"), "skip"),
-        (_body("Pending", "Creating"), "skip"),
-        (_body("Pending", "Creating", since="2026-11-26T11:58:30Z"), "reconcile"),
-        (_body("Pending", "WaitingForTarget"), "skip"),
-        (_body("Pending", "WaitingForTarget", since="2026-11-26T11:57:00Z"), "reconcile"),
-        (_body(None), "reconcile"),
-        (_body("Ready", "Ready", deletionTimestamp="2026-11-26T11:00:00Z"), "skip"),
+        ("Ready", "Ready", "compare"),
+        ("Failed", "UnsupportedInstanceType", "reconcile"),
+        ("Failed", "QuotaExceeded", "reconcile"),
+        ("Failed", "AwsRejected", "skip"),
+        ("Failed", "InvalidSpec", "skip"),
+        ("Pending", "Creating", "skip"),
+        ("Pending", "WaitingForTarget", "skip"),
+        ("Deleting", "WaitingForSessions", "skip"),
+        (None, None, "skip"),
     ],
     ids=[
-        "ready: compare with the snapshot",
-        "unsupported type: look again",
-        "quota: a fact of the world, looked at again",
+        "ready: compare with the shared Describe",
+        "unsupported type: the instance may have been resized",
+        "quota: a quota frees when other resources go",
         "rejected: needs a spec change",
-        "a fresh create: the handlers carry it out",
-        "a create left for a period: carry it out",
-        "fresh pending: the handlers retry it",
-        "pending for two periods: nobody moves it",
-        "no status yet",
-        "being deleted",
+        "invalid stored spec: needs a spec change",
+        "a create in progress: kopf retries it",
+        "waiting for a dependency: kopf retries it",
+        "being deleted: the delete handler's",
+        "never handled yet: the change handler's",
     ],
 )
-def test_resync_action(body: Any, action: str) -> None:
-    assert resync_action(body, PERIOD, NOW) == action
+def test_resync_action(phase: str | None, reason: str | None, action: str) -> None:
+    assert resync_action(phase, reason) == action

@@ -18,6 +18,7 @@ import botocore.exceptions
 
 from trafficmirror.aws.errors import AwsError, classify
 from trafficmirror.aws.instance_support import InstanceTypeFacts
+from trafficmirror.aws.pacing import Pacer
 
 CallObserver = Callable[[str, str], None]  # (operation, result code or "ok")
 Key = TypeVar("Key")
@@ -278,6 +279,7 @@ class TtlCache(Generic[Key, Value]):
     def __init__(self, ttl_seconds: float) -> None:
         self._ttl = ttl_seconds
         self._items: dict[Key, tuple[float, Value]] = {}
+        self._loading: dict[Key, threading.Lock] = {}
         self._lock = threading.Lock()
 
     def get(self, key: Key) -> Value | None:
@@ -291,6 +293,22 @@ class TtlCache(Generic[Key, Value]):
         with self._lock:
             self._items[key] = (time.monotonic(), value)
         return value
+
+    def get_or_load(self, key: Key, load: Callable[[], Value]) -> Value:
+        """The cached value, or `load()`'s; concurrent misses of one key wait for a single load
+        (the three sessions of one source ENI, reconciled at once, ask AWS once)."""
+        cached = self.get(key)
+        if cached is not None:
+            return cached
+        with self._lock:
+            loading = self._loading.setdefault(key, threading.Lock())
+        try:
+            with loading:
+                cached = self.get(key)
+                return cached if cached is not None else self.put(key, load())
+        finally:
+            with self._lock:
+                self._loading.pop(key, None)
 
 
 # An ENI's attachment outlives its instance's changes of type; a type changes only through a stop and
@@ -311,10 +329,17 @@ class Ec2Mirror:
         default_factory=lambda: TtlCache(NETWORK_INTERFACE_TTL_SECONDS)
     )
     _instance_types: TtlCache[str, str] = field(default_factory=lambda: TtlCache(INSTANCE_TYPE_TTL_SECONDS))
+    pacer: Pacer | None = None
 
     @classmethod
     def connect(
-        cls, region: str, observe: CallObserver | None = None, max_attempts: int = 8, max_connections: int = 32
+        cls,
+        region: str,
+        observe: CallObserver | None = None,
+        max_attempts: int = 8,
+        max_connections: int = 32,
+        pacing_scale: float = 1.0,
+        instance_type_ttl_seconds: float = INSTANCE_TYPE_TTL_SECONDS,
     ) -> Ec2Mirror:
         config = botocore.config.Config(
             region_name=region,
@@ -327,7 +352,10 @@ class Ec2Mirror:
         client = boto3.session.Session().client("ec2", config=config)
         if observe is not None:
             _observe_calls(client, observe)
-        return cls(client=client)
+        # One pacer per regional client: every reconcile of the process shares AWS's buckets of the region.
+        pacer = Pacer(scale=pacing_scale)
+        pacer.install(client)
+        return cls(client=client, pacer=pacer, _instance_types=TtlCache(instance_type_ttl_seconds))
 
     def _call(self, operation: str, **kwargs: Any) -> dict[str, Any]:
         try:
@@ -495,23 +523,25 @@ class Ec2Mirror:
 
     # --- what sits behind an ENI --------------------------------------------------------------
     def network_interface(self, network_interface_id: str) -> NetworkInterface:
-        cached = self._interfaces.get(network_interface_id)
-        if cached is not None:
-            return cached
-        response = self._call("describe_network_interfaces", NetworkInterfaceIds=[network_interface_id])
-        raw = response["NetworkInterfaces"][0]
-        return self._interfaces.put(
-            network_interface_id,
-            NetworkInterface(
+        def load() -> NetworkInterface:
+            response = self._call("describe_network_interfaces", NetworkInterfaceIds=[network_interface_id])
+            raw = response["NetworkInterfaces"][0]
+            return NetworkInterface(
                 network_interface_id=raw["NetworkInterfaceId"],
                 instance_id=(raw.get("Attachment") or {}).get("InstanceId"),
                 private_ip_address=raw.get("PrivateIpAddress"),
                 interface_type=raw.get("InterfaceType", "interface"),
-            ),
-        )
+            )
+
+        return self._interfaces.get_or_load(network_interface_id, load)
 
     def instance_types(self, instance_ids: list[str]) -> dict[str, str]:
         """Current type of each instance, at most INSTANCE_TYPE_TTL_SECONDS old (a stop/modify/start changes it)."""
+        if len(instance_ids) == 1:  # one reconcile's lookup: shared with the others asking at the same time
+            (instance_id,) = instance_ids
+            return {
+                instance_id: self._instance_types.get_or_load(instance_id, lambda: self._instance_type(instance_id))
+            }
         types = {i: t for i in instance_ids if (t := self._instance_types.get(i)) is not None}
         missing = [i for i in instance_ids if i not in types]
         if missing:
@@ -522,12 +552,15 @@ class Ec2Mirror:
                     )
         return types
 
+    def _instance_type(self, instance_id: str) -> str:
+        response = self._call("describe_instances", InstanceIds=[instance_id])
+        return str(response["Reservations"][0]["Instances"][0]["InstanceType"])
+
     def instance_types_behind(self, network_interface_ids: list[str]) -> dict[str, str | None]:
         """The type of the instance behind each ENI (None: not attached to an instance), in batches.
 
         Filters, not ID lists: an ENI or instance deleted meanwhile is left out instead of failing
-        the whole call. Attachments come from the ENI cache; types are at most
-        INSTANCE_TYPE_TTL_SECONDS old.
+        the whole call. Attachments come from the ENI cache; types are read anew.
         """
         unknown = [e for e in dict.fromkeys(network_interface_ids) if self._interfaces.get(e) is None]
         for start in range(0, len(unknown), FILTER_VALUES_PER_CALL):
@@ -547,7 +580,9 @@ class Ec2Mirror:
                     ),
                 )
         attached = {e: i.instance_id for e in network_interface_ids if (i := self._interfaces.get(e)) is not None}
-        instances = [i for i in dict.fromkeys(attached.values()) if i and self._instance_types.get(i) is None]
+        # Every type afresh: this is the once-a-period observation, and a resize must show within a period
+        # however short (the cache then serves the reconciles of the period with what was just seen).
+        instances = [i for i in dict.fromkeys(attached.values()) if i]
         for start in range(0, len(instances), FILTER_VALUES_PER_CALL):
             chunk = instances[start : start + FILTER_VALUES_PER_CALL]
             for reservation in self._pages(

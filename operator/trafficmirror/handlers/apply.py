@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import logging
 import random
-from collections.abc import Callable
-from datetime import UTC, datetime
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import kopf
@@ -50,9 +48,9 @@ def request_of(
     return parse_request(
         reconciler,
         owner_of(reconciler.kind, body, context),
-        body.get("spec", {}),
-        body.get("status", {}),
-        dict(body["metadata"].get("annotations", {})),
+        body.get("spec") or {},
+        body.get("status") or {},
+        dict(body["metadata"].get("annotations") or {}),
         facts,
     )
 
@@ -70,48 +68,50 @@ def live_owners_of(*indexes: kopf.Index[str, str]) -> Callable[[str], str | None
     return lookup
 
 
+def context_for(context: ReconcileContext, indexes: Mapping[str, Any]) -> ReconcileContext:
+    """The context with what kopf's indexes know now: nodes' provider IDs, the live owners."""
+    changes: dict[str, Any] = {}
+    node_provider_ids = indexes.get("node_provider_ids")
+    if node_provider_ids is not None:
+        changes["node_provider_ids"] = {name: next(iter(store), "") for name, store in node_provider_ids.items()}
+    owners = [indexes[name] for name in ("target_owners", "filter_owners", "session_owners") if name in indexes]
+    if owners:
+        changes["live_owners"] = live_owners_of(*owners)
+    return dataclasses.replace(context, **changes) if changes else context
+
+
 async def run(
     kind: str,
-    step: Callable[[Request[Any, Any], ReconcileContext], Outcome | None],
-    request: Request[Any, Any] | Outcome,
+    decide: Callable[[], Awaitable[tuple[Outcome | None, Mapping[str, Any]]]],
     *,
     body: kopf.Body,
     patch: kopf.Patch,
     retry: int,
     logger: logging.Logger,
-    context: ReconcileContext,
-    node_provider_ids: kopf.Index[str, str] | None = None,
-    live_owners: Callable[[str], str | None] | None = None,
     from_timer: bool = False,
 ) -> Outcome | None:
-    """Run a (blocking) reconcile step in a thread, then write what it decided.
+    """Run a reconcile step (`decide` gives its outcome and the annotations as they are now), then
+    write what it decided.
 
-    From a timer nothing is raised: the next tick (one resync period later) carries on, which is
-    the backoff a periodic check wants, and a timer's retry would not see the status it just wrote.
+    Waiting (an Outcome with `retry_after`) and AWS trouble become kopf's TemporaryError: kopf
+    retries the handler after the delay, with the status written in the meantime. From a timer
+    nothing is raised: its next run, one period later, is the retry a periodic check wants.
     """
-    if isinstance(request, Outcome):  # the stored spec is invalid: say so, do not retry
-        write(kind, body, patch, request)
-        RECONCILES.labels(kind, request.phase.value).inc()
-        return request
-    if node_provider_ids is not None:
-        nodes = {name: next(iter(store), "") for name, store in node_provider_ids.items()}
-        context = dataclasses.replace(context, node_provider_ids=nodes)
-    if live_owners is not None:
-        context = dataclasses.replace(context, live_owners=live_owners)
     try:
-        outcome = await asyncio.to_thread(step, request, context)
+        outcome, annotations = await decide()
     except (RetryLater, AwsError) as error:
         RECONCILES.labels(kind, "retry").inc()
         if isinstance(error, RetryLater) and error.outcome is not None:
             write(kind, body, patch, error.outcome)
         if from_timer:
-            logger.warning(f"resync will try again next period: {error}")
+            logger.warning(f"the next resync tries again: {error}")
             return None
-        raise kopf.TemporaryError(str(error), delay=backoff(retry)) from error
+        delay = error.delay if isinstance(error, RetryLater) else None
+        raise kopf.TemporaryError(str(error), delay=backoff(retry, base=delay or 2.0)) from error
     if outcome is None:
         RECONCILES.labels(kind, "done").inc()
         return None
-    write(kind, body, patch, outcome)
+    write(kind, body, patch, outcome, annotations)
     RECONCILES.labels(kind, outcome.phase.value).inc()
     if outcome.retry_after is not None and not from_timer:
         message = next((c.message for c in outcome.conditions if c.type == "Ready"), "")
@@ -120,29 +120,47 @@ async def run(
     return outcome
 
 
-def write(kind: str, body: kopf.Body, patch: kopf.Patch, outcome: Outcome) -> None:
-    status = body.get("status", {})
+def write(
+    kind: str, body: kopf.Body, patch: kopf.Patch, outcome: Outcome, annotations: Mapping[str, Any] | None = None
+) -> None:
+    """The outcome as a status patch (only what differs: a status the object already has costs no
+    write), its Events, and the annotations it changes."""
+    status = body.get("status") or {}
     generation = int(body["metadata"].get("generation", 1))
     for event in transition_events(status.get("phase"), _ready_reason(status), outcome):
         kopf.event(body, type=event.type, reason=event.reason, message=event.message[:1024])
-    patch.status["phase"] = outcome.phase.value
-    patch.status["observedGeneration"] = generation
-    patch.status["conditions"] = merge_conditions(
-        status.get("conditions", []), outcome.conditions, generation, clear=outcome.clear_conditions
+    conditions = merge_conditions(
+        list(status.get("conditions") or []), outcome.conditions, generation, clear=outcome.clear_conditions
     )
-    for key, value in outcome.status_fields.items():
-        patch.status[key] = value
+    wanted: dict[str, Any] = {
+        "phase": outcome.phase.value,
+        "observedGeneration": generation,
+        "conditions": conditions,
+        **outcome.status_fields,
+    }
+    for key, value in wanted.items():
+        if status.get(key) != value:
+            patch.status[key] = merge_patch_value(status.get(key), value)
+    current = (body["metadata"].get("annotations") or {}) if annotations is None else annotations
     for key, value in outcome.annotations.items():
-        patch.metadata.annotations[key] = value
-    _count_phase(kind, body["metadata"]["uid"], outcome.phase.value)
+        if current.get(key) != value:  # an unchanged annotation would cost a metadata patch of its own
+            patch.metadata.annotations[key] = value
+    count_phase(kind, body["metadata"]["uid"], outcome.phase.value)
 
 
-def _ready_reason(status: dict[str, Any]) -> str | None:
+def merge_patch_value(old: Any, new: Any) -> Any:
+    """`new` as a JSON merge patch over `old`: a key a map no longer has is removed only when sent as null."""
+    if isinstance(old, Mapping) and isinstance(new, Mapping):
+        return {**dict.fromkeys(k for k in old if k not in new), **new}
+    return new
+
+
+def _ready_reason(status: Mapping[str, Any]) -> str | None:
     condition = ready_condition(status)
     return condition.reason if condition is not None else None
 
 
-def _count_phase(kind: str, uid: str, phase: str | None) -> None:
+def count_phase(kind: str, uid: str, phase: str | None) -> None:
     previous = _phases.pop(uid, None)
     if previous is not None:
         RESOURCES.labels(*previous).dec()
@@ -152,39 +170,21 @@ def _count_phase(kind: str, uid: str, phase: str | None) -> None:
 
 
 def forget(uid: str) -> None:
-    _count_phase("", uid, None)
+    count_phase("", uid, None)
 
 
-# Failures that the world can fix without a spec change: the resync looks at them again.
+# Failures that the world can fix without a spec change: looked at again once a period.
 RECOVERABLE_FAILURES = RECHECKED_AT_RESYNC
 
 
-def resync_action(body: kopf.Body, period: float, now: datetime | None = None) -> str:
-    """What a drift timer does with an object: 'skip', 'compare' (Ready: against the snapshot) or 'reconcile'.
+def resync_action(phase: str | None, reason: str | None) -> str:
+    """What the resync does with an object: 'skip', 'compare' (Ready: against the snapshot) or 'reconcile'.
 
-    A Pending object belongs to the change handlers, which retry it themselves; the timer steps in
-    only when it has been Pending too long for that (nobody is moving it), e.g. a create that the
-    timer's own last run recorded ('Creating').
+    Pending and Deleting objects belong to the change and delete handlers, which kopf retries
+    until they are done; a Failed object waits for a spec change, unless the world can fix it.
     """
-    status = body.get("status", {})
-    if body["metadata"].get("deletionTimestamp"):
-        return "skip"
-    phase, reason = status.get("phase"), _ready_reason(status)
     if phase == "Ready":
         return "compare"
-    if phase == "Failed":
-        return "reconcile" if reason in RECOVERABLE_FAILURES else "skip"  # others need a spec change
-    # A create the timer itself recorded waits one period; other Pending objects, two.
-    patience = period if reason == "Creating" else 2 * period
-    return "reconcile" if _seconds_in_state(status, now or datetime.now(UTC)) >= patience else "skip"
-
-
-def _seconds_in_state(status: dict[str, Any], now: datetime) -> float:
-    ready = ready_condition(status)
-    if ready is None or not ready.last_transition_time:
-        return float("inf")
-    try:
-        since = datetime.strptime(ready.last_transition_time, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
-    except ValueError:
-        return float("inf")
-    return (now - since).total_seconds()
+    if phase == "Failed" and reason in RECOVERABLE_FAILURES:
+        return "reconcile"
+    return "skip"

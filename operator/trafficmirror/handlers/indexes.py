@@ -3,12 +3,13 @@ and which sessions use which target or filter. kopf keeps them current from its 
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import kopf
 
 from trafficmirror.api import GROUP, VERSION, ready_condition
-from trafficmirror.reconcile.seam import Dependency
+from trafficmirror.reconcile.seam import ClusterFacts, Dependency
 
 TARGETS = (GROUP, VERSION, "mirrortargets")
 FILTERS = (GROUP, VERSION, "mirrorfilters")
@@ -75,3 +76,18 @@ def one(index: kopf.Index[Any, Any], key: Any) -> Any:
 def all_of(index: kopf.Index[Any, Any], key: Any) -> list[Any]:
     store = index.get(key)
     return list(store) if store is not None else []
+
+
+def users_facts(
+    referenced_as: str,
+) -> Callable[[str, str, Mapping[str, Any], Mapping[str, Any], bool], ClusterFacts]:
+    """Facts of a kind that sessions reference ('target' | 'filter'): for a delete, the sessions using it."""
+
+    def facts(
+        namespace: str, name: str, spec: Mapping[str, Any], indexes: Mapping[str, Any], deleting: bool
+    ) -> ClusterFacts:
+        if not deleting:
+            return ClusterFacts()
+        return ClusterFacts(users=tuple(all_of(indexes["session_users"], (namespace, referenced_as, name))))
+
+    return facts

@@ -1,175 +1,66 @@
-"""MirrorSession handlers. A session also follows its target and filter: when either's AWS ID
-changes (a replaced target), the timer and the dependency index bring the session along."""
+"""MirrorSession: its reconciler, registered. A session also follows its target and filter: when
+either's AWS ID changes (a replaced target), the resync brings the session along."""
 
 from __future__ import annotations
 
 import asyncio
-import logging
-from collections.abc import Callable
+from collections.abc import Mapping
 from typing import Any
 
-import kopf
-
-from trafficmirror.api import Phase
-from trafficmirror.config import RESYNC_SECONDS
-from trafficmirror.handlers import apply
-from trafficmirror.handlers.indexes import SESSIONS, one
+from trafficmirror.api import MIRROR_SESSION
+from trafficmirror.handlers.indexes import one
+from trafficmirror.handlers.registration import Binding, Tracked, register
 from trafficmirror.reconcile.kinds import SESSION
-from trafficmirror.reconcile.seam import ClusterFacts, Dependency, Request
+from trafficmirror.reconcile.seam import ClusterFacts
 
-KIND = "MirrorSession"
-FOLLOW_SECONDS = 10.0
-DEPENDENCY_WAIT_SECONDS = 5.0  # how soon a session notices its target or filter got a new AWS ID
+DEPENDENCY_WAIT_SECONDS = 5.0
 
 
-@kopf.on.resume(*SESSIONS)
-@kopf.on.create(*SESSIONS)
-@kopf.on.update(*SESSIONS, field="spec")
-async def reconcile(
-    body: kopf.Body,
-    patch: kopf.Patch,
-    retry: int,
-    logger: logging.Logger,
-    memo: kopf.Memo,
-    node_provider_ids: kopf.Index[str, str],
-    target_states: kopf.Index[Any, Any],
-    filter_states: kopf.Index[Any, Any],
-    target_owners: kopf.Index[str, str],
-    filter_owners: kopf.Index[str, str],
-    session_owners: kopf.Index[str, str],
-    **_: Any,
-) -> None:
-    owners = apply.live_owners_of(target_owners, filter_owners, session_owners)
-    await _reconcile(body, patch, retry, logger, memo, node_provider_ids, target_states, filter_states, owners)
-
-
-def _facts(body: kopf.Body, target_states: kopf.Index[Any, Any], filter_states: kopf.Index[Any, Any]) -> ClusterFacts:
-    namespace, spec = body["metadata"]["namespace"], body.get("spec", {})
+def dependency_facts(
+    namespace: str, name: str, spec: Mapping[str, Any], indexes: Mapping[str, Any], deleting: bool = False
+) -> ClusterFacts:
+    """The session's MirrorTarget and MirrorFilter as kopf's indexes know them (no API call)."""
     return ClusterFacts(
-        target=one(target_states, (namespace, spec.get("targetRef", {}).get("name", ""))),
-        mirror_filter=one(filter_states, (namespace, spec.get("filterRef", {}).get("name", ""))),
+        target=one(indexes["target_states"], (namespace, (spec.get("targetRef") or {}).get("name", ""))),
+        mirror_filter=one(indexes["filter_states"], (namespace, (spec.get("filterRef") or {}).get("name", ""))),
     )
 
 
-async def _reconcile(
-    body: kopf.Body,
-    patch: kopf.Patch,
-    retry: int,
-    logger: logging.Logger,
-    memo: kopf.Memo,
-    node_provider_ids: kopf.Index[str, str],
-    target_states: kopf.Index[Any, Any],
-    filter_states: kopf.Index[Any, Any],
-    live_owners: Callable[[str], str | None],
-    from_timer: bool = False,
-) -> None:
-    if not from_timer:
-        await _settled(lambda: _dependencies(_facts(body, target_states, filter_states)))
-    await apply.run(
-        KIND,
-        SESSION.reconcile,
-        apply.request_of(SESSION, body, memo.context, _facts(body, target_states, filter_states)),
-        body=body,
-        patch=patch,
-        retry=retry,
-        logger=logger,
-        context=memo.context,
-        node_provider_ids=node_provider_ids,
-        live_owners=live_owners,
-        from_timer=from_timer,
-    )
-
-
-def _dependencies(facts: ClusterFacts) -> tuple[Dependency | None, Dependency | None]:
-    return facts.target, facts.mirror_filter
-
-
-async def _settled(dependencies: Callable[[], tuple[Dependency | None, Dependency | None]]) -> None:
+async def settled(namespace: str, spec: Mapping[str, Any], indexes: Mapping[str, Any]) -> None:
     """Wait a little for a target and filter created together with the session to become Ready.
 
     Their states come from kopf's in-memory indexes, so waiting costs no API call; it saves the
     session a round of "WaitingForTarget" and a retry when all three are applied at once.
     """
-    deadline = asyncio.get_running_loop().time() + DEPENDENCY_WAIT_SECONDS
-    while asyncio.get_running_loop().time() < deadline:
-        states = dependencies()
-        if all(d is not None and d.phase in ("Ready", "Failed") for d in states):
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + DEPENDENCY_WAIT_SECONDS
+    while loop.time() < deadline:
+        facts = dependency_facts(namespace, "", spec, indexes)
+        if all(d is not None and d.phase in ("Ready", "Failed") for d in (facts.target, facts.mirror_filter)):
             return
         await asyncio.sleep(0.2)
 
 
-@kopf.timer(*SESSIONS, interval=FOLLOW_SECONDS, initial_delay=FOLLOW_SECONDS)
-async def follow_dependencies(
-    body: kopf.Body,
-    patch: kopf.Patch,
-    retry: int,
-    logger: logging.Logger,
-    memo: kopf.Memo,
-    node_provider_ids: kopf.Index[str, str],
-    target_states: kopf.Index[Any, Any],
-    filter_states: kopf.Index[Any, Any],
-    target_owners: kopf.Index[str, str],
-    filter_owners: kopf.Index[str, str],
-    session_owners: kopf.Index[str, str],
-    **_: Any,
-) -> None:
-    """Costs no AWS call: compares the IDs in status with the target's and filter's current ones."""
-    status = body.get("status", {})
-    if status.get("phase") != Phase.READY.value or body["metadata"].get("deletionTimestamp"):
-        return
-    target, mirror_filter = _dependencies(_facts(body, target_states, filter_states))
-    current = (status.get("trafficMirrorTargetId"), status.get("trafficMirrorFilterId"))
-    if target is None or mirror_filter is None or current == (target.aws_id, mirror_filter.aws_id):
-        return
-    if not (target.aws_id and mirror_filter.aws_id):
-        return
-    logger.info(f"following target/filter: {current} → {(target.aws_id, mirror_filter.aws_id)}")
-    owners = apply.live_owners_of(target_owners, filter_owners, session_owners)
-    await _reconcile(
-        body, patch, retry, logger, memo, node_provider_ids, target_states, filter_states, owners, from_timer=True
+def follows(tracked: Tracked, indexes: Mapping[str, Any]) -> bool:
+    """A Ready session whose target or filter now has another AWS ID."""
+    if tracked.request is None:
+        return False
+    facts = dependency_facts(tracked.namespace, tracked.name, tracked.raw_spec, indexes)
+    target, mirror_filter = facts.target, facts.mirror_filter
+    if target is None or mirror_filter is None or not (target.aws_id and mirror_filter.aws_id):
+        return False
+    status = tracked.request.status
+    current = (status.traffic_mirror_target_id, status.traffic_mirror_filter_id)
+    return current != (target.aws_id, mirror_filter.aws_id)
+
+
+BINDING = register(
+    Binding(
+        MIRROR_SESSION,
+        SESSION,
+        dependency_facts,
+        uses_indexes=("target_states", "filter_states"),
+        follows=follows,
+        before_reconcile=settled,
     )
-
-
-@kopf.timer(*SESSIONS, interval=RESYNC_SECONDS, initial_delay=RESYNC_SECONDS)
-async def resync(
-    body: kopf.Body,
-    patch: kopf.Patch,
-    retry: int,
-    logger: logging.Logger,
-    memo: kopf.Memo,
-    node_provider_ids: kopf.Index[str, str],
-    target_states: kopf.Index[Any, Any],
-    filter_states: kopf.Index[Any, Any],
-    target_owners: kopf.Index[str, str],
-    filter_owners: kopf.Index[str, str],
-    session_owners: kopf.Index[str, str],
-    **_: Any,
-) -> None:
-    action = apply.resync_action(body, memo.config.resync_seconds)
-    if action == "skip":
-        return
-    request = apply.request_of(SESSION, body, memo.context, _facts(body, target_states, filter_states))
-    if action == "compare" and isinstance(request, Request):
-        aws_id = SESSION.observed_id(request.status)
-        known = (await memo.snapshot.get(SESSION.snapshot_kind, request.spec.region)).get(aws_id)
-        if SESSION.in_sync(request, known):
-            return  # in sync: no call beyond the shared Describe
-        logger.info(f"drift: {aws_id} is {'changed' if known else 'missing'} in the snapshot")
-    # Not Ready: Pending, or Failed for a fact of the world that may since have changed (the seed's fix).
-    owners = apply.live_owners_of(target_owners, filter_owners, session_owners)
-    await _reconcile(
-        body, patch, retry, logger, memo, node_provider_ids, target_states, filter_states, owners, from_timer=True
-    )
-
-
-@kopf.on.delete(*SESSIONS)
-async def delete(
-    body: kopf.Body, patch: kopf.Patch, retry: int, logger: logging.Logger, memo: kopf.Memo, **_: Any
-) -> None:
-    patch.status["phase"] = Phase.DELETING.value
-    request = apply.request_of(SESSION, body, memo.context)
-    if isinstance(request, Request):  # an invalid spec names no region nor policy to delete by
-        await apply.run(
-            KIND, SESSION.delete, request, body=body, patch=patch, retry=retry, logger=logger, context=memo.context
-        )
-    apply.forget(body["metadata"]["uid"])
+)

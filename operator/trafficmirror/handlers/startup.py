@@ -5,20 +5,24 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import kopf
 import prometheus_client
 
-from trafficmirror.aws.ec2 import Ec2Mirror
+from trafficmirror.aws.ec2 import INSTANCE_TYPE_TTL_SECONDS, Ec2Mirror
 from trafficmirror.aws.instance_support import load_support_table
 from trafficmirror.config import OperatorConfig
-from trafficmirror.handlers.resync import Snapshot
+from trafficmirror.handlers.patching import patch_annotations
+from trafficmirror.handlers.registration import BINDINGS, NUDGE_ANNOTATION, Binding, Tracked, nudge_value
+from trafficmirror.handlers.resync import ResyncLoop, Snapshot
 from trafficmirror.metrics import AWS_CALLS
 from trafficmirror.reconcile.common import ANNOTATION_PREFIX
 from trafficmirror.reconcile.context import ReconcileContext
 
 FINALIZER = f"{ANNOTATION_PREFIX}/finalizer"
+FOLLOW_SECONDS = 5.0  # how soon a session notices that its target or filter got a new AWS ID
 
 
 def _observe(operation: str, result: str) -> None:
@@ -26,7 +30,7 @@ def _observe(operation: str, result: str) -> None:
 
 
 @kopf.on.startup()
-async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: logging.Logger, **_: Any) -> None:
+async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: logging.Logger, **indexes: Any) -> None:
     config = OperatorConfig()
     settings.persistence.finalizer = FINALIZER
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=ANNOTATION_PREFIX)
@@ -37,6 +41,10 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: lo
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.batching.error_delays = (1, 2, 5, 10, 30, 60)
+    # Events are posted by a bounded number of workers (thousands of objects changing at once would
+    # otherwise hold thousands of posting tasks). kopf's per-object workers stay unlimited: a limit
+    # there can deadlock with the indexes, which must see every object before any handler runs.
+    settings.posting.worker_limit = config.worker_threads
     # boto3 is blocking: reconciles run in threads, enough of them for many objects at once.
     asyncio.get_running_loop().set_default_executor(
         concurrent.futures.ThreadPoolExecutor(max_workers=config.worker_threads, thread_name_prefix="reconcile")
@@ -48,18 +56,61 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: lo
         name = region or config.region
         if name not in clients:
             clients[name] = Ec2Mirror.connect(
-                name, observe=_observe, max_attempts=config.aws_max_attempts, max_connections=config.worker_threads
+                name,
+                observe=_observe,
+                max_attempts=config.aws_max_attempts,
+                max_connections=config.worker_threads,
+                pacing_scale=config.aws_rate_limit_scale,
+                # A type read for one reconcile may be reused briefly, never for a good part of a period:
+                # a resize must show in the status within the next period.
+                instance_type_ttl_seconds=min(INSTANCE_TYPE_TTL_SECONDS, config.resync_seconds / 4),
             )
         return clients[name]
 
     aws_for_region(None)  # fail at start, not at the first object, if AWS settings are broken
     memo.config = config
+    # Reconciles in progress at once (the others wait here, holding nothing but kopf's own state): a
+    # burst of thousands of objects keeps a bounded working set, and the threads stay busy.
+    memo.reconcile_slots = asyncio.Semaphore(2 * config.worker_threads)
+    memo.settings = settings
     memo.context = ReconcileContext(
         aws_for_region=aws_for_region,
         support_table=load_support_table(overrides),
         cluster=config.cluster_name,
     )
-    memo.snapshot = Snapshot(aws_for_region, period=config.resync_seconds)
+    memo.resync_tasks = [
+        asyncio.create_task(
+            ResyncLoop(
+                binding,
+                Snapshot(aws_for_region),
+                indexes,
+                _nudger(settings, logger),
+                period=config.resync_seconds,
+                follow_period=FOLLOW_SECONDS,
+                logger=logger,
+            ).run(),
+            name=f"resync {binding.api.plural}",
+        )
+        for binding in BINDINGS.values()
+    ]
     if config.metrics_port:
         prometheus_client.start_http_server(config.metrics_port)
         logger.info(f"metrics on :{config.metrics_port}/metrics")
+
+
+def _nudger(
+    settings: kopf.OperatorSettings, logger: logging.Logger
+) -> Callable[[Binding, Tracked, str], Awaitable[None]]:
+    """Asks kopf to reconcile one object: an annotation, seen by the change handler as an update."""
+
+    async def nudge(binding: Binding, tracked: Tracked, why: str) -> None:
+        annotations = {NUDGE_ANNOTATION: nudge_value(why)}
+        await patch_annotations(settings, binding.api, tracked.namespace, tracked.name, annotations, logger)
+
+    return nudge
+
+
+@kopf.on.cleanup()
+async def stop_resync(memo: kopf.Memo, **_: Any) -> None:
+    for task in getattr(memo, "resync_tasks", []):
+        task.cancel()

@@ -27,6 +27,7 @@ from trafficmirror.reconcile.common import (
 from trafficmirror.reconcile.ports import MirrorAws, Tagging
 
 AWS_RETRY_SECONDS = 10.0
+NOT_FOUND_RETRY_SECONDS = 1.0
 
 
 class RetryLater(Exception):
@@ -66,8 +67,12 @@ def outcome_for_aws_error(error: AwsError, **status_fields: Any) -> Outcome:
         return failed(UNSUPPORTED_INSTANCE_TYPE, f"{error.operation}: {error.code}: {error.message}", **status_fields)
     if error.error_class is ErrorClass.TERMINAL:
         return failed("AwsRejected", f"{error.operation} was rejected: {error.code}: {error.message}", **status_fields)
-    reason = "NotFound" if error.error_class is ErrorClass.NOT_FOUND else "AwsRetrying"
-    outcome = pending(reason, f"{error}; retrying", retry_after=AWS_RETRY_SECONDS, **status_fields)
+    if error.error_class is ErrorClass.NOT_FOUND:
+        # Gone between the read and the write (deleted out of band): the next pass sees it gone and re-creates
+        # it, at once; nothing to back off from.
+        outcome = pending("NotFound", f"{error}; retrying", retry_after=NOT_FOUND_RETRY_SECONDS, **status_fields)
+        raise RetryLater(str(error), delay=NOT_FOUND_RETRY_SECONDS, outcome=outcome)
+    outcome = pending("AwsRetrying", f"{error}; retrying", retry_after=AWS_RETRY_SECONDS, **status_fields)
     raise RetryLater(str(error), delay=AWS_RETRY_SECONDS, outcome=outcome)
 
 

@@ -159,6 +159,18 @@ def _waiting_for(kind: str, dependency: Dependency | None, ref_name: str) -> Out
     return pending(reason, f"Mirror{kind} {ref_name} is not ready{detail}", retry_after=DEPENDENCY_RETRY_SECONDS)
 
 
+def _dependency_gone(error: AwsError, target_name: str, filter_name: str) -> Outcome | None:
+    """The target or filter the session names was deleted in AWS: it is being re-created, and the session
+    follows it as soon as it has its new ID. A dependency's wait, not an AWS failure to back off from."""
+    if error.error_class is not ErrorClass.NOT_FOUND:
+        return None
+    for kind, name in (("Target", target_name), ("Filter", filter_name)):
+        if error.code.lower().startswith(f"invalidtrafficmirror{kind.lower()}id."):
+            message = f"the TrafficMirror{kind} of Mirror{kind} {name} is gone from AWS: {error.message}"
+            return pending(f"WaitingFor{kind}", message, retry_after=DEPENDENCY_RETRY_SECONDS)
+    return None
+
+
 def reconcile_session(request: SessionRequest, ctx: ReconcileContext) -> Outcome:
     owner, spec, status, annotations = request.owner, request.spec, request.status, dict(request.annotations)
     target, mirror_filter = request.facts.target, request.facts.mirror_filter
@@ -240,6 +252,10 @@ def reconcile_session(request: SessionRequest, ctx: ReconcileContext) -> Outcome
     except AwsError as error:
         if error.error_class is ErrorClass.UNSUPPORTED_INSTANCE:
             return _rejected_instance(aws, ctx, error, support, source_fields)
+        gone = _dependency_gone(error, spec.target_ref.name, spec.filter_ref.name)
+        if gone is not None:
+            gone.status_fields.update(source_fields)
+            return gone
         return outcome_for_aws_error(error, **source_fields)
     except Decided as decided:
         return decided.outcome
