@@ -29,14 +29,17 @@ mkdir -p "$IMAGE_DIR"
 # - runc, not crun: Debian's crun 1.8 fails on a hybrid cgroup v1/v2 layout with "cgroups in
 #   hybrid mode not supported".
 # - cgroupfs: no systemd runs here to manage cgroups.
-# - explicit ulimits: podman's defaults exceed the host's hard limits and the build's first RUN
-#   fails with "error setting rlimit type 7: operation not permitted".
+# - explicit ulimits: podman's defaults exceed this host's limits and the build's first RUN fails
+#   with "error setting rlimit type 7 (nofile) / type 6 (nproc): operation not permitted"; even the
+#   shell's own hard nproc limit is refused here, 16384 is accepted.
 # - own storage root in the cache: the layers survive between runs and the project's state stays
 #   apart from any other podman user's.
-ulimit_nofile=$(ulimit -Hn)
-[ "$ulimit_nofile" = unlimited ] && ulimit_nofile=65536
-ulimit_nproc=$(ulimit -Hu)
-[ "$ulimit_nproc" = unlimited ] && ulimit_nproc=65536
+limit() {
+  local hard=$1
+  if [ "$hard" = unlimited ] || [ "$hard" -gt 16384 ]; then echo 16384; else echo "$hard"; fi
+}
+ulimit_nofile=$(limit "$(ulimit -Hn)")
+ulimit_nproc=$(limit "$(ulimit -Hu)")
 pm() {
   podman --root "$CACHE_DIR/containers/storage" --runroot "${XDG_RUNTIME_DIR:-/run}/trafficmirror-containers" \
     --storage-driver overlay --runtime runc --cgroup-manager cgroupfs --events-backend file "$@"
