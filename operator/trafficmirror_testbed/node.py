@@ -12,7 +12,7 @@ served by kube-proxy), and the test bed's AWS emulator by its IP address. Pods f
 host's resolver (the kubelet's documented behaviour without clusterDNS). CoreDNS would add a Go
 build to every cold CI run for nothing a test checks.
 
-Everything is confined to the node's own names and directories (a dummy interface, a bridge, a
+Everything is confined to the node's own names and directories (an interface, a bridge, a
 containerd with its own sockets and root, kubelet root in the work directory) and undone by
 `stop()`, on Ctrl-C too; `python -m trafficmirror_testbed.node cleanup` removes what a killed run
 left behind. Needs root.
@@ -44,11 +44,11 @@ from trafficmirror_testbed.kube import REPO_ROOT, ControlPlane, free_port, testb
 NODE_BUILD_SCRIPT = REPO_ROOT / "hack" / "build-node.sh"
 IMAGE_BUILD_SCRIPT = REPO_ROOT / "hack" / "build-image.sh"
 
-# The node's own addresses, on a dummy interface and a bridge of its own: nothing of the host's.
+# The node's own addresses, on an interface and a bridge of its own: nothing of the host's.
 NODE_ADDRESS = "10.217.0.1"
 POD_CIDR = "10.217.16.0/24"
 SERVICE_CIDR = "10.217.32.0/24"
-DUMMY_LINK = "tmnode0"
+NODE_LINK = "tmnode0"
 BRIDGE_LINK = "tmnodebr0"
 NODE_NAME = "capture-node"
 PAUSE_IMAGE = "localhost/trafficmirror/pause:1"
@@ -222,11 +222,14 @@ class Node:
         (self.run_dir / "host-state.json").write_text(json.dumps(state))
 
     def _network(self) -> None:
-        # The node's address lives on a dummy interface: the apiserver, the kubelet, hostNetwork pods and
-        # the emulator bind it, pods reach it through the bridge's gateway, nothing leaves the machine.
-        _sh("ip", "link", "add", DUMMY_LINK, "type", "dummy")
-        _sh("ip", "addr", "add", f"{NODE_ADDRESS}/32", "dev", DUMMY_LINK)
-        _sh("ip", "link", "set", DUMMY_LINK, "up")
+        # The node's address lives on an interface of its own: the apiserver, the kubelet, hostNetwork
+        # pods and the emulator bind it, pods reach it through the bridge's gateway, nothing leaves the
+        # machine. A veth pair with both ends here, because this host's kernel has no dummy devices
+        # ("Error: Unknown device type.").
+        _sh("ip", "link", "add", NODE_LINK, "type", "veth", "peer", "name", f"{NODE_LINK}p")
+        _sh("ip", "addr", "add", f"{NODE_ADDRESS}/32", "dev", NODE_LINK)
+        _sh("ip", "link", "set", f"{NODE_LINK}p", "up")
+        _sh("ip", "link", "set", NODE_LINK, "up")
         cni_dir = self.work_dir / "cni"
         (cni_dir / "net.d").mkdir(parents=True, exist_ok=True)
         conf = {
@@ -575,7 +578,7 @@ def cleanup(run_dir: Path, containerd: subprocess.Popen[bytes] | None = None) ->
         for ns in os.listdir("/run/netns"):
             if ns.startswith("cni-") and ns not in before:
                 _sh("ip", "netns", "delete", ns, check=False)
-    for link in (BRIDGE_LINK, DUMMY_LINK):
+    for link in (BRIDGE_LINK, NODE_LINK):
         _sh("ip", "link", "delete", link, check=False)
     _delete_kube_chains()
     # cgroups: the pods' first, then the QoS tree, deepest first (rmdir only removes empty ones).

@@ -1,0 +1,191 @@
+"""The shipped artifacts, run for real: `helm install` of the chart with the image `make image` built,
+on a node with a kubelet; the operator and the capture agent as pods; the examples; mirrored traffic
+from a kernel vxlan device to the agent pod on the node's address; the pcapng in (emulated) S3; then
+`helm upgrade` and `helm uninstall`.
+
+The tests share one node and run in file order: each step starts from what the one before left.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.e2e.conftest import BUCKET, CLUSTER, E2E, EXAMPLES_NAMESPACE
+from trafficmirror_testbed import story, traffic
+from trafficmirror_testbed.node import image_reference
+
+KINDS = "mirrorsessions,mirrortargets,mirrorfilters"
+
+
+@pytest.fixture(scope="module")
+def installed(e2e: E2E) -> E2E:
+    out = story.install(e2e.access, e2e.values())
+    assert "STATUS: deployed" in out, out
+    return e2e
+
+
+def _container(pod: dict[str, Any]) -> dict[str, Any]:
+    [container] = pod["spec"]["containers"]
+    return container  # type: ignore[no-any-return]
+
+
+def _exec(e2e: E2E, pod: str, *command: str) -> str:
+    result = e2e.access.kubectl("exec", "-n", story.RELEASE_NAMESPACE, pod, "--", *command, check=False)
+    return result.stdout + result.stderr
+
+
+def test_operator_and_agent_pods_run_ready_and_locked_down(installed: E2E) -> None:
+    e2e = installed
+    story.wait_workloads(e2e.access)
+    operator, capture = story.pods(e2e.access, "operator"), story.pods(e2e.access, "capture")
+    assert len(operator) == 1 and len(capture) == 1, (operator, capture)
+    for pod in operator + capture:
+        name = pod["metadata"]["name"]
+        assert pod["status"]["phase"] == "Running", name
+        ready = {c["type"]: c["status"] for c in pod["status"]["conditions"]}
+        assert ready["Ready"] == "True", (name, ready)
+        [status] = pod["status"]["containerStatuses"]
+        assert status["ready"] and status["restartCount"] == 0, status
+        # The image make image built and the node imported: the chart's default reference, never pulled.
+        assert status["image"].endswith(image_reference()) or image_reference() in status["image"], status
+        container = _container(pod)
+        assert container["imagePullPolicy"] == "Never"
+        ctx = container["securityContext"]
+        assert ctx["readOnlyRootFilesystem"] and ctx["runAsNonRoot"] and not ctx["allowPrivilegeEscalation"]
+        assert ctx["capabilities"]["drop"] == ["ALL"] and "add" not in ctx["capabilities"]
+        # What the kernel says of the running process, not only what the spec asks for.
+        assert _exec(e2e, name, "id", "-u").strip() == "65532", name
+        caps = dict(
+            line.split(":\t") for line in _exec(e2e, name, "cat", "/proc/1/status").splitlines() if ":\t" in line
+        )
+        assert caps["CapEff"].strip() == "0" * 16 and caps["CapPrm"].strip() == "0" * 16, (name, caps)
+        assert caps["NoNewPrivs"].strip() == "1", name
+        assert "Read-only file system" in _exec(e2e, name, "touch", "/opt/trafficmirror/x"), name
+    assert capture[0]["spec"]["hostNetwork"] is True
+    assert capture[0]["status"]["podIP"] == e2e.node.address
+    assert operator[0]["spec"].get("hostNetwork") is not True
+    assert capture[0]["spec"]["nodeName"] == e2e.node.name
+
+
+def test_operator_logs_in_with_its_service_account(installed: E2E) -> None:
+    """In the pod: the projected ServiceAccount token, the `kubernetes` Service (kube-proxy) and RBAC."""
+    e2e = installed
+    [pod] = story.pods(e2e.access, "operator")
+    assert pod["spec"]["serviceAccountName"] == story.OPERATOR
+    env = _exec(e2e, pod["metadata"]["name"], "env")
+    assert "KUBECONFIG" not in env
+    service = e2e.access.json("get", "service", "kubernetes", "-n", "default")["spec"]["clusterIP"]
+    assert f"KUBERNETES_SERVICE_HOST={service}" in env
+    token = _exec(e2e, pod["metadata"]["name"], "cat", "/var/run/secrets/kubernetes.io/serviceaccount/token")
+    # Who the token is, as the apiserver sees it (a TokenReview).
+    result = e2e.access.kubectl(
+        "create",
+        "-o",
+        "json",
+        "-f",
+        "-",
+        input=json.dumps(
+            {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "spec": {"token": token.strip()}}
+        ),
+    )
+    status = json.loads(result.stdout)["status"]
+    assert status["authenticated"], status
+    assert status["user"]["username"] == f"system:serviceaccount:{story.RELEASE_NAMESPACE}:{story.OPERATOR}"
+
+
+def test_examples_become_ready_and_mirrored_traffic_lands_in_s3(installed: E2E, tmp_path: Path) -> None:
+    e2e = installed
+    story.apply_examples(e2e.access, EXAMPLES_NAMESPACE)
+    legacy = e2e.access.json("get", "mirrorsession", "legacy", "-n", EXAMPLES_NAMESPACE)
+    reasons = {c["type"]: c.get("reason") for c in legacy["status"]["conditions"]}
+    assert reasons["Ready"] == "UnsupportedInstanceType", legacy["status"]
+    sessions = e2e.emulator.client("ec2").describe_traffic_mirror_sessions()["TrafficMirrorSessions"]
+    vni = story.session_vni(e2e.access, EXAMPLES_NAMESPACE)
+    assert [s["VirtualNetworkId"] for s in sessions] == [vni], sessions
+
+    # The agent pod learns the VNI from its MirrorSession watch; then the kernel mirrors an HTTP
+    # exchange into a vxlan device aimed at the node's address and the agent's (non-default) port.
+    time.sleep(3)
+    mirror = traffic.KernelMirror(
+        vni, prefix="tme2e", remote=e2e.node.address, port=e2e.capture_port, underlay=("10.217.250.1", "10.217.250.2")
+    )
+    mirror.up()
+    try:
+        mirror.http_exchange(requests=3)
+    finally:
+        mirror.down()
+    prefix = f"pcap/{CLUSTER}/{EXAMPLES_NAMESPACE}/web/"
+    story.wait_for(
+        "the capture in S3",
+        lambda: any(k.startswith(prefix) for k in story.s3_keys(e2e.emulator, BUCKET)),
+        90,
+        lambda: f"{story.s3_keys(e2e.emulator, BUCKET)}\n"
+        + e2e.access.kubectl(
+            "logs", "-n", story.RELEASE_NAMESPACE, f"daemonset/{story.CAPTURE}", "--tail=30", check=False
+        ).stdout,
+    )
+    out = tmp_path / "web.pcapng"
+    got = story.pcap_get(e2e.emulator, BUCKET, CLUSTER, f"{EXAMPLES_NAMESPACE}/web", out)
+    assert got.returncode == 0, got.stdout + got.stderr
+    lines = story.http_in_pcap(out)
+    requests = [ln for ln in lines if "GET / HTTP/1.1" in ln]
+    responses = [ln for ln in lines if "HTTP/1.0 200" in ln]
+    assert len(requests) == 3 and len(responses) == 3, lines
+    assert all(ln.startswith(f"{traffic.CLIENT_IP} {traffic.SOURCE_IP}") for ln in requests), lines
+
+
+def _inventory(e2e: E2E) -> dict[str, str]:
+    listed = e2e.access.json("get", KINDS, "-A")["items"]
+    return {f"{i['kind']}/{i['metadata']['namespace']}/{i['metadata']['name']}": i["metadata"]["uid"] for i in listed}
+
+
+def test_helm_upgrade_rolls_the_pods_and_keeps_every_resource(installed: E2E) -> None:
+    e2e = installed
+    before = _inventory(e2e)
+    assert len(before) == 5, before  # the four examples' objects: 1 filter, 1 target, 2 sessions
+    pods_before = {p["metadata"]["uid"] for p in story.pods(e2e.access, "operator") + story.pods(e2e.access, "capture")}
+    aws_before = e2e.emulator.client("ec2").describe_traffic_mirror_sessions()["TrafficMirrorSessions"]
+    values = e2e.values()
+    values["operator"]["logLevel"] = "DEBUG"  # type: ignore[index]
+    values["capture"]["logLevel"] = "DEBUG"  # type: ignore[index]
+    story.install(e2e.access, values)
+    story.wait_workloads(e2e.access)
+    story.wait_for(
+        "old pods gone",
+        lambda: len(story.pods(e2e.access, "operator") + story.pods(e2e.access, "capture")) == 2,
+        120,
+    )
+    after = story.pods(e2e.access, "operator") + story.pods(e2e.access, "capture")
+    assert not {p["metadata"]["uid"] for p in after} & pods_before, "the pods rolled"
+    for pod in after:
+        assert "--log-level=DEBUG" in _container(pod)["args"]
+    assert _inventory(e2e) == before, "no custom resource lost or recreated"
+    story.wait_for(
+        "sessions settled", lambda: story.phases(e2e.access, EXAMPLES_NAMESPACE) == story.EXPECTED_PHASES, 120
+    )
+    aws_after = e2e.emulator.client("ec2").describe_traffic_mirror_sessions()["TrafficMirrorSessions"]
+    ids = sorted(s["TrafficMirrorSessionId"] for s in aws_after)
+    assert ids == sorted(s["TrafficMirrorSessionId"] for s in aws_before), "AWS untouched by the upgrade"
+
+
+def test_helm_uninstall_keeps_crds_and_leaves_nothing_in_aws(installed: E2E) -> None:
+    e2e = installed
+    # Custom resources first, while the operator runs: its finalizers delete what it made in AWS.
+    for kind in ("mirrorsessions", "mirrortargets", "mirrorfilters"):
+        e2e.access.kubectl("delete", kind, "--all", "-A", "--wait=true", "--timeout=120s")
+    ec2 = e2e.emulator.client("ec2")
+    assert ec2.describe_traffic_mirror_sessions()["TrafficMirrorSessions"] == []
+    assert ec2.describe_traffic_mirror_targets()["TrafficMirrorTargets"] == []
+    assert ec2.describe_traffic_mirror_filters()["TrafficMirrorFilters"] == []
+    e2e.access.helm("uninstall", story.RELEASE, "--namespace", story.RELEASE_NAMESPACE, "--wait", "--timeout", "3m")
+    crds = {c["metadata"]["name"] for c in e2e.access.json("get", "crds")["items"]}
+    assert {f"{k}.trafficmirror.io" for k in ("mirrorsessions", "mirrortargets", "mirrorfilters")} <= crds
+    assert story.pods(e2e.access, "operator") == [] and story.pods(e2e.access, "capture") == []
+    # A controller-manager runs: the namespace finishes deleting (no leftover finalizers either).
+    e2e.access.kubectl("delete", "namespace", story.RELEASE_NAMESPACE, "--wait=true", "--timeout=120s")
+    assert e2e.access.kubectl("get", "namespace", story.RELEASE_NAMESPACE, check=False).returncode != 0
