@@ -1,19 +1,21 @@
 #!/usr/bin/env bash
 # Builds the single-node cluster's Kubernetes binaries (kubelet, kube-controller-manager,
 # kube-scheduler, kube-proxy) from the same k8s.io/kubernetes version and wrapper module as the
-# test bed's apiserver (hack/build-testbed.sh), plus a static pause binary for the sandbox image.
+# test bed's apiserver (hack/build-testbed.sh), a static pause binary for the sandbox image, and
+# CoreDNS (cluster DNS: kopf logs in at https://kubernetes.default.svc, a name only it answers).
 # Binaries land in a cache outside the repository; a build is skipped when they are already there.
 # Prints the binary directory on stdout.
 set -euo pipefail
 
 KUBERNETES_VERSION=${KUBERNETES_VERSION:-v1.35.4}
+COREDNS_VERSION=${COREDNS_VERSION:-v1.14.7}
 CACHE_DIR=${TRAFFICMIRROR_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/trafficmirror}
-BIN_DIR="$CACHE_DIR/bin/node-k8s-$KUBERNETES_VERSION"
+BIN_DIR="$CACHE_DIR/bin/node-k8s-$KUBERNETES_VERSION-coredns-$COREDNS_VERSION"
 COMPONENTS=(kubelet kube-controller-manager kube-scheduler kube-proxy)
 
 have_all() {
   local c
-  for c in "${COMPONENTS[@]}" pause; do [ -x "$BIN_DIR/$c" ] || return 1; done
+  for c in "${COMPONENTS[@]}" pause coredns; do [ -x "$BIN_DIR/$c" ] || return 1; done
 }
 if have_all; then
   echo "$BIN_DIR"
@@ -88,6 +90,9 @@ func main() {
 }
 GO
   (cd "$work/pause" && go build -trimpath -ldflags "-s -w" -o "$BIN_DIR/pause" .) >&2
+fi
+if [ ! -x "$BIN_DIR/coredns" ]; then
+  GOBIN="$BIN_DIR" go install -trimpath -ldflags "-s -w" "github.com/coredns/coredns@$COREDNS_VERSION" >&2
 fi
 echo "built node binaries in $(( $(date +%s) - start ))s" >&2
 echo "$BIN_DIR"

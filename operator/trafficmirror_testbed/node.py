@@ -6,11 +6,11 @@ kube-scheduler, kube-proxy and a kubelet built from the same k8s.io/kubernetes v
 host-local. Images come from tarballs (`ctr images import`): no registry is needed, the pod sandbox
 ("pause") image included, which is built here from a static binary.
 
-Cluster DNS: none. Nothing the product runs resolves a cluster name: pods reach the apiserver
-through the KUBERNETES_SERVICE_HOST/PORT variables the kubelet injects (the `kubernetes` Service,
-served by kube-proxy), and the test bed's AWS emulator by its IP address. Pods fall back to the
-host's resolver (the kubelet's documented behaviour without clusterDNS). CoreDNS would add a Go
-build to every cold CI run for nothing a test checks.
+Cluster DNS: CoreDNS with its kubernetes plugin, built from its Go module, as a process on the
+node's address (the kubelet's clusterDNS). Needed: kopf logs in at https://kubernetes.default.svc,
+a name only cluster DNS answers. CoreDNS because it is what clusters run (the same answers, search
+paths and ndots as in production); a process rather than pods because it is one binary less to
+package as an image, and the product does not care where DNS runs.
 
 Everything is confined to the node's own names and directories (an interface, a bridge, a
 containerd with its own sockets and root, kubelet root in the work directory) and undone by
@@ -29,6 +29,7 @@ import platform
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import tarfile
@@ -51,6 +52,7 @@ SERVICE_CIDR = "10.217.32.0/24"
 NODE_LINK = "tmnode0"
 BRIDGE_LINK = "tmnodebr0"
 NODE_NAME = "capture-node"
+CLUSTER_DOMAIN = "cluster.local"
 PAUSE_IMAGE = "localhost/trafficmirror/pause:1"
 RUN_BASE = Path("/run/trafficmirror-node")
 CNI_BIN_DIR = Path("/usr/lib/cni")
@@ -205,6 +207,7 @@ class Node:
             "--leader-elect=false",
             "--v", "1",
         )  # fmt: skip
+        self._coredns(bins / "coredns")
         self._kubelet(bins / "kubelet")
         self._kube_proxy(bins / "kube-proxy")
         self._wait_ready()
@@ -338,7 +341,11 @@ state = "{self.run_dir}/containerd"
                     "size": len(config),
                 },
                 "layers": [
-                    {"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": layer_digest, "size": len(layer_bytes)}
+                    {
+                        "mediaType": "application/vnd.oci.image.layer.v1.tar",
+                        "digest": layer_digest,
+                        "size": len(layer_bytes),
+                    }
                 ],
             }
         ).encode()
@@ -369,6 +376,25 @@ state = "{self.run_dir}/containerd"
                 add(f"blobs/sha256/{hashlib.sha256(blob).hexdigest()}", blob)
         return out
 
+    def _coredns(self, binary: Path) -> None:
+        assert self.plane is not None
+        corefile = self.work_dir / "Corefile"
+        corefile.write_text(
+            f""".:53 {{
+    bind {NODE_ADDRESS}
+    errors
+    kubernetes {CLUSTER_DOMAIN} in-addr.arpa ip6.arpa {{
+        kubeconfig {self.plane.kubeconfig} testbed
+        pods insecure
+        fallthrough in-addr.arpa ip6.arpa
+    }}
+    forward . /etc/resolv.conf
+    cache 30
+}}
+"""
+        )
+        self._spawn("coredns", str(binary), "-conf", str(corefile))
+
     def _kubelet(self, binary: Path) -> None:
         assert self.plane is not None
         self._ports["kubelet"] = free_port()
@@ -381,7 +407,7 @@ state = "{self.run_dir}/containerd"
             "healthzBindAddress": "127.0.0.1",
             "healthzPort": free_port(),
             # The apiserver calls the kubelet (logs, exec) without a client certificate in the test bed;
-            # the kubelet listens on the node's dummy address only.
+            # the kubelet listens on the node's own address only.
             "authentication": {"anonymous": {"enabled": True}, "webhook": {"enabled": False}},
             "authorization": {"mode": "AlwaysAllow"},
             # No systemd manages cgroups here, and this host mounts cgroup v1 (kubelet 1.35 refuses it
@@ -391,6 +417,8 @@ state = "{self.run_dir}/containerd"
             "failSwapOn": False,
             "containerRuntimeEndpoint": f"unix://{self.containerd_socket}",
             "podLogsDir": str(self.work_dir / "pod-logs"),
+            "clusterDNS": [NODE_ADDRESS],
+            "clusterDomain": CLUSTER_DOMAIN,
             # A shared test machine: never evict or garbage-collect the imported images on disk pressure.
             "evictionHard": {"memory.available": "1Mi", "nodefs.available": "1%", "imagefs.available": "1%"},
             "imageGCHighThresholdPercent": 100,
@@ -451,6 +479,7 @@ state = "{self.run_dir}/containerd"
 
         self._wait("node Ready", node_ready, 180)
         self._wait("ServiceAccounts", accounts_ready, 60)
+        self._wait("cluster DNS", lambda: bool(dns_lookup(f"kubernetes.default.svc.{CLUSTER_DOMAIN}")), 60)
 
     def _spawn(self, name: str, *args: str) -> None:
         log = self.work_dir / f"{name}.log"
@@ -463,7 +492,9 @@ state = "{self.run_dir}/containerd"
         while time.monotonic() < deadline:
             for name, proc in self._procs.items():
                 if proc.poll() is not None:
-                    raise RuntimeError(f"{name} exited with {proc.returncode} while waiting for {what}:\n{self.tail(name)}")
+                    raise RuntimeError(
+                        f"{name} exited with {proc.returncode} while waiting for {what}:\n{self.tail(name)}"
+                    )
             if predicate():
                 return
             time.sleep(0.5)
@@ -500,7 +531,7 @@ state = "{self.run_dir}/containerd"
             self.plane.kubectl(
                 "delete", "pods", "--all-namespaces", "--all", "--grace-period=5", "--timeout=60s", check=False
             )
-        for name in ("kube-proxy", "kubelet", "kube-scheduler", "kube-controller-manager"):
+        for name in ("kube-proxy", "kubelet", "coredns", "kube-scheduler", "kube-controller-manager"):
             _terminate(self._procs.pop(name, None))
         if self.plane is not None:
             self.plane.stop()
@@ -555,7 +586,9 @@ def cleanup(run_dir: Path, containerd: subprocess.Popen[bytes] | None = None) ->
     shims = [
         int(p.name)
         for p in Path("/proc").iterdir()
-        if p.name.isdigit() and "containerd-shim" in " ".join(_pid_cmdline(int(p.name))[:1]) and sock in _pid_cmdline(int(p.name))
+        if p.name.isdigit()
+        and "containerd-shim" in " ".join(_pid_cmdline(int(p.name))[:1])
+        and sock in _pid_cmdline(int(p.name))
     ]
     # The pods' own processes: whatever is left in the kubelet's cgroups.
     kubepods_before = set(state.get("cgroups", []))
@@ -610,8 +643,10 @@ def _delete_kube_chains() -> None:
             chains = [r.split()[1] for r in rules if r.startswith("-N KUBE-")]
             for rule in rules:
                 parts = rule.split()
-                if parts[:1] == ["-A"] and not parts[1].startswith("KUBE-") and any(
-                    parts[i + 1].startswith("KUBE-") for i, p in enumerate(parts[:-1]) if p == "-j"
+                if (
+                    parts[:1] == ["-A"]
+                    and not parts[1].startswith("KUBE-")
+                    and any(parts[i + 1].startswith("KUBE-") for i, p in enumerate(parts[:-1]) if p == "-j")
                 ):
                     _sh(tool, "-w", "-t", table, "-D", *parts[1:], check=False)
             for chain in chains:
@@ -641,6 +676,31 @@ def running_node(images: list[Path], log: Callable[[str], None] = lambda _msg: N
         yield node.start()
     finally:
         node.stop()
+
+
+def dns_lookup(name: str, server: str = NODE_ADDRESS) -> list[str]:
+    """The A records cluster DNS gives for a name (one UDP query)."""
+    query = struct.pack("!HHHHHH", 0x7E57, 0x0100, 1, 0, 0, 0)
+    query += b"".join(bytes([len(label)]) + label.encode() for label in name.split(".")) + b"\0"
+    query += struct.pack("!HH", 1, 1)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(2)
+        try:
+            sock.sendto(query, (server, 53))
+            reply = sock.recv(4096)
+        except OSError:
+            return []
+    answers = struct.unpack("!H", reply[6:8])[0]
+    offset = len(query)
+    found = []
+    for _ in range(answers):
+        offset += 2  # a compressed name pointer to the question
+        kind, _cls, _ttl, length = struct.unpack("!HHIH", reply[offset : offset + 10])
+        offset += 10
+        if kind == 1 and length == 4:
+            found.append(socket.inet_ntoa(reply[offset : offset + 4]))
+        offset += length
+    return found
 
 
 def free_udp_port() -> int:

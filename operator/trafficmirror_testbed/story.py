@@ -47,7 +47,9 @@ class Access:
             check=False,
         )
         if check and result.returncode != 0:
-            raise RuntimeError(f"kubectl {' '.join(args)} failed ({result.returncode}):\n{result.stdout}{result.stderr}")
+            raise RuntimeError(
+                f"kubectl {' '.join(args)} failed ({result.returncode}):\n{result.stdout}{result.stderr}"
+            )
         return result
 
     def json(self, *args: str) -> Any:
@@ -200,11 +202,14 @@ def s3_keys(emulator: Emulator, bucket: str) -> list[str]:
     return [o["Key"] for o in listed.get("Contents", [])]
 
 
-def pcap_get(emulator: Emulator, bucket: str, cluster: str, session: str, out: Path) -> subprocess.CompletedProcess[str]:
+def pcap_get(
+    emulator: Emulator, bucket: str, cluster: str, session: str, out: Path
+) -> subprocess.CompletedProcess[str]:
     """`trafficmirror pcap get` from S3, as a user would run it."""
     return subprocess.run(
         [
-            sys.executable, "-m", "trafficmirror.cli", "pcap", "get", session, "--s3-bucket", bucket, "--cluster", cluster,
+            sys.executable, "-m", "trafficmirror.cli", "pcap", "get", session,
+            "--s3-bucket", bucket, "--cluster", cluster,
             "--s3-endpoint-url", emulator.endpoint_url, "--s3-region", emulator.region, "-o", str(out),
         ],
         env={**os.environ, **emulator.env()},

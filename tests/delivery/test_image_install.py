@@ -142,7 +142,9 @@ def test_installed_wheel_imports_no_test_only_module(venv: Path, tmp_path: Path)
     assert {"trafficmirror.cli", "trafficmirror.capture.agent", "trafficmirror.handlers"} <= set(out["modules"]), out
     loaded = {m.split(".")[0] for m in out["loaded"]}
     assert not loaded & set(TEST_ONLY), sorted(loaded & set(TEST_ONLY))
-    missing = run(venv / "bin" / "python", "-c", "import importlib.util as u; print(u.find_spec('trafficmirror_testbed'))")
+    missing = run(
+        venv / "bin" / "python", "-c", "import importlib.util as u; print(u.find_spec('trafficmirror_testbed'))"
+    )
     assert missing.stdout.strip() == "None"
 
 

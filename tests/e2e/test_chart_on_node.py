@@ -124,10 +124,12 @@ def test_examples_become_ready_and_mirrored_traffic_lands_in_s3(installed: E2E, 
         "the capture in S3",
         lambda: any(k.startswith(prefix) for k in story.s3_keys(e2e.emulator, BUCKET)),
         90,
-        lambda: f"{story.s3_keys(e2e.emulator, BUCKET)}\n"
-        + e2e.access.kubectl(
-            "logs", "-n", story.RELEASE_NAMESPACE, f"daemonset/{story.CAPTURE}", "--tail=30", check=False
-        ).stdout,
+        lambda: (
+            f"{story.s3_keys(e2e.emulator, BUCKET)}\n"
+            + e2e.access.kubectl(
+                "logs", "-n", story.RELEASE_NAMESPACE, f"daemonset/{story.CAPTURE}", "--tail=30", check=False
+            ).stdout
+        ),
     )
     out = tmp_path / "web.pcapng"
     got = story.pcap_get(e2e.emulator, BUCKET, CLUSTER, f"{EXAMPLES_NAMESPACE}/web", out)
