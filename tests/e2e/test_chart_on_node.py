@@ -17,6 +17,7 @@ import pytest
 
 from tests.e2e.conftest import BUCKET, CLUSTER, E2E, EXAMPLES_NAMESPACE
 from trafficmirror_testbed import story, traffic
+from trafficmirror_testbed.kube import running_control_plane
 from trafficmirror_testbed.node import image_reference
 
 KINDS = "mirrorsessions,mirrortargets,mirrorfilters"
@@ -191,3 +192,51 @@ def test_helm_uninstall_keeps_crds_and_leaves_nothing_in_aws(installed: E2E) -> 
     # A controller-manager runs: the namespace finishes deleting (no leftover finalizers either).
     e2e.access.kubectl("delete", "namespace", story.RELEASE_NAMESPACE, "--wait=true", "--timeout=120s")
     assert e2e.access.kubectl("get", "namespace", story.RELEASE_NAMESPACE, check=False).returncode != 0
+
+
+# --- plain manifests ------------------------------------------------------------------------------
+
+DEPLOY = story.REPO_ROOT / "deploy" / "trafficmirror.yaml"
+
+
+def test_plain_manifests_apply_in_one_pass_on_a_fresh_apiserver(tmp_path: Path) -> None:
+    with running_control_plane(tmp_path / "kube") as plane:
+        applied = plane.kubectl("apply", "-f", str(DEPLOY), check=False)
+        assert applied.returncode == 0, applied.stderr
+        assert "deployment.apps/trafficmirror-operator created" in applied.stdout
+        assert "ensure CRDs are installed first" not in applied.stderr
+
+
+def test_plain_manifests_run_on_the_node_in_one_pass(installed: E2E) -> None:
+    """After the chart: a cluster without any of our objects or CRDs again, then one `kubectl apply`."""
+    e2e = installed
+    access = e2e.access
+    ours = [c["metadata"]["name"] for c in access.json("get", "crds")["items"]]
+    ours = [c for c in ours if c.endswith(".trafficmirror.io") or c.endswith(".kopf.dev")]
+    access.kubectl("delete", "crd", *ours, "--wait=true", "--timeout=120s")
+    applied = access.kubectl("apply", "-f", str(DEPLOY), check=False)
+    assert applied.returncode == 0, applied.stderr
+    # The manifests name no AWS endpoint: point the workloads at the emulator (not another apply).
+    env = [f"{k}={v}" for k, v in e2e.emulator.env().items()]
+    access.kubectl("set", "env", "-n", story.RELEASE_NAMESPACE, f"deployment/{story.OPERATOR}", *env)
+    access.kubectl("set", "env", "-n", story.RELEASE_NAMESPACE, f"daemonset/{story.CAPTURE}", *env)
+    access.kubectl(
+        "patch", "daemonset", story.CAPTURE, "-n", story.RELEASE_NAMESPACE, "--type", "json", "-p",
+        json.dumps([{"op": "replace", "path": "/spec/template/spec/containers/0/imagePullPolicy", "value": "Never"},
+                    {"op": "add", "path": "/spec/template/spec/containers/0/args/-",
+                     "value": f"--port={e2e.capture_port}"},
+                    {"op": "add", "path": "/spec/template/spec/containers/0/args/-",
+                     "value": f"--metrics-port={e2e.capture_metrics_port}"}]),
+    )  # fmt: skip
+    story.wait_workloads(e2e.access)
+    [operator] = story.pods(access, "operator")
+    init = access.kubectl(
+        "logs", "-n", story.RELEASE_NAMESPACE, operator["metadata"]["name"], "-c", "peering", check=False
+    ).stdout
+    assert "created ClusterKopfPeering trafficmirror" in init, init
+    access.json("get", "clusterkopfpeering", "trafficmirror")
+    story.apply_examples(access, EXAMPLES_NAMESPACE)
+    for kind in ("mirrorsessions", "mirrortargets", "mirrorfilters"):
+        access.kubectl("delete", kind, "--all", "-A", "--wait=true", "--timeout=120s")
+    assert e2e.emulator.client("ec2").describe_traffic_mirror_sessions()["TrafficMirrorSessions"] == []
+    access.kubectl("delete", "-f", str(DEPLOY), "--wait=true", "--timeout=180s")
