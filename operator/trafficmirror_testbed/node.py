@@ -694,7 +694,9 @@ def dns_lookup(name: str, server: str = NODE_ADDRESS) -> list[str]:
     offset = len(query)
     found = []
     for _ in range(answers):
-        offset += 2  # a compressed name pointer to the question
+        while reply[offset] and reply[offset] < 0xC0:  # the owner name: labels, or a pointer
+            offset += reply[offset] + 1
+        offset += 2 if reply[offset] >= 0xC0 else 1
         kind, _cls, _ttl, length = struct.unpack("!HHIH", reply[offset : offset + 10])
         offset += 10
         if kind == 1 and length == 4:
