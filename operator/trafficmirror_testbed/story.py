@@ -163,7 +163,24 @@ def install(access: Access, values: dict[str, Any], *extra: str) -> str:
 
 def wait_workloads(access: Access, timeout: str = "300s") -> None:
     for kind in (f"deployment/{OPERATOR}", f"daemonset/{CAPTURE}"):
-        access.kubectl("rollout", "status", "-n", RELEASE_NAMESPACE, kind, f"--timeout={timeout}")
+        result = access.kubectl("rollout", "status", "-n", RELEASE_NAMESPACE, kind, f"--timeout={timeout}", check=False)
+        if result.returncode != 0:
+            raise TimeoutError(f"{kind} not rolled out:\n{result.stdout}{result.stderr}\n{diagnose(access)}")
+
+
+def diagnose(access: Access) -> str:
+    """The release's pods, their events and their logs' tails, for a failure message."""
+    out = [access.kubectl("get", "pods", "-n", RELEASE_NAMESPACE, "-o", "wide", check=False).stdout]
+    for pod in access.json("get", "pods", "-n", RELEASE_NAMESPACE)["items"]:
+        name = pod["metadata"]["name"]
+        described = access.kubectl("describe", "pod", "-n", RELEASE_NAMESPACE, name, check=False).stdout
+        out.append(described[-2500:])
+        for container in pod["spec"].get("initContainers", []) + pod["spec"]["containers"]:
+            logs = access.kubectl(
+                "logs", "-n", RELEASE_NAMESPACE, name, "-c", container["name"], "--tail=15", check=False
+            )
+            out.append(f"--- {name}/{container['name']}\n{logs.stdout}{logs.stderr}")
+    return "\n".join(out)
 
 
 def pods(access: Access, component: str) -> list[dict[str, Any]]:

@@ -207,27 +207,36 @@ def test_plain_manifests_apply_in_one_pass_on_a_fresh_apiserver(tmp_path: Path) 
         assert "ensure CRDs are installed first" not in applied.stderr
 
 
-def test_plain_manifests_run_on_the_node_in_one_pass(installed: E2E) -> None:
+def test_plain_manifests_run_on_the_node_in_one_pass(e2e: E2E) -> None:
     """After the chart: a cluster without any of our objects or CRDs again, then one `kubectl apply`."""
-    e2e = installed
     access = e2e.access
+    # What the chart tests left (nothing when they ran to the end).
+    access.helm("uninstall", story.RELEASE, "-n", story.RELEASE_NAMESPACE, "--ignore-not-found", "--wait")
+    access.kubectl("delete", "namespace", story.RELEASE_NAMESPACE, "--ignore-not-found", "--timeout=120s")
     ours = [c["metadata"]["name"] for c in access.json("get", "crds")["items"]]
     ours = [c for c in ours if c.endswith(".trafficmirror.io") or c.endswith(".kopf.dev")]
-    access.kubectl("delete", "crd", *ours, "--wait=true", "--timeout=120s")
+    if ours:
+        access.kubectl("delete", "crd", *ours, "--wait=true", "--timeout=120s")
     applied = access.kubectl("apply", "-f", str(DEPLOY), check=False)
     assert applied.returncode == 0, applied.stderr
     # The manifests name no AWS endpoint: point the workloads at the emulator (not another apply).
     env = [f"{k}={v}" for k, v in e2e.emulator.env().items()]
     access.kubectl("set", "env", "-n", story.RELEASE_NAMESPACE, f"deployment/{story.OPERATOR}", *env)
     access.kubectl("set", "env", "-n", story.RELEASE_NAMESPACE, f"daemonset/{story.CAPTURE}", *env)
+    # Ports of its own: other UDP receivers may run on this machine (hostNetwork binds the host's).
+    container = "/spec/template/spec/containers/0"
+    patch = [
+        {"op": "replace", "path": f"{container}/imagePullPolicy", "value": "Never"},
+        {"op": "replace", "path": f"{container}/ports/0/containerPort", "value": e2e.capture_port},
+        {"op": "replace", "path": f"{container}/ports/1/containerPort", "value": e2e.capture_metrics_port},
+        {"op": "add", "path": f"{container}/args/-", "value": f"--port={e2e.capture_port}"},
+        {"op": "add", "path": f"{container}/args/-", "value": f"--metrics-port={e2e.capture_metrics_port}"},
+    ]
+    ds = access.json("get", "daemonset", story.CAPTURE, "-n", story.RELEASE_NAMESPACE)
+    assert [p["name"] for p in ds["spec"]["template"]["spec"]["containers"][0]["ports"]] == ["vxlan", "metrics"]
     access.kubectl(
-        "patch", "daemonset", story.CAPTURE, "-n", story.RELEASE_NAMESPACE, "--type", "json", "-p",
-        json.dumps([{"op": "replace", "path": "/spec/template/spec/containers/0/imagePullPolicy", "value": "Never"},
-                    {"op": "add", "path": "/spec/template/spec/containers/0/args/-",
-                     "value": f"--port={e2e.capture_port}"},
-                    {"op": "add", "path": "/spec/template/spec/containers/0/args/-",
-                     "value": f"--metrics-port={e2e.capture_metrics_port}"}]),
-    )  # fmt: skip
+        "patch", "daemonset", story.CAPTURE, "-n", story.RELEASE_NAMESPACE, "--type", "json", "-p", json.dumps(patch)
+    )
     story.wait_workloads(e2e.access)
     [operator] = story.pods(access, "operator")
     init = access.kubectl(
