@@ -183,21 +183,8 @@ class Node:
         self.log(f"kube-apiserver at {self.plane.url}")
         self._containerd()
         self._import(self._pause_image(bins / "pause"), *self.images)
-        ca = str(self.plane.ca_file)
         kubeconfig = str(self.plane.kubeconfig)
-        self._spawn(
-            "kube-controller-manager",
-            str(bins / "kube-controller-manager"),
-            "--kubeconfig", kubeconfig,
-            "--bind-address", "127.0.0.1",
-            "--secure-port", str(free_port()),
-            "--leader-elect=false",
-            "--service-account-private-key-file", str(self.plane.work_dir / "sa.key"),
-            "--root-ca-file", ca,
-            "--use-service-account-credentials=false",
-            "--cluster-name", "trafficmirror-node",
-            "--v", "1",
-        )  # fmt: skip
+        self._spawn("kube-controller-manager", *controller_manager_command(self.plane, bins))
         self._spawn(
             "kube-scheduler",
             str(bins / "kube-scheduler"),
@@ -537,6 +524,23 @@ state = "{self.run_dir}/containerd"
             self.plane.stop()
             self.plane = None
         cleanup(self.run_dir, containerd=self._procs.pop("containerd", None))
+
+
+def controller_manager_command(plane: ControlPlane, bins: Path, controllers: str = "*") -> list[str]:
+    """kube-controller-manager for a test bed control plane: its ServiceAccount key and serving CA."""
+    return [
+        str(bins / "kube-controller-manager"),
+        "--kubeconfig", str(plane.kubeconfig),
+        "--bind-address", "127.0.0.1",
+        "--secure-port", str(free_port()),
+        "--leader-elect=false",
+        "--controllers", controllers,
+        "--service-account-private-key-file", str(plane.work_dir / "sa.key"),
+        "--root-ca-file", str(plane.ca_file),
+        "--use-service-account-credentials=false",
+        "--cluster-name", "trafficmirror-node",
+        "--v", "1",
+    ]  # fmt: skip
 
 
 def _terminate(proc: subprocess.Popen[bytes] | None, timeout: float = 20) -> None:
