@@ -9,6 +9,11 @@ The tests share one node and run in file order: each step starts from what the o
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
 import time
 from pathlib import Path
 from typing import Any
@@ -18,9 +23,61 @@ import pytest
 from tests.e2e.conftest import BUCKET, CLUSTER, E2E, EXAMPLES_NAMESPACE
 from trafficmirror_testbed import story, traffic
 from trafficmirror_testbed.kube import running_control_plane
-from trafficmirror_testbed.node import image_reference
+from trafficmirror_testbed.node import FIXED_PATHS, RUN_BASE, SYSCTLS, image_reference, product_image
 
 KINDS = "mirrorsessions,mirrortargets,mirrorfilters"
+
+
+def _host_state() -> dict[str, object]:
+    """What a node may touch outside its own directories, as the host shows it."""
+
+    def run(*args: str) -> str:
+        return subprocess.run(args, capture_output=True, text=True, check=False).stdout
+
+    return {
+        "links": sorted(ln.split()[0] for ln in run("ip", "-br", "link").splitlines() if "tmnode" in ln),
+        "kube_chains": sorted(
+            ln for tool in ("iptables-save", "ip6tables-save") for ln in run(tool).splitlines() if "KUBE-" in ln
+        ),
+        # Pod sandboxes' namespaces (other processes on this machine make namespaces of their own).
+        "netns": sorted(n for n in os.listdir("/run/netns") if n.startswith("cni-"))
+        if os.path.isdir("/run/netns")
+        else [],
+        "cgroups": sorted(str(p) for p in Path("/sys/fs/cgroup").glob("*/kubepods")),
+        "paths": [p for p in FIXED_PATHS if os.path.exists(p)],
+        "sysctls": {k: Path("/proc/sys", k).read_text() for k in SYSCTLS if Path("/proc/sys", k).exists()},
+        "mounts": [m for m in run("findmnt", "-rn", "-o", "TARGET").split() if "trafficmirror-node" in m],
+        "run_dirs": sorted(os.listdir(RUN_BASE)) if RUN_BASE.is_dir() else [],
+    }
+
+
+def test_ctrl_c_leaves_the_host_as_it_was() -> None:
+    """A node interrupted (SIGINT, as Ctrl-C) with a pod running removes everything it made. Runs before
+    the shared node of the tests below starts: two nodes cannot share the node's address."""
+    before = _host_state()
+    script = textwrap.dedent(
+        f"""
+        import sys, time
+        from trafficmirror_testbed.node import running_node
+        from pathlib import Path
+        with running_node([Path({str(product_image())!r})]) as node:
+            node.kubectl("run", "sleeper", "--image", {image_reference()!r}, "--image-pull-policy=Never",
+                         "--command", "--", "sleep", "600")
+            node.kubectl("wait", "--for=condition=Ready", "pod/sleeper", "--timeout=120s")
+            print("READY", flush=True)
+            time.sleep(600)
+        """
+    )
+    env = {**os.environ, "PYTHONPATH": str(story.REPO_ROOT / "operator")}
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    assert line.strip() == b"READY", (line, proc.stderr.read() if proc.poll() is not None else b"")
+    during = _host_state()
+    assert during["links"] and during["kube_chains"] and during["mounts"], "the node was up"
+    proc.send_signal(signal.SIGINT)
+    proc.wait(timeout=180)
+    assert _host_state() == before
 
 
 @pytest.fixture(scope="module")
