@@ -513,11 +513,8 @@ state = "{self.run_dir}/containerd"
 
     # -- stop --------------------------------------------------------------------------------------------
     def stop(self) -> None:
-        if self.plane is not None and "kubelet" in self._procs and self._procs["kubelet"].poll() is None:
-            # Let the kubelet stop the pods (their preStop, their SIGTERM) while it still can.
-            self.plane.kubectl(
-                "delete", "pods", "--all-namespaces", "--all", "--grace-period=5", "--timeout=60s", check=False
-            )
+        # No graceful pod shutdown: the controllers would only start the pods again. cleanup() kills what
+        # runs in the pods' cgroups and the shims, then undoes the rest.
         for name in ("kube-proxy", "kubelet", "coredns", "kube-scheduler", "kube-controller-manager"):
             _terminate(self._procs.pop(name, None))
         if self.plane is not None:
