@@ -130,6 +130,25 @@ def test_operator_and_agent_pods_run_ready_and_locked_down(installed: E2E) -> No
     assert capture[0]["spec"]["nodeName"] == e2e.node.name
 
 
+def test_the_image_holds_the_product_only(installed: E2E) -> None:
+    [pod] = story.pods(installed.access, "operator")
+    probe = (
+        "import importlib.util as u, json; "
+        "print(json.dumps({m: u.find_spec(m) is not None for m in ["
+        "'trafficmirror', 'trafficmirror.capture._fastrecv', 'trafficmirror_testbed', 'moto', 'pytest', 'kubernetes'"
+        "]}))"
+    )
+    found = json.loads(_exec(installed, pod["metadata"]["name"], "python", "-c", probe))
+    assert found == {
+        "trafficmirror": True,
+        "trafficmirror.capture._fastrecv": True,
+        "trafficmirror_testbed": False,
+        "moto": False,
+        "pytest": False,
+        "kubernetes": False,
+    }, found
+
+
 def test_operator_logs_in_with_its_service_account(installed: E2E) -> None:
     """In the pod: the projected ServiceAccount token, the `kubernetes` Service (kube-proxy) and RBAC."""
     e2e = installed
