@@ -5,9 +5,10 @@
 # tests/delivery/test_image_install.py runs these same steps in a fresh virtualenv.
 
 # The base: Python 3.11 on Debian. A build without registry access passes its own (hack/build-image.sh).
-ARG BASE_IMAGE=python:3.11-slim
+ARG BASE_IMAGE=python
+ARG BASE_TAG=3.11-slim
 
-FROM ${BASE_IMAGE} AS build
+FROM ${BASE_IMAGE}:${BASE_TAG} AS build
 # gcc and the C library headers build trafficmirror.capture._fastrecv (the capture agent's
 # recvmmsg receive loop). Not version-pinned (DL3008): Debian's security updates replace pinned
 # versions in the archive, so pins would break the build; the base image fixes the release.
@@ -28,7 +29,7 @@ RUN pip wheel --no-deps --wheel-dir /wheels . \
     && /opt/trafficmirror/bin/python -c "import trafficmirror.capture._fastrecv" \
     && /opt/trafficmirror/bin/trafficmirror --help >/dev/null
 
-FROM ${BASE_IMAGE}
+FROM ${BASE_IMAGE}:${BASE_TAG}
 LABEL org.opencontainers.image.title="trafficmirror" \
       org.opencontainers.image.description="AWS VPC Traffic Mirroring operator and capture agent" \
       org.opencontainers.image.licenses="Apache-2.0"

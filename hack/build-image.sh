@@ -5,7 +5,7 @@
 # No container registry is reachable from the build machines, so the base image is built here: a
 # `debootstrap --variant=minbase` Debian bookworm root filesystem with Debian's Python 3.11 (what
 # python:3.11-slim carries), imported with `podman import` and handed to the Dockerfile through
-# its BASE_IMAGE build argument. Users with Docker and a registry build the Dockerfile as it is
+# its BASE_IMAGE and BASE_TAG build arguments. Users with Docker and a registry build the Dockerfile as it is
 # (FROM python:3.11-slim).
 #
 # Everything is cached outside the repository: the base tarball, podman's own storage (image
@@ -55,7 +55,9 @@ key=$(
     [ -f "$host_ca" ] && sha256sum "$host_ca"
   } | sha256sum | cut -c1-12
 )
-BASE_IMAGE="localhost/trafficmirror-base:bookworm-python3.11-$key"
+BASE_REPOSITORY=localhost/trafficmirror-base
+BASE_TAG="bookworm-python3.11-$key"
+BASE_IMAGE="$BASE_REPOSITORY:$BASE_TAG"
 base_tar="$IMAGE_DIR/base-bookworm-python3.11-$key.tar"
 start=$(date +%s)
 step() { echo "[image] $1 ($(( $(date +%s) - start ))s)" >&2; }
@@ -91,7 +93,7 @@ fi
 step "podman build $IMAGE"
 pm build --network host --layers \
   --ulimit "nofile=$ulimit_nofile:$ulimit_nofile" --ulimit "nproc=$ulimit_nproc:$ulimit_nproc" \
-  --build-arg "BASE_IMAGE=$BASE_IMAGE" -t "$IMAGE" -f Dockerfile . >"$IMAGE_DIR/build.log" 2>&1 \
+  --build-arg "BASE_IMAGE=$BASE_REPOSITORY" --build-arg "BASE_TAG=$BASE_TAG" -t "$IMAGE" -f Dockerfile . >"$IMAGE_DIR/build.log" 2>&1 \
   || { tail -40 "$IMAGE_DIR/build.log" >&2; exit 1; }
 
 id=$(pm image inspect --format '{{.Id}}' "$IMAGE")

@@ -97,10 +97,11 @@ def test_final_stage_has_no_build_tools_and_runs_as_65532() -> None:
     build, final = stages()
     # python:3.11-slim unless a build without registry access passes its own base (hack/build-image.sh).
     text = DOCKERFILE.read_text()
-    assert re.search(r"^ARG BASE_IMAGE=python:3\.11-slim$", text, re.M), "the default base is python:3.11-slim"
-    assert text.index("ARG BASE_IMAGE") < text.index("FROM ")
-    assert build[0] == "FROM ${BASE_IMAGE} AS build"
-    assert final[0] == "FROM ${BASE_IMAGE}"
+    defaults = dict(re.findall(r"^ARG (BASE_IMAGE|BASE_TAG)=(\S+)$", text, re.M))
+    assert defaults == {"BASE_IMAGE": "python", "BASE_TAG": "3.11-slim"}, "the default base is python:3.11-slim"
+    assert text.index("ARG BASE_TAG") < text.index("FROM ")
+    assert build[0] == "FROM ${BASE_IMAGE}:${BASE_TAG} AS build"
+    assert final[0] == "FROM ${BASE_IMAGE}:${BASE_TAG}"
     assert "ca-certificates" not in text and "/etc/ssl" not in text, "no build host's trust store in the image"
     assert any("gcc" in line for line in build)
     assert not any(re.search(r"\b(apt-get|gcc|pip|build-essential)\b", line) for line in final[1:]), final
