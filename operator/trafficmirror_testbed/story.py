@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -214,6 +215,28 @@ def session_vni(access: Access, namespace: str, name: str = "web") -> int:
     return int(access.json("get", "mirrorsession", name, "-n", namespace)["status"]["virtualNetworkId"])
 
 
+def agent_metric(address: str, port: int, name: str) -> float | None:
+    """One unlabeled sample of the capture agent's /metrics (hostNetwork: on the node's address)."""
+    try:
+        with urllib.request.urlopen(f"http://{address}:{port}/metrics", timeout=3) as response:
+            text = response.read().decode()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if line.startswith(f"trafficmirror_capture_{name} "):
+            return float(line.split()[1])
+    return None
+
+
+def wait_agent_knows_sessions(address: str, port: int, sessions: int, timeout: float = 60) -> None:
+    """Until the agent's MirrorSession watch has delivered the VNIs (else its datagrams count as unknown)."""
+    wait_for(
+        f"the capture agent knowing {sessions} session(s)",
+        lambda: (agent_metric(address, port, "sessions") or 0) >= sessions,
+        timeout,
+    )
+
+
 def s3_keys(emulator: Emulator, bucket: str) -> list[str]:
     listed = emulator.client("s3").list_objects_v2(Bucket=bucket)
     return [o["Key"] for o in listed.get("Contents", [])]
@@ -234,6 +257,23 @@ def pcap_get(
         text=True,
         check=False,
     )  # fmt: skip
+
+
+def fetch_http(
+    emulator: Emulator, bucket: str, cluster: str, session: str, out: Path, requests: int, timeout: float = 120
+) -> list[str]:
+    """`pcap get` from S3 until the capture holds `requests` HTTP requests and responses: the agent ships
+    a file per rotation, and an exchange may straddle two of them."""
+    lines: list[str] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = pcap_get(emulator, bucket, cluster, session, out)
+        if got.returncode == 0:
+            lines = http_in_pcap(out)
+            if sum("HTTP/1.0 200" in line for line in lines) >= requests:
+                return lines
+        time.sleep(2)
+    raise TimeoutError(f"{session}: {requests} HTTP exchanges not in S3 after {timeout:.0f}s: {lines}")
 
 
 def http_in_pcap(pcap: Path) -> list[str]:

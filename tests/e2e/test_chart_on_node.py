@@ -14,7 +14,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 from typing import Any
 
@@ -187,7 +186,7 @@ def test_examples_become_ready_and_mirrored_traffic_lands_in_s3(installed: E2E, 
 
     # The agent pod learns the VNI from its MirrorSession watch; then the kernel mirrors an HTTP
     # exchange into a vxlan device aimed at the node's address and the agent's (non-default) port.
-    time.sleep(3)
+    story.wait_agent_knows_sessions(e2e.node.address, e2e.capture_metrics_port, 1)
     mirror = traffic.KernelMirror(
         vni, prefix="tme2e", remote=e2e.node.address, port=e2e.capture_port, underlay=("10.217.250.1", "10.217.250.2")
     )
@@ -196,22 +195,14 @@ def test_examples_become_ready_and_mirrored_traffic_lands_in_s3(installed: E2E, 
         mirror.http_exchange(requests=3)
     finally:
         mirror.down()
-    prefix = f"pcap/{CLUSTER}/{EXAMPLES_NAMESPACE}/web/"
-    story.wait_for(
-        "the capture in S3",
-        lambda: any(k.startswith(prefix) for k in story.s3_keys(e2e.emulator, BUCKET)),
-        90,
-        lambda: (
-            f"{story.s3_keys(e2e.emulator, BUCKET)}\n"
-            + e2e.access.kubectl(
-                "logs", "-n", story.RELEASE_NAMESPACE, f"daemonset/{story.CAPTURE}", "--tail=30", check=False
-            ).stdout
-        ),
-    )
     out = tmp_path / "web.pcapng"
-    got = story.pcap_get(e2e.emulator, BUCKET, CLUSTER, f"{EXAMPLES_NAMESPACE}/web", out)
-    assert got.returncode == 0, got.stdout + got.stderr
-    lines = story.http_in_pcap(out)
+    try:
+        lines = story.fetch_http(e2e.emulator, BUCKET, CLUSTER, f"{EXAMPLES_NAMESPACE}/web", out, requests=3)
+    except TimeoutError as error:
+        agent = e2e.access.kubectl(
+            "logs", "-n", story.RELEASE_NAMESPACE, f"daemonset/{story.CAPTURE}", "--tail=30", check=False
+        ).stdout
+        raise AssertionError(f"{error}\nS3: {story.s3_keys(e2e.emulator, BUCKET)}\nagent:\n{agent}") from error
     requests = [ln for ln in lines if "GET / HTTP/1.1" in ln]
     responses = [ln for ln in lines if "HTTP/1.0 200" in ln]
     assert len(requests) == 3 and len(responses) == 3, lines
