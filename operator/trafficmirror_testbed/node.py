@@ -26,6 +26,7 @@ import io
 import json
 import os
 import platform
+import shlex
 import shutil
 import signal
 import socket
@@ -643,7 +644,7 @@ def _delete_kube_chains() -> None:
             rules = _sh(tool, "-w", "-t", table, "-S", check=False).stdout.splitlines()
             chains = [r.split()[1] for r in rules if r.startswith("-N KUBE-")]
             for rule in rules:
-                parts = rule.split()
+                parts = shlex.split(rule)  # rules carry quoted comments
                 if (
                     parts[:1] == ["-A"]
                     and not parts[1].startswith("KUBE-")

@@ -54,6 +54,8 @@ def test_ctrl_c_leaves_the_host_as_it_was() -> None:
     """A node interrupted (SIGINT, as Ctrl-C) with a pod running removes everything it made. Runs before
     the shared node of the tests below starts: two nodes cannot share the node's address."""
     before = _host_state()
+    # Nothing else here makes KUBE-* chains: any found now were left by an earlier run.
+    assert not before["kube_chains"] and not before["links"], before
     script = textwrap.dedent(
         f"""
         import sys, time
