@@ -31,6 +31,16 @@ def small_disk(work: Path) -> Iterator[Path]:
         subprocess.run(["umount", "-l", str(d)], check=False)
 
 
+def disk_drops_said(files: list[Path], so_far: int = 0) -> int:
+    """isb_ifdrop summed over the files' statistics blocks, each block checked for consistency."""
+    for f in files:
+        for st in pcapng.read_file(str(f)).statistics:
+            assert st.received == (st.delivered or 0) + (st.if_dropped or 0)
+            assert f"disk={st.if_dropped} " in st.comment
+            so_far += st.if_dropped or 0
+    return so_far
+
+
 def _send(bed: Bed, n: int, tag: bytes) -> None:
     for start in range(0, n, 100):
         frames = [
@@ -85,6 +95,7 @@ def test_disk_full_is_reported_files_stay_valid_and_capture_resumes(bed: Bed, wo
         on_disk += len(pcapng.read_file(str(f)).packets)
     assert on_disk == written
 
+    said_before = disk_drops_said(closed)
     for f in closed:  # space returns
         f.unlink()
     time.sleep(1.5)  # the writer retries once a second
@@ -97,3 +108,7 @@ def test_disk_full_is_reported_files_stay_valid_and_capture_resumes(bed: Bed, wo
     assert len(payloads) == 100 and all(b"after" in p for p in payloads)
     for f in after:
         tshark_clean(f)
+    # The files say what the disk lost: every dropped packet is in exactly one statistics block
+    # (isb_ifdrop, and the per-layer comment), and each block's received = delivered + dropped.
+    said = disk_drops_said(after, said_before)
+    assert said == dropped

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
+import threading
 import time
 from pathlib import Path
 
 import pytest
 from frames import ipv4_udp
-from netbed import PYTHON, AgentProc, Bed, capinfos_count, files_of, sh, tshark_clean
+from netbed import PYTHON, UND_AGT, UND_SRC, AgentProc, Bed, capinfos_count, files_of, in_netns, sh, tshark_clean
 
 from trafficmirror.capture import pcapng, vxlan
 
@@ -169,3 +171,67 @@ def test_pcap_get_merges_a_sessions_files_in_time_order(bed: Bed, work: Path) ->
     cut = ts[100]
     r = sh(f"{PYTHON} -m trafficmirror.capture pcap get ns/merge --dir {work / 'out'} -o {out} --since {cut / 1e9:.9f}")
     assert abs(len(pcapng.read_file(str(out)).packets) - 100) <= 2  # float seconds: sub-µs rounding
+
+
+def test_time_rotation_follows_packet_time_when_the_worker_stalls_across_boundaries(bed: Bed, work: Path) -> None:
+    """A worker that stalls (CPU starvation, here SIGSTOP) across a time boundary while packets
+    keep arriving: once it runs again, the packets stamped before the boundary still go to the
+    file of their window. No file holds packets of two windows, no two files share a window
+    (no stray 1-packet file of an already closed window), and every packet is in one in order."""
+    agent = AgentProc(
+        bed, work, ["--session", "13=ns/stall", "--output-dir", str(work / "out"), "--rotate-interval", "1"]
+    )
+    agent.wait_ready()
+    (worker,) = [int(x) for x in Path(f"/proc/{agent.proc.pid}/task/{agent.proc.pid}/children").read_text().split()]
+    stop_sending = threading.Event()
+    sent: list[int] = []
+
+    def sender() -> None:
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.bind((UND_SRC, 0))
+        while not stop_sending.is_set():
+            for _ in range(20):
+                n = len(sent)
+                s.sendto(vxlan.header(13) + ipv4_udp("10.0.0.1", "10.0.0.2", 5, 6, b"%08d" % n), (UND_AGT, 4789))
+                sent.append(n)
+            time.sleep(0.005)
+        s.close()
+
+    t = threading.Thread(target=in_netns, args=(bed.srv, sender))
+    t.start()
+    try:
+        for _ in range(6):  # stall from 100 ms before a boundary to 150 ms after it
+            now = time.time_ns()
+            time.sleep(((now // NS + 1) * NS - now) / NS - 0.1 + (0 if now % NS < 0.8 * NS else 1))
+            _stop_between_batches(worker)
+            time.sleep(0.25)
+            os.kill(worker, signal.SIGCONT)
+            time.sleep(0.2)
+    finally:
+        stop_sending.set()
+        t.join()
+        os.kill(worker, signal.SIGCONT)
+    agent.quiesce()
+    assert agent.stop() == 0
+    windows: list[int] = []
+    payloads: list[bytes] = []
+    for f in files_of(work / "out", "ns", "stall"):
+        cap = pcapng.read_file(str(f))
+        assert cap.packets
+        first, last = cap.packets[0].ts_ns // NS, cap.packets[-1].ts_ns // NS
+        assert first == last, f"{f.name} holds packets of two windows"
+        windows.append(first)
+        payloads += [p.data[-8:] for p in cap.packets]
+    assert len(set(windows)) == len(windows), f"two files share a window: {windows}"
+    assert windows == sorted(windows)
+    assert payloads == [b"%08d" % n for n in sent]
+
+
+def _stop_between_batches(pid: int) -> None:
+    """SIGSTOP the worker while it waits between two receive batches (in clock_nanosleep, 230 on
+    x86-64): the moment after which it used to look at the clock and close files."""
+    end = time.monotonic() + 0.05
+    while time.monotonic() < end:
+        if Path(f"/proc/{pid}/syscall").read_text().split()[0] == "230":
+            break
+    os.kill(pid, signal.SIGSTOP)

@@ -4,11 +4,17 @@ unknown VNIs, the kernel VNI filter, and frames AWS truncated."""
 from __future__ import annotations
 
 import collections
+import os
+import random
+import socket
+import struct
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
 from frames import ipv4_udp, ipv6_udp
-from netbed import AgentProc, Bed, files_of, tshark_clean
+from netbed import UND_AGT, UND_SRC, AgentProc, Bed, files_of, in_netns, tshark_clean
 
 from trafficmirror.capture import pcapng, vxlan
 
@@ -142,3 +148,80 @@ def test_keep_malformed_writes_them_to_a_separate_file_wireshark_can_dissect(bed
     assert [line.split("\t")[0] for line in ports] == ["4789"] * 3
     (good,) = files_of(work / "out", "a", "s")
     assert len(pcapng.read_file(str(good)).packets) == 1
+
+
+def test_an_unknown_vni_flood_is_bounded_and_counted(bed: Bed, work: Path, vxsend: Path) -> None:
+    """10,000 random VNIs from one sender: at most --unknown-vni-max-open files are open at any
+    time, new ones open at the configured rate, every refused packet is counted, and SIGTERM
+    still finishes at once."""
+    rng = random.Random(10_000)
+    vnis = rng.sample(range(1000, 1 << 24), 10_000)
+    frame = ipv4_udp("10.0.0.1", "10.0.0.2", 1, 2, b"flood")
+    pool = work / "flood.bin"
+    pool.write_bytes(b"".join(struct.pack("=I", 8 + len(frame)) + vxlan.header(v) + frame for v in vnis * 2))
+    args = ["--output-dir", str(work / "out"), "--session", "100=a/s", "--unknown-vni", "write"]
+    agent = AgentProc(bed, work, [*args, "--unknown-vni-max-open", "16", "--unknown-vni-new-per-second", "20"])
+    agent.wait_ready()
+    (worker,) = [int(x) for x in Path(f"/proc/{agent.proc.pid}/task/{agent.proc.pid}/children").read_text().split()]
+    baseline = len(os.listdir(f"/proc/{worker}/fd"))
+    most = 0
+    cmd = ["ip", "netns", "exec", bed.srv, str(vxsend), "-d", UND_AGT, "-s", UND_SRC, "-f", str(pool)]
+    sender = subprocess.Popen([*cmd, "-n", "20000", "-r", "4000"], stdout=subprocess.PIPE, text=True)
+    while sender.poll() is None:
+        most = max(most, len(os.listdir(f"/proc/{worker}/fd")))
+        time.sleep(0.05)
+    assert "sent=20000" in (sender.stdout.read() if sender.stdout else "")
+    arrived = ("trafficmirror_capture_datagrams_total", "trafficmirror_capture_kernel_drops_total")
+    agent.wait_for(lambda m: sum(m.get(k, 0) for k in arrived) >= 20_000)
+    m = agent.quiesce()
+    started = time.monotonic()
+    assert agent.stop() == 0
+    assert time.monotonic() - started < 10
+    assert most <= baseline + 16
+    unknown = m['trafficmirror_capture_malformed_total{reason="unknown_vni"}']
+    refused = m['trafficmirror_capture_unknown_vni_refused_total{why="rate"}']
+    written = m['trafficmirror_capture_packets_total{namespace="_unknown",session="all"}']
+    assert unknown + m["trafficmirror_capture_kernel_drops_total"] == 20_000
+    assert written + refused == unknown
+    assert 0 < written < 20_000 * 0.2  # ~5 s at 20 new files/s (+ a burst of 20): a few hundred VNIs
+    on_disk = sum(len(pcapng.read_file(str(f)).packets) for f in (work / "out" / "_unknown").rglob("*.pcapng"))
+    assert on_disk == written
+
+
+@pytest.mark.parametrize("kernel_filter", [False, True], ids=["user-space", "kernel-filter"])
+def test_forged_sources_are_counted_as_spoofed_and_kept_out_of_the_file(
+    bed: Bed, work: Path, kernel_filter: bool
+) -> None:
+    """A host that is not the session's source sends datagrams with its VNI: they never reach the
+    session's file and count as spoofed. With the kernel filter they are cut to their headers
+    before the socket queue (a flood of forged jumbo frames costs the receive buffer little)."""
+    bed.ns(bed.srv, "ip addr add 10.99.0.3/24 dev und0")
+    args = ["--output-dir", str(work / "out"), "--session", f"100=a/s:{UND_SRC}", "--session", "200=a/open"]
+    args += ["--keep-malformed", *(["--kernel-vni-filter"] if kernel_filter else [])]
+    agent = AgentProc(bed, work, args)
+    agent.wait_ready()
+    good = [vxlan.header(100) + ipv4_udp("10.0.0.1", "10.0.0.2", 1, 2, b"g%d" % i) for i in range(5)]
+    forged = [vxlan.header(v) + ipv4_udp("6.6.6.6", "10.0.0.2", 6, 6, b"F" * 8000) for v in (100, 200) * 4]
+
+    def send_forged() -> None:
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.bind(("10.99.0.3", 0))
+        for d in forged:
+            s.sendto(d, (UND_AGT, 4789))
+        s.close()
+
+    in_netns(bed.srv, send_forged)
+    bed.send_datagrams(good)
+    agent.wait_for(lambda m: m.get("trafficmirror_capture_datagrams_total", 0) >= len(good) + len(forged))
+    m = agent.quiesce()
+    assert agent.stop() == 0
+    assert m['trafficmirror_capture_malformed_total{reason="spoofed"}'] == 4
+    assert m["trafficmirror_capture_kernel_drops_total"] == 0
+    assert m['trafficmirror_capture_packets_total{namespace="a",session="s"}'] == 5
+    assert m['trafficmirror_capture_packets_total{namespace="a",session="open"}'] == 4  # no known source: open
+    (f,) = files_of(work / "out", "a", "s")
+    assert [p.data for p in pcapng.read_file(str(f)).packets] == [d[8:] for d in good]
+    (kept,) = files_of(work / "out", "_malformed", "worker-0")
+    packets = pcapng.read_file(str(kept)).packets
+    assert [p.comment for p in packets] == ["spoofed"] * 4
+    assert [len(p.data) - 28 for p in packets] == [8 if kernel_filter else len(forged[0])] * 4

@@ -40,6 +40,9 @@ def test_three_manifests_give_a_ready_session_in_aws(cluster: Cluster, world: Wo
     assert described["NetworkInterfaceId"] == world.nodes["web"].eni_id
     assert described["VirtualNetworkId"] == status["virtualNetworkId"]
     assert described["TrafficMirrorTargetId"] == status["trafficMirrorTargetId"]
+    # An ENI target: the capture agent accepts the VNI only from the source ENI's address.
+    (eni,) = ec2.describe_network_interfaces(NetworkInterfaceIds=[described["NetworkInterfaceId"]])["NetworkInterfaces"]
+    assert status["sourceAddresses"] == [eni["PrivateIpAddress"]]
     tags = {t["Key"]: t["Value"] for t in described["Tags"]}
     assert tags["trafficmirror.io/owner-uid"] == session["metadata"]["uid"]
     assert tags["trafficmirror.io/owner"] == f"MirrorSession/{cluster.namespace}/web"

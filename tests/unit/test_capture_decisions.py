@@ -8,7 +8,7 @@ import pytest
 
 from trafficmirror.capture.cli import parse_duration, parse_size
 from trafficmirror.capture.fetch import FileRef, select, start_of
-from trafficmirror.capture.sessions import Session, build_map, from_object, parse_mapping
+from trafficmirror.capture.sessions import Session, build_map, from_object, parse_mapping, source_checks
 from trafficmirror.capture.ship import backoff_s, retention_victims, s3_key
 from trafficmirror.capture.writer import file_basename, format_start, next_boundary
 
@@ -83,6 +83,8 @@ def test_backoff(failures: int, expected: float) -> None:
     [
         ("12388352=default/web", Session("default", "web", 12388352)),
         (" 7=a/b@eni-0abc ", Session("a", "b", 7, "eni-0abc")),
+        ("7=a/b@eni-0abc:10.0.0.9,10.0.0.1", Session("a", "b", 7, "eni-0abc", ("10.0.0.1", "10.0.0.9"))),
+        ("7=a/b:10.0.0.9", Session("a", "b", 7, "", ("10.0.0.9",))),
     ],
 )
 def test_parse_mapping(text: str, expected: Session) -> None:
@@ -105,6 +107,13 @@ def test_parse_mapping_rejects(text: str) -> None:
             },
             Session("n", "s", 5, "eni-1"),
         ),
+        (
+            {
+                "metadata": {"namespace": "n", "name": "s"},
+                "status": {"virtualNetworkId": 5, "sourceAddresses": ["10.0.0.7", 3, ""]},
+            },
+            Session("n", "s", 5, "", ("10.0.0.7",)),
+        ),
         ({"metadata": {"namespace": "n", "name": "s"}, "status": {}}, None),  # not reconciled yet
         ({"metadata": {"namespace": "n", "name": "s"}}, None),
         ({"metadata": {"namespace": "n", "name": "s"}, "status": {"virtualNetworkId": 1 << 24}}, None),
@@ -112,6 +121,12 @@ def test_parse_mapping_rejects(text: str) -> None:
 )
 def test_from_object(obj: dict[str, object], expected: Session | None) -> None:
     assert from_object(obj) == expected
+
+
+def test_only_sessions_that_know_their_sources_are_checked() -> None:
+    sessions = [Session("a", "s", 1, "", ("10.0.0.1",)), Session("a", "t", 2), Session("a", "u", 3, "", ("10.0.0.2",))]
+    assert source_checks(sessions) == {1: {"10.0.0.1"}, 3: {"10.0.0.2"}}
+    assert Session.from_json(sessions[0].to_json()) == sessions[0]
 
 
 def test_build_map_first_by_name_wins_a_vni_conflict() -> None:

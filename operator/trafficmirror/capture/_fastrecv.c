@@ -1,14 +1,26 @@
-/* The receive-and-frame loop in C: recvmmsg a batch, validate VXLAN, recover orig_len, frame
- * each packet as a pcapng EPB (or a pcap record) into one buffer per VNI.
+/* The receive-and-frame loop in C: recvmmsg a batch, validate VXLAN, check the outer source,
+ * recover orig_len, frame each packet as a pcapng EPB (or a pcap record) into one bytes object
+ * per VNI.
  *
- * Byte-for-byte the same output as receiver.Receiver.recv_batch (a test holds the two to it);
- * this exists because Python spends ~3 us per datagram on recvmsg + parsing + framing, and the
- * agent has to keep up with a mirror target's line rate on one core.
+ * Byte-for-byte the same output as receiver.PyReceiver.recv_batch, whose framing is
+ * pcapng.epb_header / pcapng.pcap_record_header (a test holds the two to it); this exists because
+ * Python spends ~3 us per datagram on recvmsg + parsing + framing, and the agent has to keep up
+ * with a mirror target's line rate on one core.
  *
- * recv_batch(fd, max, pcapng, snaplen, keep) ->
- *   (groups: {vni: (bytes, packets, wire_bytes, first_ts, last_ts)},
- *    malformed: (short_header, bad_flags, short_frame, receive_truncated),
- *    kept: [(ts, datagram, (host, port), reason)], datagrams, kernel_drops)
+ * All state lives in the Receiver object, so two receivers on two threads never share a buffer
+ * (the GIL is released around recvmmsg).
+ *
+ * Receiver(fd, pcapng, snaplen, keep)
+ *   .recv_batch(max) ->
+ *     (groups: {vni: (bytes, packets, wire_bytes, first_ts, last_ts)},
+ *      rejected: (short_header, bad_flags, short_frame, receive_truncated, spoofed),
+ *      kept: [(ts, datagram, (host, port), reason index)], datagrams, kernel_drops)
+ *   .set_sources({vni: [ipv4 address as 4 bytes, ...]}): a VNI in the map accepts datagrams
+ *     only from those outer source addresses; the rest count as spoofed.
+ *
+ * Two passes over the batch: the first classifies each datagram and sizes each VNI's output,
+ * the second frames straight into one exactly sized bytes object per VNI, so each frame is
+ * copied once (receive buffer -> the bytes the writer hands to writev).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -23,7 +35,10 @@
 
 #define MAX_BATCH 256
 #define DGRAM_MAX 65536
-#define MAX_GROUPS 64
+#define GROUP_SLOTS 512 /* a power of two, at least twice MAX_BATCH: every VNI of a batch fits */
+#define EPB_OVERHEAD 32
+#define PCAP_RECORD_HEADER_LEN 16
+#define BT_EPB 6
 #ifndef SO_RXQ_OVFL
 #define SO_RXQ_OVFL 40
 #endif
@@ -31,32 +46,73 @@
 #define SCM_TIMESTAMPNS 35
 #endif
 
-static uint8_t *g_bufs;
-static struct mmsghdr g_msgs[MAX_BATCH];
-static struct iovec g_iov[MAX_BATCH];
-static struct sockaddr_storage g_addr[MAX_BATCH];
-static char g_ctrl[MAX_BATCH][CMSG_SPACE(sizeof(struct timespec)) + CMSG_SPACE(sizeof(uint32_t))];
+/* Indexes into vxlan.RECEIVE_REASONS, which names them: the order of the rejected tuple, and a
+ * kept datagram's reason. */
+enum { R_SHORT_HEADER, R_BAD_FLAGS, R_SHORT_FRAME, R_RECEIVE_TRUNCATED, R_SPOOFED, N_REASONS };
 
 typedef struct {
     uint32_t vni;
-    uint8_t *buf;
-    size_t len, cap;
+    int used; /* == the receiver's batch generation when the slot belongs to this batch */
+    size_t len;
     long long packets, wire;
     uint64_t first_ts, last_ts;
+    uint8_t *out;
 } group_t;
 
-static group_t g_groups[MAX_GROUPS];
+typedef struct {
+    uint32_t vni;        /* per datagram: its VNI */
+    int reason;          /* -1 accepted, else the rejection */
+    uint64_t ts;
+    uint32_t caplen, orig;
+    group_t *g;
+} meta_t;
 
-static int grow(group_t *g, size_t need) {
-    if (g->len + need <= g->cap) return 0;
-    size_t cap = g->cap ? g->cap : 65536;
-    while (cap < g->len + need) cap *= 2;
-    uint8_t *nb = realloc(g->buf, cap);
-    if (!nb) return -1;
-    g->buf = nb;
-    g->cap = cap;
-    return 0;
+/* An open-addressing set of 64-bit keys (0 is free: stored keys have bit 63 set). */
+typedef struct {
+    uint64_t *keys;
+    size_t cap; /* a power of two, or 0 */
+} set64_t;
+
+static inline size_t mix64(uint64_t k) {
+    k ^= k >> 33;
+    k *= 0xff51afd7ed558ccdULL;
+    k ^= k >> 33;
+    return (size_t)k;
 }
+
+static int set_has(const set64_t *s, uint64_t key) {
+    if (!s->cap) return 0;
+    key |= 1ULL << 63;
+    for (size_t i = mix64(key) & (s->cap - 1);; i = (i + 1) & (s->cap - 1)) {
+        if (s->keys[i] == key) return 1;
+        if (!s->keys[i]) return 0;
+    }
+}
+
+static void set_add(set64_t *s, uint64_t key) {
+    key |= 1ULL << 63;
+    for (size_t i = mix64(key) & (s->cap - 1);; i = (i + 1) & (s->cap - 1)) {
+        if (s->keys[i] == key) return;
+        if (!s->keys[i]) { s->keys[i] = key; return; }
+    }
+}
+
+typedef struct {
+    PyObject_HEAD
+    int fd, pcapng, keep;
+    uint32_t snaplen;
+    int generation;
+    uint8_t *bufs;
+    struct mmsghdr msgs[MAX_BATCH];
+    struct iovec iov[MAX_BATCH];
+    struct sockaddr_storage addr[MAX_BATCH];
+    char ctrl[MAX_BATCH][CMSG_SPACE(sizeof(struct timespec)) + CMSG_SPACE(sizeof(uint32_t))];
+    meta_t meta[MAX_BATCH];
+    group_t groups[GROUP_SLOTS];
+    group_t *order[MAX_BATCH]; /* the batch's groups in order of first appearance */
+    set64_t checked;           /* VNIs with a source check */
+    set64_t allowed;           /* (vni << 32 | ipv4) pairs */
+} Receiver;
 
 static inline uint32_t orig_length(const uint8_t *f, uint32_t caplen) {
     uint32_t p = 12;
@@ -103,47 +159,147 @@ static PyObject *addr_tuple(const struct sockaddr_storage *ss) {
     return Py_BuildValue("(si)", host, port);
 }
 
-static PyObject *recv_batch(PyObject *self, PyObject *args) {
-    int fd, maxn, pcapng, keep;
-    unsigned int snaplen;
-    if (!PyArg_ParseTuple(args, "iipIp", &fd, &maxn, &pcapng, &snaplen, &keep)) return NULL;
-    if (maxn < 1 || maxn > MAX_BATCH) maxn = MAX_BATCH;
-    if (!snaplen) snaplen = DGRAM_MAX;
-    if (!g_bufs) {
-        g_bufs = malloc((size_t)MAX_BATCH * DGRAM_MAX);
-        if (!g_bufs) return PyErr_NoMemory();
+/* The outer source as an IPv4 address (IPv4-mapped IPv6 too), or -1 when it has none. */
+static int64_t source_v4(const struct sockaddr_storage *ss) {
+    if (ss->ss_family == AF_INET) return ntohl(((const struct sockaddr_in *)(const void *)ss)->sin_addr.s_addr);
+    if (ss->ss_family == AF_INET6) {
+        const uint8_t *a = ((const struct sockaddr_in6 *)(const void *)ss)->sin6_addr.s6_addr;
+        static const uint8_t prefix[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+        if (!memcmp(a, prefix, 12)) return ((uint32_t)a[12] << 24) | ((uint32_t)a[13] << 16) | ((uint32_t)a[14] << 8) | a[15];
     }
+    return -1;
+}
+
+static group_t *group_for(Receiver *self, uint32_t vni, int *ngroups) {
+    for (size_t i = mix64(vni) & (GROUP_SLOTS - 1);; i = (i + 1) & (GROUP_SLOTS - 1)) {
+        group_t *g = &self->groups[i];
+        if (g->used != self->generation) {
+            g->used = self->generation;
+            g->vni = vni;
+            g->len = 0;
+            g->packets = g->wire = 0;
+            g->first_ts = g->last_ts = 0;
+            g->out = NULL;
+            self->order[(*ngroups)++] = g;
+            return g;
+        }
+        if (g->vni == vni) return g;
+    }
+}
+
+static int Receiver_init(Receiver *self, PyObject *args, PyObject *kwds) {
+    static char *kwlist[] = {"fd", "pcapng", "snaplen", "keep", NULL};
+    int fd, pcapng = 1, keep = 0;
+    unsigned int snaplen = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "i|pIp", kwlist, &fd, &pcapng, &snaplen, &keep)) return -1;
+    self->fd = fd;
+    self->pcapng = pcapng;
+    self->keep = keep;
+    self->snaplen = snaplen ? snaplen : DGRAM_MAX;
+    if (!self->bufs) {
+        self->bufs = malloc((size_t)MAX_BATCH * DGRAM_MAX);
+        if (!self->bufs) { PyErr_NoMemory(); return -1; }
+    }
+    return 0;
+}
+
+static void Receiver_dealloc(Receiver *self) {
+    free(self->bufs);
+    free(self->checked.keys);
+    free(self->allowed.keys);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static size_t pow2_at_least(size_t n) {
+    size_t c = 16;
+    while (c < n) c <<= 1;
+    return c;
+}
+
+static PyObject *Receiver_set_sources(Receiver *self, PyObject *arg) {
+    if (!PyDict_Check(arg)) { PyErr_SetString(PyExc_TypeError, "set_sources: a dict {vni: [4-byte address]}"); return NULL; }
+    Py_ssize_t npairs = 0, pos = 0;
+    PyObject *k, *v;
+    while (PyDict_Next(arg, &pos, &k, &v)) {
+        Py_ssize_t n = PySequence_Size(v);
+        if (n < 0) return NULL;
+        npairs += n;
+    }
+    set64_t checked = {calloc(pow2_at_least(2 * (size_t)PyDict_Size(arg) + 1), 8), pow2_at_least(2 * (size_t)PyDict_Size(arg) + 1)};
+    set64_t allowed = {calloc(pow2_at_least(2 * (size_t)npairs + 1), 8), pow2_at_least(2 * (size_t)npairs + 1)};
+    if (!checked.keys || !allowed.keys) { free(checked.keys); free(allowed.keys); return PyErr_NoMemory(); }
+    pos = 0;
+    while (PyDict_Next(arg, &pos, &k, &v)) {
+        unsigned long vni = PyLong_AsUnsignedLong(k);
+        if (PyErr_Occurred()) goto fail;
+        set_add(&checked, vni);
+        PyObject *seq = PySequence_Fast(v, "set_sources: addresses must be a sequence");
+        if (!seq) goto fail;
+        for (Py_ssize_t i = 0; i < PySequence_Fast_GET_SIZE(seq); i++) {
+            PyObject *a = PySequence_Fast_GET_ITEM(seq, i);
+            if (!PyBytes_Check(a) || PyBytes_GET_SIZE(a) != 4) {
+                Py_DECREF(seq);
+                PyErr_SetString(PyExc_ValueError, "set_sources: an address is 4 bytes (IPv4, network order)");
+                goto fail;
+            }
+            const uint8_t *b = (const uint8_t *)PyBytes_AS_STRING(a);
+            uint32_t ip = ((uint32_t)b[0] << 24) | ((uint32_t)b[1] << 16) | ((uint32_t)b[2] << 8) | b[3];
+            set_add(&allowed, ((uint64_t)vni << 32) | ip);
+        }
+        Py_DECREF(seq);
+    }
+    free(self->checked.keys);
+    free(self->allowed.keys);
+    self->checked = checked;
+    self->allowed = allowed;
+    Py_RETURN_NONE;
+fail:
+    free(checked.keys);
+    free(allowed.keys);
+    return NULL;
+}
+
+static PyObject *Receiver_recv_batch(Receiver *self, PyObject *args) {
+    int maxn = MAX_BATCH;
+    if (!PyArg_ParseTuple(args, "|i", &maxn)) return NULL;
+    if (maxn < 1 || maxn > MAX_BATCH) maxn = MAX_BATCH;
     for (int i = 0; i < maxn; i++) {
-        g_iov[i].iov_base = g_bufs + (size_t)i * DGRAM_MAX;
-        g_iov[i].iov_len = DGRAM_MAX;
-        memset(&g_msgs[i].msg_hdr, 0, sizeof g_msgs[i].msg_hdr);
-        g_msgs[i].msg_hdr.msg_iov = &g_iov[i];
-        g_msgs[i].msg_hdr.msg_iovlen = 1;
-        g_msgs[i].msg_hdr.msg_name = &g_addr[i];
-        g_msgs[i].msg_hdr.msg_namelen = sizeof g_addr[i];
-        g_msgs[i].msg_hdr.msg_control = g_ctrl[i];
-        g_msgs[i].msg_hdr.msg_controllen = sizeof g_ctrl[i];
+        self->iov[i].iov_base = self->bufs + (size_t)i * DGRAM_MAX;
+        self->iov[i].iov_len = DGRAM_MAX;
+        memset(&self->msgs[i].msg_hdr, 0, sizeof self->msgs[i].msg_hdr);
+        self->msgs[i].msg_hdr.msg_iov = &self->iov[i];
+        self->msgs[i].msg_hdr.msg_iovlen = 1;
+        self->msgs[i].msg_hdr.msg_name = &self->addr[i];
+        self->msgs[i].msg_hdr.msg_namelen = sizeof self->addr[i];
+        self->msgs[i].msg_hdr.msg_control = self->ctrl[i];
+        self->msgs[i].msg_hdr.msg_controllen = sizeof self->ctrl[i];
     }
     int n;
+    /* Another thread must not use this receiver meanwhile: it is one socket's state. */
     Py_BEGIN_ALLOW_THREADS
-    n = recvmmsg(fd, g_msgs, (unsigned)maxn, MSG_DONTWAIT, NULL);
+    n = recvmmsg(self->fd, self->msgs, (unsigned)maxn, MSG_DONTWAIT, NULL);
     Py_END_ALLOW_THREADS
     if (n < 0) {
         if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) n = 0;
         else return PyErr_SetFromErrno(PyExc_OSError);
     }
+    if (++self->generation == 0) { /* wrapped: forget every slot */
+        for (int k = 0; k < GROUP_SLOTS; k++) self->groups[k].used = 0;
+        self->generation = 1;
+    }
 
     int ngroups = 0;
-    long long bad[4] = {0, 0, 0, 0};
+    long long bad[N_REASONS] = {0};
     long long drops = 0; /* the kernel attaches SO_RXQ_OVFL only once the counter is non-zero */
-    PyObject *kept = PyList_New(0);
-    if (!kept) return NULL;
-    static const char *reasons[4] = {"short_header", "bad_flags", "short_frame", "receive_truncated"};
+    int pcapng = self->pcapng;
+    uint32_t snap = self->snaplen;
 
+    /* Pass 1: classify, size. */
     for (int i = 0; i < n; i++) {
-        struct msghdr *h = &g_msgs[i].msg_hdr;
-        const uint8_t *d = g_iov[i].iov_base;
-        uint32_t len = g_msgs[i].msg_len;
+        struct msghdr *h = &self->msgs[i].msg_hdr;
+        const uint8_t *d = self->iov[i].iov_base;
+        uint32_t len = self->msgs[i].msg_len;
+        meta_t *m = &self->meta[i];
         uint64_t ts = 0;
         for (struct cmsghdr *c = CMSG_FIRSTHDR(h); c; c = CMSG_NXTHDR(h, c)) {
             if (c->cmsg_level != SOL_SOCKET) continue;
@@ -162,86 +318,141 @@ static PyObject *recv_batch(PyObject *self, PyObject *args) {
             clock_gettime(CLOCK_REALTIME, &t);
             ts = (uint64_t)t.tv_sec * 1000000000ull + (uint64_t)t.tv_nsec;
         }
+        m->ts = ts;
+        m->g = NULL;
+        /* The source is checked before the frame's length: the kernel filter cuts a forged
+         * datagram to its headers, and it must still count as spoofed. */
         int reason = -1;
-        if (h->msg_flags & MSG_TRUNC) reason = 3;
-        else if (len < 8) reason = 0;
-        else if (!(d[0] & 0x08)) reason = 1;
-        else if (len - 8 < 14) reason = 2;
+        if (h->msg_flags & MSG_TRUNC) reason = R_RECEIVE_TRUNCATED;
+        else if (len < 8) reason = R_SHORT_HEADER;
+        else if (!(d[0] & 0x08)) reason = R_BAD_FLAGS;
+        if (reason < 0) {
+            uint32_t vni = ((uint32_t)d[4] << 16) | ((uint32_t)d[5] << 8) | d[6];
+            m->vni = vni;
+            if (set_has(&self->checked, vni)) {
+                int64_t src = source_v4(&self->addr[i]);
+                if (src < 0 || !set_has(&self->allowed, ((uint64_t)vni << 32) | (uint64_t)src)) reason = R_SPOOFED;
+            }
+            if (reason < 0 && len - 8 < 14) reason = R_SHORT_FRAME;
+        }
+        m->reason = reason;
         if (reason >= 0) {
             bad[reason]++;
-            if (keep) {
-                PyObject *item = Py_BuildValue("(Ky#Ns)", (unsigned long long)ts, (const char *)d,
+            continue;
+        }
+        uint32_t caplen = len - 8;
+        m->orig = orig_length(d + 8, caplen);
+        if (caplen > snap) caplen = snap;
+        m->caplen = caplen;
+        group_t *g = group_for(self, m->vni, &ngroups);
+        if (!g->packets) g->first_ts = ts;
+        g->len += pcapng ? EPB_OVERHEAD + ((caplen + 3) & ~3u) : PCAP_RECORD_HEADER_LEN + caplen;
+        g->packets++;
+        g->wire += m->orig;
+        g->last_ts = ts;
+        m->g = g;
+    }
+
+    /* Pass 2: one bytes object per VNI, framed in place. */
+    PyObject *groups = PyDict_New(), *kept = PyList_New(0);
+    PyObject **outs = NULL;
+    if (!groups || !kept) goto fail;
+    outs = calloc((size_t)(ngroups ? ngroups : 1), sizeof *outs);
+    if (!outs) { PyErr_NoMemory(); goto fail; }
+    for (int k = 0; k < ngroups; k++) {
+        group_t *g = self->order[k];
+        outs[k] = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)g->len);
+        if (!outs[k]) goto fail;
+        g->out = (uint8_t *)PyBytes_AS_STRING(outs[k]);
+        g->len = 0;
+    }
+    for (int i = 0; i < n; i++) {
+        meta_t *m = &self->meta[i];
+        const uint8_t *d = self->iov[i].iov_base;
+        if (m->reason >= 0) {
+            if (self->keep) {
+                uint32_t len = self->msgs[i].msg_len;
+                PyObject *item = Py_BuildValue("(Ky#Ni)", (unsigned long long)m->ts, (const char *)d,
                                                (Py_ssize_t)(len > DGRAM_MAX ? DGRAM_MAX : len),
-                                               addr_tuple(&g_addr[i]), reasons[reason]);
-                if (!item || PyList_Append(kept, item) < 0) { Py_XDECREF(item); Py_DECREF(kept); return NULL; }
+                                               addr_tuple(&self->addr[i]), m->reason);
+                if (!item || PyList_Append(kept, item) < 0) { Py_XDECREF(item); goto fail; }
                 Py_DECREF(item);
             }
             continue;
         }
-        uint32_t vni = ((uint32_t)d[4] << 16) | ((uint32_t)d[5] << 8) | d[6];
-        const uint8_t *frame = d + 8;
-        uint32_t caplen = len - 8;
-        uint32_t orig = orig_length(frame, caplen);
-        if (caplen > snaplen) caplen = snaplen;
-        group_t *g = NULL;
-        for (int k = 0; k < ngroups; k++)
-            if (g_groups[k].vni == vni) { g = &g_groups[k]; break; }
-        if (!g) {
-            if (ngroups == MAX_GROUPS) { /* absurdly many VNIs in one batch: stop the batch here */
-                n = i;
-                break;
-            }
-            g = &g_groups[ngroups++];
-            g->vni = vni;
-            g->len = 0;
-            g->packets = g->wire = 0;
-            g->first_ts = ts;
-        }
-        size_t need = pcapng ? 32 + ((caplen + 3) & ~3u) : 16 + caplen;
-        if (grow(g, need) < 0) { Py_DECREF(kept); return PyErr_NoMemory(); }
-        uint8_t *o = g->buf + g->len;
+        group_t *g = m->g;
+        uint8_t *o = g->out + g->len;
+        uint32_t caplen = m->caplen;
+        uint64_t ts = m->ts;
         if (pcapng) {
-            uint32_t total = (uint32_t)need;
-            put32(o, 6); put32(o + 4, total); put32(o + 8, 0);
+            uint32_t padded = (caplen + 3) & ~3u, total = EPB_OVERHEAD + padded;
+            put32(o, BT_EPB); put32(o + 4, total); put32(o + 8, 0);
             put32(o + 12, (uint32_t)(ts >> 32)); put32(o + 16, (uint32_t)ts);
-            put32(o + 20, caplen); put32(o + 24, orig);
-            memcpy(o + 28, frame, caplen);
-            memset(o + 28 + caplen, 0, ((caplen + 3) & ~3u) - caplen);
-            put32(o + need - 4, total);
+            put32(o + 20, caplen); put32(o + 24, m->orig);
+            memcpy(o + 28, d + 8, caplen);
+            memset(o + 28 + caplen, 0, padded - caplen);
+            put32(o + 28 + padded, total);
+            g->len += total;
         } else {
             put32(o, (uint32_t)(ts / 1000000000ull)); put32(o + 4, (uint32_t)(ts % 1000000000ull));
-            put32(o + 8, caplen); put32(o + 12, orig);
-            memcpy(o + 16, frame, caplen);
+            put32(o + 8, caplen); put32(o + 12, m->orig);
+            memcpy(o + 16, d + 8, caplen);
+            g->len += PCAP_RECORD_HEADER_LEN + caplen;
         }
-        g->len += need;
-        g->packets++;
-        g->wire += orig;
-        g->last_ts = ts;
     }
-
-    PyObject *groups = PyDict_New();
-    if (!groups) { Py_DECREF(kept); return NULL; }
     for (int k = 0; k < ngroups; k++) {
-        group_t *g = &g_groups[k];
-        PyObject *v = Py_BuildValue("(y#LLKK)", (const char *)g->buf, (Py_ssize_t)g->len, g->packets, g->wire,
-                                    (unsigned long long)g->first_ts, (unsigned long long)g->last_ts);
+        group_t *g = self->order[k];
+        PyObject *v = Py_BuildValue("(OLLKK)", outs[k], g->packets, g->wire, (unsigned long long)g->first_ts,
+                                    (unsigned long long)g->last_ts);
         PyObject *key = PyLong_FromUnsignedLong(g->vni);
-        if (!v || !key || PyDict_SetItem(groups, key, v) < 0) {
-            Py_XDECREF(v); Py_XDECREF(key); Py_DECREF(groups); Py_DECREF(kept);
-            return NULL;
-        }
+        if (!v || !key || PyDict_SetItem(groups, key, v) < 0) { Py_XDECREF(v); Py_XDECREF(key); goto fail; }
         Py_DECREF(v);
         Py_DECREF(key);
-        if (g->cap > (4u << 20)) { free(g->buf); g->buf = NULL; g->cap = 0; } /* don't hoard a burst's memory */
     }
-    return Py_BuildValue("(N(LLLL)NiL)", groups, bad[0], bad[1], bad[2], bad[3], kept, n, drops);
+    for (int k = 0; k < ngroups; k++) Py_DECREF(outs[k]);
+    free(outs);
+    return Py_BuildValue("(N(LLLLL)NiL)", groups, bad[0], bad[1], bad[2], bad[3], bad[4], kept, n, drops);
+fail:
+    if (outs) {
+        for (int k = 0; k < ngroups; k++) Py_XDECREF(outs[k]);
+        free(outs);
+    }
+    Py_XDECREF(groups);
+    Py_XDECREF(kept);
+    return NULL;
 }
 
-static PyMethodDef methods[] = {
-    {"recv_batch", recv_batch, METH_VARARGS, "Receive, decapsulate and frame one batch of VXLAN datagrams."},
+static PyMethodDef Receiver_methods[] = {
+    {"recv_batch", (PyCFunction)Receiver_recv_batch, METH_VARARGS,
+     "Receive, check, decapsulate and frame one batch of VXLAN datagrams."},
+    {"set_sources", (PyCFunction)Receiver_set_sources, METH_O,
+     "Accept a VNI's datagrams only from these outer IPv4 source addresses."},
     {NULL, NULL, 0, NULL},
 };
 
-static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_fastrecv", NULL, -1, methods};
+static PyTypeObject ReceiverType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "trafficmirror.capture._fastrecv.Receiver",
+    .tp_basicsize = sizeof(Receiver),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "One socket's receive state: buffers, per-batch groups, the source check.",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Receiver_init,
+    .tp_dealloc = (destructor)Receiver_dealloc,
+    .tp_methods = Receiver_methods,
+};
 
-PyMODINIT_FUNC PyInit__fastrecv(void) { return PyModule_Create(&module); }
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, .m_name = "_fastrecv", .m_size = -1};
+
+PyMODINIT_FUNC PyInit__fastrecv(void) {
+    if (PyType_Ready(&ReceiverType) < 0) return NULL;
+    PyObject *m = PyModule_Create(&module);
+    if (!m) return NULL;
+    Py_INCREF(&ReceiverType);
+    if (PyModule_AddObject(m, "Receiver", (PyObject *)&ReceiverType) < 0) {
+        Py_DECREF(&ReceiverType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    if (PyModule_AddIntConstant(m, "MAX_BATCH", MAX_BATCH) < 0) { Py_DECREF(m); return NULL; }
+    return m;
+}

@@ -1,9 +1,14 @@
-def recv_batch(
-    fd: int, max_datagrams: int, pcapng: bool, snaplen: int, keep: bool, /
-) -> tuple[
-    dict[int, tuple[bytes, int, int, int, int]],
-    tuple[int, int, int, int],
-    list[tuple[int, bytes, tuple[str, int], str]],
-    int,
-    int,
-]: ...
+MAX_BATCH: int
+
+class Receiver:
+    def __init__(self, fd: int, pcapng: bool = True, snaplen: int = 0, keep: bool = False, /) -> None: ...
+    def set_sources(self, sources: dict[int, list[bytes]], /) -> None: ...
+    def recv_batch(
+        self, max_datagrams: int = 256, /
+    ) -> tuple[
+        dict[int, tuple[bytes, int, int, int, int]],
+        tuple[int, int, int, int, int],
+        list[tuple[int, bytes, tuple[str, int], int]],
+        int,
+        int,
+    ]: ...

@@ -10,9 +10,11 @@ send back cumulative statistics twice a second. A worker that dies takes the age
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import logging
 import os
+import resource
 import select
 import signal
 import socket
@@ -23,30 +25,37 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from trafficmirror.capture import receiver as rx
+from trafficmirror.capture import vxlan
+from trafficmirror.capture.batch import MAX_BATCH
 from trafficmirror.capture.metrics import AgentState, serve
-from trafficmirror.capture.sessions import KubeWatcher, Session
+from trafficmirror.capture.report import StatusReporter
+from trafficmirror.capture.report import collector as report_collector
+from trafficmirror.capture.sessions import KubeWatcher, Session, source_checks
 from trafficmirror.capture.ship import DirDestination, S3Destination, Shipper, recover_open_files
-from trafficmirror.capture.writer import Writer, WriterConfig
+from trafficmirror.capture.writer import UnknownVniPolicy, Writer, WriterConfig
 
 log = logging.getLogger("trafficmirror.capture")
 
-BATCH = 256
+BATCH = MAX_BATCH
 REPORT_EVERY_S = 0.5
 TICK_EVERY_S = 0.2
 COALESCE_S = 0.001
+# Kernel receive timestamps are taken a little before the datagram reaches the socket queue; a
+# file closes at its time boundary only once the queue was seen empty this long after it.
+WATERMARK_GRACE_NS = 250_000_000
 
 
 @dataclass
 class AgentConfig:
     writer: WriterConfig
     address: str = "0.0.0.0"
-    port: int = 4789
+    port: int = vxlan.VXLAN_PORT
     rcvbuf: int = 64 << 20
     workers: int = 1
     sessions: list[Session] = field(default_factory=list)
     kube: dict[str, Any] | None = None  # KubeWatcher keyword arguments, or None for a static map
     kernel_vni_filter: bool = False
-    write_unknown: bool = True
+    unknown: UnknownVniPolicy = field(default_factory=UnknownVniPolicy)
     keep_malformed: bool = False
     output_dir: str | None = None
     retain_files: int | None = None
@@ -57,6 +66,7 @@ class AgentConfig:
     metrics_port: int = 9090
     shutdown_timeout_s: float = 25.0
     accelerate: bool = True
+    status_interval_s: float = 30.0  # this node's entry in each MirrorSession's status (with kube); 0: off
 
 
 # --- worker -----------------------------------------------------------------------------------
@@ -67,6 +77,7 @@ def _snapshot(w: Writer, rcvbuf: int) -> dict[str, Any]:
     return {
         "sessions": {k: asdict(v) for k, v in st.sessions.items()},
         "malformed": dict(st.malformed),
+        "unknown_refused": dict(st.unknown_refused),
         "datagrams": st.datagrams,
         "kernel_drops": st.kernel_drops,
         "write_errors": st.write_errors,
@@ -80,8 +91,25 @@ def _send(ctrl: socket.socket, msg: dict[str, Any]) -> None:
     ctrl.sendall(json.dumps(msg, separators=(",", ":")).encode() + b"\n")
 
 
+def keep_heap() -> bool:
+    """Framed batches live in large buffers until their stream flushes (about 1 MiB each); with
+    glibc's defaults the freed heap top is handed back to the kernel and the next buffers fault
+    their pages in again, about one page fault per three 1,400-byte packets. Keep the heap
+    instead (RSS stays at its working-set peak; untouched padding is not resident)."""
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):  # not glibc
+        return False
+    m_trim_threshold, m_top_pad, m_mmap_threshold = -1, -2, -3
+    return all(
+        mallopt(opt, value) == 1
+        for opt, value in ((m_mmap_threshold, 32 << 20), (m_trim_threshold, 256 << 20), (m_top_pad, 64 << 20))
+    )
+
+
 def worker_main(idx: int, sock: socket.socket, ctrl: socket.socket, cfg: AgentConfig, granted: int) -> int:
     stop = False
+    keep_heap()
 
     def on_signal(_sig: int, _frm: Any) -> None:
         nonlocal stop
@@ -93,12 +121,13 @@ def worker_main(idx: int, sock: socket.socket, ctrl: socket.socket, cfg: AgentCo
     writer = Writer(
         wcfg,
         {s.vni: s for s in cfg.sessions},
-        write_unknown=cfg.write_unknown,
+        unknown=cfg.unknown,
         keep_malformed=cfg.keep_malformed,
     )
     recv = rx.make_receiver(
         sock, fmt=wcfg.fmt, snaplen=wcfg.snaplen, keep_malformed=cfg.keep_malformed, accelerate=cfg.accelerate
     )
+    recv.set_sources(source_checks(cfg.sessions))
     poller = select.poll()
     sfd, cfd = sock.fileno(), ctrl.fileno()
     poller.register(sfd, select.POLLIN)
@@ -106,14 +135,21 @@ def worker_main(idx: int, sock: socket.socket, ctrl: socket.socket, cfg: AgentCo
     ctrl.setblocking(False)
     pending = b""
     last_report = last_tick = 0.0
+    # Every datagram the kernel stamped before this instant has been written: time-based
+    # rotation follows it (packet time), not the wall clock, so a file never closes while
+    # earlier packets still wait in the socket queue.
+    watermark = time.time_ns()
 
     def drain_socket() -> None:
+        nonlocal watermark
         # Up to 64 batches before looking at anything else: under load the socket is the priority.
         for _ in range(64):
+            started = time.time_ns()
             b = recv.recv_batch(BATCH)
             if b.datagrams:
                 writer.write(b)
             if b.datagrams < BATCH:
+                watermark = started  # the queue was empty at some point after this
                 if b.datagrams:
                     # Traffic is flowing but we are ahead of it: let a batch accumulate rather
                     # than pay a wake-up per handful of packets. The receive buffer holds far
@@ -122,10 +158,13 @@ def worker_main(idx: int, sock: socket.socket, ctrl: socket.socket, cfg: AgentCo
                 return
 
     while not stop:
+        polled = time.time_ns()
         try:
             events = poller.poll(int(TICK_EVERY_S * 1000))
         except InterruptedError:
             events = []
+        if not any(fd == sfd for fd, _ev in events):
+            watermark = max(watermark, polled)  # nothing arrived while we waited
         for fd, _ev in events:
             if fd == sfd:
                 drain_socket()
@@ -142,13 +181,15 @@ def worker_main(idx: int, sock: socket.socket, ctrl: socket.socket, cfg: AgentCo
                 for line in lines:
                     msg = json.loads(line)
                     if "sessions" in msg:
-                        writer.update_sessions({s["vni"]: Session.from_json(s) for s in msg["sessions"]})
+                        sessions = [Session.from_json(s) for s in msg["sessions"]]
+                        recv.set_sources(source_checks(sessions))
+                        writer.update_sessions({s.vni: s for s in sessions})
         now = time.monotonic()
         if now - last_tick >= TICK_EVERY_S:
             last_tick = now
             with contextlib.suppress(OSError):
                 writer.stats.kernel_drops = max(writer.stats.kernel_drops, rx.kernel_drops(sock))
-            writer.tick()
+            writer.tick(watermark - WATERMARK_GRACE_NS)
         if now - last_report >= REPORT_EVERY_S:
             last_report = now
             try:
@@ -169,6 +210,19 @@ def worker_main(idx: int, sock: socket.socket, ctrl: socket.socket, cfg: AgentCo
 # --- supervisor -------------------------------------------------------------------------------
 
 
+def raise_open_files_limit() -> int:
+    """One open file per session per worker: a node with a thousand sessions needs more than the
+    usual soft limit of 1,024 descriptors. Raising the soft limit to the hard one needs no
+    privilege."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+    log.info("open files limit %s", "unlimited" if soft == resource.RLIM_INFINITY else soft)
+    return soft
+
+
 class Agent:
     def __init__(self, cfg: AgentConfig) -> None:
         self.cfg = cfg
@@ -180,6 +234,7 @@ class Agent:
         self.exit_code = 0
         self.shipper: Shipper | None = None
         self.watcher: KubeWatcher | None = None
+        self.reporter: StatusReporter | None = None
 
     def _bind(self) -> None:
         c = self.cfg
@@ -213,7 +268,7 @@ class Agent:
         if not self.cfg.kernel_vni_filter:
             return
         for s in self.socks:
-            rx.attach_vni_filter(s, list(self.sessions))
+            rx.attach_vni_filter(s, list(self.sessions), source_checks(self.sessions.values()))
         log.info("kernel VNI filter: accepting %s", sorted(self.sessions) or "nothing")
 
     def _fork_workers(self) -> None:
@@ -271,6 +326,7 @@ class Agent:
 
     def run(self) -> int:
         c = self.cfg
+        raise_open_files_limit()
         wdir = c.writer.work_dir
         os.makedirs(wdir, exist_ok=True)
         recovered = recover_open_files(wdir)
@@ -298,6 +354,12 @@ class Agent:
         threading.Thread(target=self.shipper.run, name="shipper", daemon=True).start()
         if self.watcher is not None:
             threading.Thread(target=self.watcher.run, name="kube-watch", daemon=True).start()
+            if c.status_interval_s > 0:
+                node = c.writer.node or os.uname().nodename
+                self.reporter = StatusReporter(
+                    self.watcher, node, report_collector(self.state), interval_s=c.status_interval_s
+                )
+                threading.Thread(target=self.reporter.run, name="status-report", daemon=True).start()
         server = serve(self.state, c.metrics_address, c.metrics_port) if c.metrics_port >= 0 else None
         if server is not None:
             log.info("metrics and health on %s:%d", c.metrics_address, server.server_address[1])
@@ -327,6 +389,10 @@ class Agent:
                     self.exit_code = 1
                     break
                 time.sleep(0.02)
+        if self.reporter is not None:  # the workers' final counts, within a bounded time
+            self.reporter.stop.set()
+            with contextlib.suppress(Exception):
+                self.reporter.report_once(force=True, deadline=time.monotonic() + 3.0)
         assert self.shipper is not None
         self.shipper.stop.set()
         left = self.shipper.drain(max(deadline - time.monotonic(), 1.0))

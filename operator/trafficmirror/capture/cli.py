@@ -11,8 +11,10 @@ import logging
 import os
 import re
 import sys
+from typing import Any
 
 from trafficmirror.capture import vxlan
+from trafficmirror.capture.writer import UnknownVniPolicy
 
 _UNITS = {
     "": 1,
@@ -67,7 +69,13 @@ def add_capture_commands(subparsers: argparse._SubParsersAction) -> None:  # typ
     )
     g.add_argument("--no-accelerate", action="store_true", help="use the Python receive loop")
     g = cap.add_argument_group("sessions (VNI -> namespace/name)")
-    g.add_argument("--session", action="append", default=[], metavar="VNI=NS/NAME[@ENI]")
+    g.add_argument(
+        "--session",
+        action="append",
+        default=[],
+        metavar="VNI=NS/NAME[@ENI][:IP,...]",
+        help="a session; with :IP,... its datagrams are accepted only from those outer source addresses",
+    )
     g.add_argument("--sessions-file", help="YAML/JSON list of {vni, namespace, name, sourceEni} or MirrorSessions")
     g.add_argument("--kube", action="store_true", help="watch MirrorSessions (read-only) on the apiserver")
     g.add_argument("--kube-server", help="apiserver URL (default: in-cluster)")
@@ -76,10 +84,31 @@ def add_capture_commands(subparsers: argparse._SubParsersAction) -> None:  # typ
     g.add_argument("--kube-namespace", help="watch one namespace only")
     g.add_argument("--kube-insecure", action="store_true")
     g.add_argument(
+        "--status-interval",
+        type=float,
+        default=30.0,
+        help="with --kube: seconds between this node's reports (packets, drops by layer, Lossy) into each "
+        "MirrorSession's status.captureNodes; 0 disables",
+    )
+    g.add_argument(
         "--unknown-vni",
         choices=["write", "drop"],
-        default="write",
-        help="datagrams of VNIs no session claims: a per-VNI file, or only counted",
+        default=None,
+        help="datagrams of VNIs no session claims: a per-VNI file (bounded by the two options below), or only "
+        "counted. Default: drop with --kube (the watch knows every session, so an unknown VNI is a stray or a "
+        "flood), write otherwise",
+    )
+    g.add_argument(
+        "--unknown-vni-max-open",
+        type=int,
+        default=UnknownVniPolicy.max_open,
+        help="unknown-VNI files open at once per worker; the least recently written is closed to make room",
+    )
+    g.add_argument(
+        "--unknown-vni-new-per-second",
+        type=float,
+        default=UnknownVniPolicy.new_per_second,
+        help="new unknown-VNI files per second per worker; the packets of the rest are counted as refused",
     )
     g.add_argument("--keep-malformed", action="store_true", help="keep malformed datagrams in a separate file")
     g = cap.add_argument_group("files")
@@ -151,26 +180,9 @@ def run_capture(args: argparse.Namespace) -> int:
     static = [sessions.parse_mapping(m) for m in args.session]
     if args.sessions_file:
         static += sessions.load_file(args.sessions_file)
-    kube = None
-    if args.kube:
-        kube = {
-            "server": args.kube_server,
-            "token_file": args.kube_token_file,
-            "ca_file": args.kube_ca_file,
-            "namespace": args.kube_namespace,
-            "insecure": args.kube_insecure,
-        }
-    s3 = None
-    if args.s3_bucket:
-        s3 = {
-            "bucket": args.s3_bucket,
-            "prefix": args.s3_prefix,
-            "sse": args.s3_sse,
-            "kms_key_id": args.s3_kms_key_id,
-            "region": args.s3_region,
-            "endpoint_url": args.s3_endpoint_url,
-            "multipart_threshold": args.s3_multipart_threshold,
-        }
+    kube = _prefixed(args, "kube_", ("server", "token_file", "ca_file", "namespace", "insecure")) if args.kube else None
+    s3_keys = ("bucket", "prefix", "sse", "kms_key_id", "region", "endpoint_url", "multipart_threshold")
+    s3 = _prefixed(args, "s3_", s3_keys) if args.s3_bucket else None
     wcfg = WriterConfig(
         work_dir=args.work_dir,
         node=args.node,
@@ -191,7 +203,11 @@ def run_capture(args: argparse.Namespace) -> int:
         sessions=static,
         kube=kube,
         kernel_vni_filter=args.kernel_vni_filter,
-        write_unknown=args.unknown_vni == "write",
+        unknown=UnknownVniPolicy(
+            write=(args.unknown_vni or ("drop" if args.kube else "write")) == "write",
+            max_open=args.unknown_vni_max_open,
+            new_per_second=args.unknown_vni_new_per_second,
+        ),
         keep_malformed=args.keep_malformed,
         output_dir=args.output_dir,
         retain_files=args.retain_files,
@@ -202,8 +218,14 @@ def run_capture(args: argparse.Namespace) -> int:
         metrics_port=args.metrics_port,
         shutdown_timeout_s=args.shutdown_timeout,
         accelerate=not args.no_accelerate,
+        status_interval_s=args.status_interval,
     )
     return agent.run(cfg)
+
+
+def _prefixed(args: argparse.Namespace, prefix: str, keys: tuple[str, ...]) -> dict[str, Any]:
+    """The options ``--<prefix><key>`` as keyword arguments ``key``."""
+    return {k: getattr(args, prefix + k) for k in keys}
 
 
 def run_pcap(args: argparse.Namespace) -> int:

@@ -1,34 +1,44 @@
-"""The compiled receive loop behind the same interface as ``receiver.Receiver``."""
+"""The compiled receive loop (``_fastrecv``) as a ``batch.Receiver``."""
 
 from __future__ import annotations
 
 import socket
 from collections import Counter
+from collections.abc import Mapping, Set
 
 from trafficmirror.capture import _fastrecv  # ImportError when built without a compiler
-from trafficmirror.capture.receiver import Batch, Group, Kept, Receiver
+from trafficmirror.capture.batch import MAX_BATCH, Batch, Group, Kept
+from trafficmirror.capture.vxlan import RECEIVE_REASONS
 
-_REASONS = ("short_header", "bad_flags", "short_frame", "receive_truncated")
+assert _fastrecv.MAX_BATCH == MAX_BATCH, "the compiled loop and batch.MAX_BATCH disagree"
 
 
-class FastReceiver(Receiver):
+class FastReceiver:
     def __init__(
         self, sock: socket.socket, *, fmt: str = "pcapng", snaplen: int = 0, keep_malformed: bool = False
     ) -> None:
-        super().__init__(sock, fmt=fmt, snaplen=snaplen, keep_malformed=keep_malformed)
-        self.fd = sock.fileno()
-        self.pcapng = fmt == "pcapng"
-        self.snap = snaplen
+        sock.setblocking(False)
+        self.sock = sock  # keeps the socket (and so the descriptor) alive as long as we are
+        self._rx = _fastrecv.Receiver(sock.fileno(), fmt == "pcapng", snaplen, keep_malformed)
 
-    def recv_batch(self, max_datagrams: int = 256) -> Batch:
-        groups, bad, kept, n, drops = _fastrecv.recv_batch(
-            self.fd, max_datagrams, self.pcapng, self.snap, self.keep_malformed
-        )
-        malformed: Counter[str] = Counter({r: c for r, c in zip(_REASONS, bad, strict=True) if c})
+    def set_sources(self, sources: Mapping[int, Set[str]]) -> None:
+        packed: dict[int, list[bytes]] = {}
+        for vni, addrs in sources.items():
+            keys = packed[vni] = []
+            for a in addrs:
+                try:
+                    keys.append(socket.inet_aton(a.removeprefix("::ffff:")))
+                except OSError:
+                    continue  # not IPv4: nothing from it can match
+        self._rx.set_sources(packed)
+
+    def recv_batch(self, max_datagrams: int = MAX_BATCH) -> Batch:
+        groups, bad, kept, n, drops = self._rx.recv_batch(max_datagrams)
+        malformed: Counter[str] = Counter({r: c for r, c in zip(RECEIVE_REASONS, bad, strict=True) if c})
         return Batch(
             groups={vni: Group(b, p, w, f, last) for vni, (b, p, w, f, last) in groups.items()},
             malformed=malformed,
-            kept=[Kept(ts, d, (a[0], a[1]), r) for ts, d, a, r in kept],
+            kept=[Kept(ts, d, (a[0], a[1]), RECEIVE_REASONS[r]) for ts, d, a, r in kept],
             datagrams=n,
             kernel_drops=drops,
         )

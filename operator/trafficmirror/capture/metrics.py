@@ -18,6 +18,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from trafficmirror.capture import vxlan
+from trafficmirror.capture.lossstats import LAYER_HELP, LAYERS, NodeDropsSampler
 from trafficmirror.capture.ship import ShipStats
 
 P = "trafficmirror_capture_"
@@ -37,6 +39,7 @@ class AgentState:
     sessions_known: int = 0
     sessions_loaded: bool = False
     ship: ShipStats | None = None
+    node_drops: NodeDropsSampler = field(default_factory=NodeDropsSampler)  # baseline: the agent's start
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def update_worker(self, idx: int, snap: dict[str, Any]) -> None:
@@ -85,13 +88,14 @@ class _Collector(Collector):
         }
         agg: dict[tuple[str, str], dict[str, int]] = {}
         malformed: dict[str, int] = {}
-        datagrams = drops = errors = 0
+        datagrams = drops = errors = disk = 0
         for snap in snaps:
             for key, st in snap.get("sessions", {}).items():
                 ns, _, name = key.partition("/")
                 a = agg.setdefault((ns, name), {"packets": 0, "bytes": 0, "files": 0, "dropped": 0})
                 for k in a:
                     a[k] += int(st.get(k, 0))
+                disk += int(st.get("dropped", 0))
             for reason, n in snap.get("malformed", {}).items():
                 malformed[reason] = malformed.get(reason, 0) + int(n)
             datagrams += int(snap.get("datagrams", 0))
@@ -102,9 +106,18 @@ class _Collector(Collector):
                 fam.add_metric([ns, name], a[k])
         yield from fams.values()
         m = CounterMetricFamily(P + "malformed", "Datagrams not written to a session, by reason", labels=["reason"])
-        for reason in ("short_header", "bad_flags", "short_frame", "receive_truncated", "unknown_vni"):
+        for reason in vxlan.Reason:
             m.add_metric([reason], malformed.get(reason, 0))
         yield m
+        refused = CounterMetricFamily(
+            P + "unknown_vni_refused",
+            "Packets of VNIs no session claims that were not written: drop (--unknown-vni drop) or rate "
+            "(the limit on new unknown-VNI files)",
+            labels=["why"],
+        )
+        for why in ("drop", "rate"):
+            refused.add_metric([why], sum(int(snap.get("unknown_refused", {}).get(why, 0)) for snap in snaps))
+        yield refused
         yield CounterMetricFamily(P + "datagrams", "UDP datagrams received", value=datagrams)
         yield CounterMetricFamily(
             P + "kernel_drops",
@@ -113,6 +126,20 @@ class _Collector(Collector):
             value=drops,
         )
         yield CounterMetricFamily(P + "write_errors", "File write errors (e.g. disk full)", value=errors)
+        layers = CounterMetricFamily(
+            P + "layer_drops",
+            "Drops since the agent started, by layer a mirrored datagram crosses; scope says whose: "
+            + "; ".join(f"{k}: {v}" for k, v in LAYER_HELP.items())
+            + ". Layers overlap: do not add them up.",
+            labels=["layer", "scope"],
+        )
+        node = s.node_drops.since_start().as_dict()
+        by_layer = {"disk": (disk, "session"), "socket": (drops, "socket")}
+        by_layer.update({k: (v, "node") for k, v in node.items()})
+        for layer in LAYERS:
+            value, scope = by_layer[layer]
+            layers.add_metric([layer, scope], value)
+        yield layers
         rb = GaugeMetricFamily(P + "receive_buffer_bytes", "Socket receive buffer", labels=["kind"])
         rb.add_metric(["requested"], s.rcvbuf_requested)
         rb.add_metric(["granted"], s.rcvbuf_granted)

@@ -34,6 +34,7 @@ ISB_ENDTIME = 3
 ISB_IFRECV = 4
 ISB_IFDROP = 5
 ISB_OSDROP = 7
+ISB_USRDELIV = 8
 
 PCAP_MAGIC_NS = 0xA1B23C4D
 PCAP_GLOBAL_HEADER_LEN = 24
@@ -90,6 +91,7 @@ def interface_statistics(
     received: int,
     if_dropped: int,
     os_dropped: int,
+    delivered: int | None = None,
     comment: str = "",
 ) -> bytes:
     def ts(v: int) -> bytes:
@@ -102,10 +104,26 @@ def interface_statistics(
         (ISB_IFDROP, struct.pack("<Q", if_dropped)),
         (ISB_OSDROP, struct.pack("<Q", os_dropped)),
     ]
+    if delivered is not None:
+        opts.append((ISB_USRDELIV, struct.pack("<Q", delivered)))
     if comment:
         opts.append((OPT_COMMENT, comment.encode()))
     body = struct.pack("<III", interface_id, ts_ns >> 32, ts_ns & 0xFFFFFFFF) + _options(opts)
     return _block(BT_ISB, body)
+
+
+def epb_length(caplen: int, options_len: int = 0) -> int:
+    """The whole EPB's length for a frame of ``caplen`` bytes."""
+    return EPB_OVERHEAD + _pad4(caplen) + options_len
+
+
+def epb_header(ts_ns: int, caplen: int, orig_len: int, total: int, interface_id: int = 0) -> bytes:
+    """The 28 bytes before an EPB's frame; the frame, ``epb_trailer`` and the total follow."""
+    return _EPB_HEAD.pack(BT_EPB, total, interface_id, ts_ns >> 32, ts_ns & 0xFFFFFFFF, caplen, orig_len)
+
+
+def epb_padding(caplen: int) -> bytes:
+    return _PADS[caplen & 3]
 
 
 def enhanced_packet(
@@ -115,11 +133,12 @@ def enhanced_packet(
     interface_id: int = 0,
     comment: str = "",
 ) -> bytes:
+    """One EPB. The receive loops frame with the same pieces (``epb_header``, ``epb_padding``),
+    and the compiled loop is held byte for byte to them by a test."""
     caplen = len(data)
-    padded = _pad4(caplen)
     opts = _options([(OPT_COMMENT, comment.encode())]) if comment else b""
-    total = EPB_OVERHEAD + padded + len(opts)
-    head = _EPB_HEAD.pack(BT_EPB, total, interface_id, ts_ns >> 32, ts_ns & 0xFFFFFFFF, caplen, orig_len)
+    total = epb_length(caplen, len(opts))
+    head = epb_header(ts_ns, caplen, orig_len, total, interface_id)
     return b"".join((head, data, _PADS[caplen & 3], opts, struct.pack("<I", total)))
 
 
@@ -127,9 +146,13 @@ def pcap_global_header(snaplen: int, linktype: int = LINKTYPE_ETHERNET) -> bytes
     return struct.pack("<IHHiIII", PCAP_MAGIC_NS, 2, 4, 0, 0, snaplen or 262144, linktype)
 
 
-def pcap_record(ts_ns: int, data: bytes | bytearray | memoryview, orig_len: int) -> bytes:
+def pcap_record_header(ts_ns: int, caplen: int, orig_len: int) -> bytes:
     sec, nsec = divmod(ts_ns, 1_000_000_000)
-    return _PCAP_REC.pack(sec, nsec, len(data), orig_len) + bytes(data)
+    return _PCAP_REC.pack(sec, nsec, caplen, orig_len)
+
+
+def pcap_record(ts_ns: int, data: bytes | bytearray | memoryview, orig_len: int) -> bytes:
+    return pcap_record_header(ts_ns, len(data), orig_len) + bytes(data)
 
 
 def iter_records(buf: bytes | bytearray, fmt: str) -> Iterator[tuple[int, int, int, int]]:
@@ -179,6 +202,7 @@ class Statistics:
     received: int | None = None
     if_dropped: int | None = None
     os_dropped: int | None = None
+    delivered: int | None = None
     comment: str = ""
 
 
@@ -296,6 +320,7 @@ def read_pcapng(f: BinaryIO) -> Capture:
             st.received = _u64_option(opts, ISB_IFRECV, e)
             st.if_dropped = _u64_option(opts, ISB_IFDROP, e)
             st.os_dropped = _u64_option(opts, ISB_OSDROP, e)
+            st.delivered = _u64_option(opts, ISB_USRDELIV, e)
             if OPT_COMMENT in opts:
                 st.comment = opts[OPT_COMMENT][0].decode(errors="replace")
             cap.statistics.append(st)

@@ -1,8 +1,7 @@
-"""The UDP side: socket setup (no capabilities needed) and the batch receive-and-frame loop.
+"""The UDP side: socket setup (no capabilities needed) and the Python receive-and-frame loop.
 
-One receive batch yields, per VNI, the packets already framed as pcapng EPBs (or pcap records),
-so the writer only appends bytes. A compiled twin of ``recv_batch`` lives in ``_fastrecv``
-(built by setuptools when a compiler is present); both produce byte-identical output.
+A compiled twin of ``PyReceiver`` lives in ``_fastrecv`` (built by setuptools when a compiler is
+present, wrapped by ``fastrecv.FastReceiver``); both produce byte-identical output.
 """
 
 from __future__ import annotations
@@ -14,11 +13,10 @@ import os
 import socket
 import struct
 import time
-from collections import Counter
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Set
 
-from trafficmirror.capture import vxlan
-from trafficmirror.capture.pcapng import EPB_OVERHEAD
+from trafficmirror.capture import pcapng, vxlan
+from trafficmirror.capture.batch import MAX_BATCH, Batch, Group, Kept, Receiver
 
 log = logging.getLogger(__name__)
 
@@ -35,41 +33,10 @@ RECV_BUFSIZE = 65536  # larger than any UDP payload, so MSG_TRUNC means a kernel
 ANC_BUFSIZE = socket.CMSG_SPACE(16) + socket.CMSG_SPACE(4)
 _TIMESPEC = struct.Struct("@qq")
 _U32 = struct.Struct("@I")
-_EPB_HEAD = struct.Struct("<IIIIIII")
-_PCAP_REC = struct.Struct("<IIII")
-_TRAILER_PAD = (b"", b"\0\0\0", b"\0\0", b"\0")
 
 
 class PortInUseError(RuntimeError):
     pass
-
-
-@dataclass
-class Group:
-    """The packets of one VNI in one batch, framed and ready to append."""
-
-    buf: bytes | bytearray = field(default_factory=bytearray)
-    packets: int = 0
-    wire_bytes: int = 0
-    first_ts: int = 0
-    last_ts: int = 0
-
-
-@dataclass
-class Kept:
-    ts_ns: int
-    datagram: bytes
-    source: tuple[str, int]
-    reason: str
-
-
-@dataclass
-class Batch:
-    groups: dict[int, Group] = field(default_factory=dict)
-    malformed: Counter[str] = field(default_factory=Counter)
-    kept: list[Kept] = field(default_factory=list)
-    datagrams: int = 0
-    kernel_drops: int = 0  # cumulative sk_drops as of the last datagram
 
 
 def vxlan_devices() -> list[str]:
@@ -141,18 +108,40 @@ def _bpf_prog(insns: list[tuple[int, int, int, int]]) -> tuple[bytes, ctypes.Arr
 _LD_W_ABS, _LD_B_ABS, _RSH_K, _MOD_K, _JEQ_K, _RET_K, _RET_A = 0x20, 0x30, 0x74, 0x94, 0x15, 0x06, 0x16
 
 
-def vni_filter_program(vnis: list[int]) -> list[tuple[int, int, int, int]]:
-    """Classic BPF socket filter accepting only the given VNIs.
+_SKF_NET_OFF = -0x100000  # classic BPF: offsets from the network (IP) header
+_ACCEPT = 0x40000  # more than any datagram: keep it whole
+# A forged datagram is cut to the UDP and VXLAN headers (16 bytes from the UDP header): the agent
+# still sees it and counts it as spoofed, but it costs the receive buffer next to nothing.
+_TRIM_TO_HEADER = 8 + vxlan.HEADER_LEN
 
-    A UDP socket filter sees the packet from the UDP header on, so the VNI is bytes 12..14.
-    Each VNI gets its own jeq/ret pair, keeping every jump short however long the list.
+
+def vni_filter_program(
+    vnis: list[int], sources: Mapping[int, Set[str]] | None = None
+) -> list[tuple[int, int, int, int]]:
+    """Classic BPF socket filter accepting only the given VNIs; a VNI in ``sources`` is accepted
+    whole only from those IPv4 outer sources, and cut to its headers from anywhere else.
+
+    A UDP socket filter sees the packet from the UDP header on, so the VNI is bytes 12..14; the
+    outer source is at the IP header's byte 12. Each VNI gets its own block right after its jeq,
+    keeping every jump short however long the list.
     """
+    sources = sources or {}
     prog = [(_LD_W_ABS, 0, 0, 8 + 4), (_RSH_K, 0, 0, 8)]
     for v in sorted(set(vnis)):
-        prog += [(_JEQ_K, 0, 1, v), (_RET_K, 0, 0, 0x40000)]
+        keys = sorted({k for k in map(_ipv4_key, sources.get(v, ())) if k is not None})
+        if v not in sources:
+            prog += [(_JEQ_K, 0, 1, v), (_RET_K, 0, 0, _ACCEPT)]
+            continue
+        if len(keys) > 250:
+            raise ValueError(f"VNI {v}: too many source addresses for the kernel filter (max 250)")
+        block = [(_LD_W_ABS, 0, 0, (_SKF_NET_OFF + 12) & 0xFFFFFFFF)]
+        for i, k in enumerate(keys):
+            block.append((_JEQ_K, len(keys) - i, 0, int.from_bytes(k, "big")))  # to the accepting ret
+        block += [(_RET_K, 0, 0, _TRIM_TO_HEADER), (_RET_K, 0, 0, _ACCEPT)]
+        prog += [(_JEQ_K, 0, len(block), v), *block]
     prog.append((_RET_K, 0, 0, 0))
     if len(prog) > 4096:
-        raise ValueError("too many VNIs for one classic BPF program (max 2046)")
+        raise ValueError("too many VNIs for one classic BPF program")
     return prog
 
 
@@ -166,8 +155,8 @@ def steering_program(workers: int) -> list[tuple[int, int, int, int]]:
     return [(_LD_W_ABS, 0, 0, 4), (_RSH_K, 0, 0, 8), (_MOD_K, 0, 0, workers), (_RET_A, 0, 0, 0)]
 
 
-def attach_vni_filter(sock: socket.socket, vnis: list[int]) -> None:
-    fprog, keep = _bpf_prog(vni_filter_program(vnis))
+def attach_vni_filter(sock: socket.socket, vnis: list[int], sources: Mapping[int, Set[str]] | None = None) -> None:
+    fprog, keep = _bpf_prog(vni_filter_program(vnis, sources))
     sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
     del keep
 
@@ -184,8 +173,18 @@ def kernel_drops(sock: socket.socket) -> int:
     return int(struct.unpack_from("@9I", raw)[SK_MEMINFO_DROPS])
 
 
-class Receiver:
-    """Batch receive + decapsulate + frame, in Python. ``fmt`` is "pcapng" or "pcap"."""
+def _ipv4_key(host: str) -> bytes | None:
+    """The outer source as 4 bytes (an IPv4-mapped IPv6 address too), None when not IPv4."""
+    try:
+        return socket.inet_aton(host.removeprefix("::ffff:")) if "." in host else None
+    except OSError:
+        return None
+
+
+class PyReceiver:
+    """Batch receive + check + decapsulate + frame, in Python (``batch.Receiver``). ``fmt`` is
+    "pcapng" or "pcap". Framing is pcapng.epb_header / pcap_record_header, the one framing the
+    compiled loop is held to."""
 
     def __init__(self, sock: socket.socket, *, fmt: str = "pcapng", snaplen: int = 0, keep_malformed: bool = False):
         self.sock = sock
@@ -194,16 +193,23 @@ class Receiver:
         self.keep_malformed = keep_malformed
         self.buf = bytearray(RECV_BUFSIZE)
         self.mv = memoryview(self.buf)
+        self.sources: dict[int, frozenset[bytes]] = {}
         sock.setblocking(False)
 
-    def recv_batch(self, max_datagrams: int = 256) -> Batch:
+    def set_sources(self, sources: Mapping[int, Set[str]]) -> None:
+        self.sources = {
+            vni: frozenset(k for k in map(_ipv4_key, addrs) if k is not None) for vni, addrs in sources.items()
+        }
+
+    def recv_batch(self, max_datagrams: int = MAX_BATCH) -> Batch:
         batch = Batch()
         groups = batch.groups
         sock, buf, mv, snap = self.sock, self.buf, self.mv, self.snaplen
         bufs = [self.buf]
-        pcapng = self.fmt == "pcapng"
-        epb_pack, rec_pack, pads = _EPB_HEAD.pack, _PCAP_REC.pack, _TRAILER_PAD
+        pcapng_fmt = self.fmt == "pcapng"
+        epb_header, rec_header, padding = pcapng.epb_header, pcapng.pcap_record_header, pcapng.epb_padding
         parse = vxlan.parse
+        sources = self.sources
         drops = 0  # the kernel attaches SO_RXQ_OVFL only once the counter is non-zero
         n_dgrams = 0
         bufs_by_vni: dict[int, bytearray] = {}
@@ -222,10 +228,17 @@ class Receiver:
                     drops = _U32.unpack(data)[0]
             if not ts:
                 ts = time.time_ns()
+            res: vxlan.Decapsulated | vxlan.Reason
             if flags & socket.MSG_TRUNC:
-                res: vxlan.Decapsulated | vxlan.Reason = vxlan.Reason.RECEIVE_TRUNCATED
+                res = vxlan.Reason.RECEIVE_TRUNCATED
             else:
                 res = parse(buf, n)
+                # The source is checked before the frame's length: the kernel filter cuts a
+                # forged datagram to its headers, and it must still count as spoofed.
+                if sources and (not isinstance(res, vxlan.Reason) or res is vxlan.Reason.SHORT_FRAME):
+                    allowed = sources.get((buf[4] << 16) | (buf[5] << 8) | buf[6])
+                    if allowed is not None and _ipv4_key(addr[0]) not in allowed:
+                        res = vxlan.Reason.SPOOFED
             if isinstance(res, vxlan.Reason):
                 batch.malformed[res] += 1
                 if self.keep_malformed:
@@ -240,14 +253,14 @@ class Receiver:
                 out = bufs_by_vni[vni]
             if caplen > snap:
                 caplen = snap
-            if pcapng:
-                total = EPB_OVERHEAD + ((caplen + 3) & ~3)
-                out += epb_pack(6, total, 0, ts >> 32, ts & 0xFFFFFFFF, caplen, orig)
+            if pcapng_fmt:
+                total = pcapng.epb_length(caplen)
+                out += epb_header(ts, caplen, orig, total)
                 out += mv[off : off + caplen]
-                out += pads[caplen & 3]
+                out += padding(caplen)
                 out += total.to_bytes(4, "little")
             else:
-                out += rec_pack(ts // 1_000_000_000, ts % 1_000_000_000, caplen, orig)
+                out += rec_header(ts, caplen, orig)
                 out += mv[off : off + caplen]
             g.packets += 1
             g.wire_bytes += orig
@@ -267,7 +280,7 @@ def make_receiver(
         try:
             from trafficmirror.capture.fastrecv import FastReceiver
 
-            return FastReceiver(sock, fmt=fmt, snaplen=snaplen, keep_malformed=keep_malformed)  # type: ignore[no-any-return,unused-ignore]
+            return FastReceiver(sock, fmt=fmt, snaplen=snaplen, keep_malformed=keep_malformed)
         except ImportError:
             log.info("compiled receive loop not available; using the Python one")
-    return Receiver(sock, fmt=fmt, snaplen=snaplen, keep_malformed=keep_malformed)
+    return PyReceiver(sock, fmt=fmt, snaplen=snaplen, keep_malformed=keep_malformed)

@@ -21,15 +21,13 @@ from typing import Any
 
 import yaml
 
+from trafficmirror.api.common import GROUP, VERSION
 from trafficmirror.capture.vxlan import MAX_VNI
 
 log = logging.getLogger(__name__)
 
-GROUP = "trafficmirror.io"
-VERSION = "v1alpha1"
 PLURAL = "mirrorsessions"
 UNKNOWN_NAMESPACE = "_unknown"
-_SAFE = re.compile(r"[^A-Za-z0-9._-]")
 
 
 @dataclass(frozen=True)
@@ -38,6 +36,11 @@ class Session:
     name: str
     vni: int
     source_eni: str = ""
+    # The outer source addresses the session's datagrams come from (its source ENI's private
+    # addresses), when the MirrorSession status knows them: datagrams of this VNI from anywhere
+    # else count as spoofed. Empty: not checked (e.g. an NLB target that does not preserve the
+    # client address, where every datagram comes from the load balancer).
+    source_addresses: tuple[str, ...] = ()
 
     @property
     def key(self) -> str:
@@ -48,16 +51,42 @@ class Session:
         return self.namespace != UNKNOWN_NAMESPACE
 
     def to_json(self) -> dict[str, Any]:
-        return {"namespace": self.namespace, "name": self.name, "vni": self.vni, "sourceEni": self.source_eni}
+        return {
+            "namespace": self.namespace,
+            "name": self.name,
+            "vni": self.vni,
+            "sourceEni": self.source_eni,
+            "sourceAddresses": list(self.source_addresses),
+        }
 
     @staticmethod
     def from_json(d: Mapping[str, Any]) -> Session:
-        return Session(str(d["namespace"]), str(d["name"]), int(d["vni"]), str(d.get("sourceEni", "")))
+        return Session(
+            str(d["namespace"]),
+            str(d["name"]),
+            int(d["vni"]),
+            str(d.get("sourceEni", "")),
+            _addresses(d.get("sourceAddresses")),
+        )
+
+
+def _addresses(raw: Any) -> tuple[str, ...]:
+    if not isinstance(raw, list):
+        return ()
+    return tuple(sorted({str(a) for a in raw if isinstance(a, str) and a}))
+
+
+def source_checks(sessions: Iterable[Session]) -> dict[int, frozenset[str]]:
+    """VNI -> the outer sources its datagrams may come from, for the sessions that know them."""
+    return {s.vni: frozenset(s.source_addresses) for s in sessions if s.source_addresses}
 
 
 def unknown_session(vni: int) -> Session:
     """The stream that collects a VNI no MirrorSession claims (so nothing is silently lost)."""
     return Session(UNKNOWN_NAMESPACE, f"vni-{vni}", vni)
+
+
+_SAFE = re.compile(r"[^A-Za-z0-9._-]")
 
 
 def safe_component(s: str) -> str:
@@ -66,14 +95,15 @@ def safe_component(s: str) -> str:
 
 
 def parse_mapping(text: str) -> Session:
-    """``VNI=namespace/name[@eni]``, the CLI form of one mapping."""
-    m = re.fullmatch(r"\s*(\d+)\s*=\s*([^/\s]+)/([^@\s]+)(?:@(\S+))?\s*", text)
+    """``VNI=namespace/name[@eni][:address,...]``, the CLI form of one mapping; the addresses
+    are the outer sources the session's datagrams may come from."""
+    m = re.fullmatch(r"\s*(\d+)\s*=\s*([^/\s]+)/([^@:\s]+)(?:@([^:\s]+))?(?::([0-9.,]+))?\s*", text)
     if not m:
-        raise ValueError(f"bad session mapping {text!r}; expected VNI=namespace/name[@eni-...]")
+        raise ValueError(f"bad session mapping {text!r}; expected VNI=namespace/name[@eni-...][:ipv4,...]")
     vni = int(m.group(1))
     if not 0 <= vni <= MAX_VNI:
         raise ValueError(f"VNI {vni} is not a 24-bit value")
-    return Session(m.group(2), m.group(3), vni, m.group(4) or "")
+    return Session(m.group(2), m.group(3), vni, m.group(4) or "", _addresses((m.group(5) or "").split(",")))
 
 
 def from_object(obj: Mapping[str, Any]) -> Session | None:
@@ -88,6 +118,7 @@ def from_object(obj: Mapping[str, Any]) -> Session | None:
         str(meta.get("name", "")),
         vni,
         str(status.get("sourceNetworkInterfaceId") or ""),
+        _addresses(status.get("sourceAddresses")),
     )
 
 

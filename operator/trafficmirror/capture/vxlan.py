@@ -27,7 +27,12 @@ class Reason(enum.StrEnum):
     BAD_FLAGS = "bad_flags"  # the I flag is clear, so the VNI field means nothing
     SHORT_FRAME = "short_frame"  # header present but no complete Ethernet header behind it
     RECEIVE_TRUNCATED = "receive_truncated"  # larger than our receive buffer (MSG_TRUNC)
+    SPOOFED = "spoofed"  # a session's VNI from an outer source address that is not the session's
     UNKNOWN_VNI = "unknown_vni"  # well formed, but no MirrorSession has this VNI
+
+
+# What the receive loops reject, in the order the compiled loop reports them.
+RECEIVE_REASONS = (Reason.SHORT_HEADER, Reason.BAD_FLAGS, Reason.SHORT_FRAME, Reason.RECEIVE_TRUNCATED, Reason.SPOOFED)
 
 
 class Decapsulated(NamedTuple):

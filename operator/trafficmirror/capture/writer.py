@@ -14,20 +14,21 @@ import logging
 import os
 import socket
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from trafficmirror.capture import pcapng
-from trafficmirror.capture.receiver import Batch, Kept
-from trafficmirror.capture.sessions import Session, safe_component, unknown_session
+from trafficmirror.capture import pcapng, vxlan
+from trafficmirror.capture.batch import Batch, Group, Kept
+from trafficmirror.capture.lossstats import FileDrops, NodeDrops, NodeDropsSampler
+from trafficmirror.capture.sessions import UNKNOWN_NAMESPACE, Session, safe_component, unknown_session
 
 log = logging.getLogger(__name__)
 
 NS = 1_000_000_000
 RETRY_AFTER_ERROR_S = 1.0
-ISB_RESERVE = 256  # room kept for the statistics block written at close, so files honour the size limit
+ISB_RESERVE = 1024  # room kept for the statistics block written at close, so files honour the size limit
 
 
 # --- pure decisions -------------------------------------------------------------------------
@@ -48,10 +49,6 @@ def format_start(ts_ns: int) -> str:
 
 def file_basename(node: str, start_ns: int, seq: int, fmt: str) -> str:
     return f"{safe_component(node)}-{format_start(start_ns)}-{seq:06d}.{fmt}"
-
-
-def isb_comment() -> str:
-    return "os_dropped is the capture socket's kernel drop counter (SO_RXQ_OVFL), shared by all sessions"
 
 
 # --- the streams ----------------------------------------------------------------------------
@@ -91,8 +88,11 @@ class Stream:
         stats: StreamStats,
         on_error: Callable[[str], None],
         linktype: int = pcapng.LINKTYPE_ETHERNET,
+        node_drops: Callable[[], NodeDrops] = NodeDrops,
+        node_baseline: NodeDrops | None = None,
     ):
         self.session = session
+        self.node_drops = node_drops
         self.linktype = linktype
         self.cfg = cfg
         self.stats = stats
@@ -102,7 +102,8 @@ class Stream:
         self.base = ""
         self.seq = 0
         self.good = 0  # bytes on disk that are whole blocks
-        self.buf = bytearray()
+        self.chunks: list[bytes | bytearray] = []  # framed records not yet written, whole blocks each
+        self.buf_len = 0
         self.buf_packets = 0
         self.file_packets = 0
         self.file_bytes = 0
@@ -111,7 +112,11 @@ class Stream:
         self.first_ts = 0
         self.last_ts = 0
         self.boundary: int | None = None
+        # Shared counters as of the last statistics block written (or the agent's start): a file
+        # reports the drops since its predecessor's block, so none fall between two files.
         self.drops_at_open = 0
+        self.node_at_open = node_baseline if node_baseline is not None else node_drops()
+        self.disk_unreported = 0  # disk drops not yet in a file's statistics block
         self.last_flush = time.monotonic()
         self.failed_until = 0.0
 
@@ -155,7 +160,6 @@ class Stream:
         self.start_ns = ts_ns
         self.first_ts = self.last_ts = 0
         self.file_packets = self.file_bytes = self.file_dropped = 0
-        self.drops_at_open = max(kernel_drops, 0)
         self.boundary = next_boundary(ts_ns, self.cfg.rotate_seconds) if self.cfg.rotate_seconds else None
         self.failed_until = 0.0
         return True
@@ -165,40 +169,37 @@ class Stream:
         full = exc is not None and exc.errno in (errno.ENOSPC, errno.EDQUOT)
         self.on_error(("disk full: " if full else "write error: ") + message)
 
-    def append(
-        self,
-        records: bytes | bytearray,
-        packets: int,
-        wire_bytes: int,
-        first_ts: int,
-        last_ts: int,
-        kernel_drops: int,
-    ) -> None:
+    def append(self, g: Group, kernel_drops: int) -> None:
         """Append framed records; a batch that crosses a rotation point is split at the exact
-        record, so size limits and wall-clock windows hold per packet, not per batch."""
-        while True:
-            if not self.is_open and (time.monotonic() < self.failed_until or not self._open(first_ts, kernel_drops)):
-                self.stats.dropped += packets
+        record, so size limits and time windows hold per packet, not per batch."""
+        if self.fd >= 0:  # the common case, inline: the file is open and nothing rotates
+            limit = self.cfg.rotate_bytes
+            if (self.boundary is None or g.last_ts < self.boundary) and (
+                limit is None or self.good + self.buf_len + len(g.buf) + ISB_RESERVE <= limit
+            ):
+                self._add(g, kernel_drops)
                 return
-            cut = self._cut(records, last_ts)
+        while True:
+            if not self.is_open and (time.monotonic() < self.failed_until or not self._open(g.first_ts, kernel_drops)):
+                self.stats.dropped += g.packets
+                self.disk_unreported += g.packets
+                return
+            cut = self._cut(g.buf, g.last_ts)
             if cut is None:
-                self._add(records, packets, wire_bytes, first_ts, last_ts, kernel_drops)
+                self._add(g, kernel_drops)
                 return
             off, n, wire, head_last, next_first = cut
             if n:
-                self._add(records[:off], n, wire, first_ts, head_last, kernel_drops)
+                self._add(Group(g.buf[:off], n, wire, g.first_ts, head_last), kernel_drops)
             self.close(kernel_drops)
-            records = records[off:]
-            packets -= n
-            wire_bytes -= wire
-            first_ts = next_first
-            if not packets:
+            g = Group(g.buf[off:], g.packets - n, g.wire_bytes - wire, next_first, g.last_ts)
+            if not g.packets:
                 return
 
     def _cut(self, records: bytes | bytearray, last_ts: int) -> tuple[int, int, int, int, int] | None:
         """None if all of ``records`` fits in the current file, else (offset, packets, wire bytes,
         last ts before the cut, first ts after it)."""
-        size = self.good + len(self.buf)
+        size = self.good + self.buf_len
         in_file = self.file_packets + self.buf_packets
         over_time = self.boundary is not None and last_ts >= self.boundary
         max_bytes = self.cfg.rotate_bytes
@@ -213,32 +214,25 @@ class Stream:
             n, wire, prev_ts = n + 1, wire + orig, ts
         return None
 
-    def _add(
-        self,
-        records: bytes | bytearray,
-        packets: int,
-        wire_bytes: int,
-        first_ts: int,
-        last_ts: int,
-        kernel_drops: int,
-    ) -> None:
-        self.buf += records
-        self.buf_packets += packets
-        self.stats.packets += packets
-        self.stats.bytes += wire_bytes
-        self.file_bytes += wire_bytes
+    def _add(self, g: Group, kernel_drops: int) -> None:
+        self.chunks.append(g.buf)  # no copy: writev takes the receive loop's bytes as they are
+        self.buf_len += len(g.buf)
+        self.buf_packets += g.packets
+        self.stats.packets += g.packets
+        self.stats.bytes += g.wire_bytes
+        self.file_bytes += g.wire_bytes
         if not self.first_ts:
-            self.first_ts = first_ts
-        self.last_ts = last_ts
-        if len(self.buf) >= self.cfg.flush_bytes:
+            self.first_ts = g.first_ts
+        self.last_ts = g.last_ts
+        if self.buf_len >= self.cfg.flush_bytes:
             self.flush(kernel_drops)
 
     def flush(self, kernel_drops: int) -> bool:
         self.last_flush = time.monotonic()
-        if not self.buf or not self.is_open:
+        if not self.chunks or not self.is_open:
             return True
         try:
-            _write_all(self.fd, self.buf)
+            _writev_all(self.fd, self.chunks)
         except OSError as exc:
             # Cut the file back to its last whole block so it stays readable, hand it off as is,
             # and count what was in the buffer as lost: reported, not silently dropped.
@@ -246,40 +240,54 @@ class Stream:
             self.stats.packets -= lost
             self.stats.dropped += lost
             self.file_dropped += lost
-            self.buf.clear()
-            self.buf_packets = 0
+            self.disk_unreported += lost
+            self.chunks = []
+            self.buf_len = self.buf_packets = 0
             self._fail(f"{self.path}: {exc}; {lost} packets lost", exc)
             with contextlib.suppress(OSError):
                 os.ftruncate(self.fd, self.good)
-            self.close(kernel_drops, statistics=False)
+            # The statistics block is tried too: on a full disk it usually fails, and then the
+            # count rides on the next file's block.
+            self.close(kernel_drops)
             return False
-        self.good += len(self.buf)
+        self.good += self.buf_len
         self.file_packets += self.buf_packets
-        self.buf.clear()
-        self.buf_packets = 0
+        self.chunks = []
+        self.buf_len = self.buf_packets = 0
         return True
 
     def close(self, kernel_drops: int, statistics: bool = True) -> dict[str, Any] | None:
         """Flush, write the statistics block, move the file to the spool. Returns its metadata."""
         if not self.is_open:
             return None
-        if self.buf and not self.flush(kernel_drops):
+        if self.chunks and not self.flush(kernel_drops):
             return None  # flush() already closed (and handed off) the cut-back file
-        if statistics and self.cfg.fmt == "pcapng":
+        # A file without packets is deleted below: its statistics would go with it, so the
+        # drops wait for the next file that is kept.
+        if statistics and self.cfg.fmt == "pcapng" and self.file_packets:
             end = self.last_ts or time.time_ns()
+            node_now = self.node_drops()
+            drops = FileDrops(
+                disk=self.disk_unreported,
+                socket=max(kernel_drops - self.drops_at_open, 0),
+                node=node_now.minus(self.node_at_open),
+            )
             isb = pcapng.interface_statistics(
                 0,
                 end,
                 start_ns=self.first_ts or self.start_ns,
                 end_ns=end,
-                received=self.file_packets,
-                if_dropped=self.file_dropped,
-                os_dropped=max(kernel_drops - self.drops_at_open, 0),
-                comment=isb_comment(),
+                received=self.file_packets + drops.disk,
+                if_dropped=drops.disk,
+                os_dropped=drops.os_dropped,
+                delivered=self.file_packets,
+                comment=drops.comment(),
             )
             try:
                 _write_all(self.fd, isb)
                 self.good += len(isb)
+                self.disk_unreported = 0
+                self.drops_at_open, self.node_at_open = max(kernel_drops, self.drops_at_open), node_now
             except OSError:
                 # The statistics are a nicety; the packets are what must survive.
                 with contextlib.suppress(OSError):
@@ -324,13 +332,14 @@ class Stream:
         return meta
 
     def tick(self, now_ns: int, kernel_drops: int) -> None:
-        """Idle housekeeping: a quiet session still closes at its time boundary and flushes."""
+        """Idle housekeeping: a quiet session still closes at its time boundary and flushes.
+        ``now_ns`` is packet time, so nothing still queued can belong before the boundary."""
         if not self.is_open:
             return
         if self.boundary is not None and now_ns >= self.boundary:
             self.close(kernel_drops)
             return
-        if self.buf and time.monotonic() - self.last_flush >= self.cfg.flush_interval_s:
+        if self.chunks and time.monotonic() - self.last_flush >= self.cfg.flush_interval_s:
             self.flush(kernel_drops)
 
 
@@ -341,6 +350,30 @@ def _write_all(fd: int, data: bytes | bytearray) -> None:
     while n < len(data):
         data = data[n:]
         n = os.write(fd, data)
+
+
+_IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024
+
+
+def _writev_all(fd: int, chunks: list[bytes | bytearray]) -> None:
+    """Write the chunks in order with as few writev calls as IOV_MAX allows; a short write
+    (rare: a signal, a nearly full disk) continues where it stopped."""
+    i = 0
+    while i < len(chunks):
+        part = chunks[i : i + _IOV_MAX]
+        want = sum(map(len, part))
+        done = os.writev(fd, part)
+        if done == want:
+            i += len(part)
+            continue
+        # Skip the chunks written whole, then write the rest of the cut one on its own.
+        for c in part:
+            if done < len(c):
+                _write_all(fd, c[done:])
+                break
+            done -= len(c)
+            i += 1
+        i += 1
 
 
 def _unlink_quiet(path: str) -> None:
@@ -364,11 +397,46 @@ def write_meta(path: str, meta: dict[str, Any]) -> bool:
 class WriterStats:
     sessions: dict[str, StreamStats] = field(default_factory=dict)
     malformed: Counter[str] = field(default_factory=Counter)
+    # Packets of unknown VNIs not written, by why: "drop" (--unknown-vni drop) or "rate" (the
+    # limit on new unknown-VNI files). Every datagram is in exactly one of: a session's packets
+    # or dropped, a receive reason in ``malformed`` (all but unknown_vni), or here.
+    unknown_refused: Counter[str] = field(default_factory=Counter)
     datagrams: int = 0
     kernel_drops: int = 0
     write_errors: int = 0
     last_error: str = ""
     last_error_time: float = 0.0
+
+
+UNKNOWN_STATS_KEY = f"{UNKNOWN_NAMESPACE}/all"  # one metric series for every unknown VNI
+
+
+@dataclass
+class UnknownVniPolicy:
+    """What a sender of VNIs no session claims may cost: at most ``max_open`` files open at once
+    (the least recently written is closed and shipped to make room), at most ``new_per_second``
+    new files (a burst of as many), the rest counted as refused."""
+
+    write: bool = True
+    max_open: int = 32
+    new_per_second: float = 4.0
+
+
+class _TokenBucket:
+    def __init__(self, rate: float) -> None:
+        self.rate = rate
+        self.burst = max(1.0, rate)
+        self.tokens = self.burst
+        self.at = time.monotonic()
+
+    def take(self) -> bool:
+        now = time.monotonic()
+        self.tokens = min(self.burst, self.tokens + (now - self.at) * self.rate)
+        self.at = now
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return True
+        return False
 
 
 class Writer:
@@ -379,18 +447,32 @@ class Writer:
         cfg: WriterConfig,
         sessions: dict[int, Session],
         *,
-        write_unknown: bool = True,
+        unknown: UnknownVniPolicy | None = None,
         keep_malformed: bool = False,
     ) -> None:
         self.cfg = cfg
         self.sessions = sessions
-        self.write_unknown = write_unknown
+        self.unknown = unknown or UnknownVniPolicy()
+        self.unknown_bucket = _TokenBucket(self.unknown.new_per_second)
+        self.unknown_open: OrderedDict[int, None] = OrderedDict()  # open unknown-VNI streams, LRU first
+        # The file sequence number of an unknown VNI whose stream was closed to make room: a
+        # reopened stream goes on from it, so its next file cannot take the name of the last.
+        self.unknown_seq: dict[int, int] = {}
         self.streams: dict[int, Stream] = {}
         self.stats = WriterStats()
         self.malformed_stream: Stream | None = None
+        self.node_drops = NodeDropsSampler()
         if keep_malformed:
             s = Session("_malformed", f"worker-{cfg.worker}", 0)
-            self.malformed_stream = Stream(s, cfg, self._stream_stats(s), self._error, pcapng.LINKTYPE_IPV4)
+            self.malformed_stream = Stream(
+                s,
+                cfg,
+                self._stream_stats(s),
+                self._error,
+                pcapng.LINKTYPE_IPV4,
+                self.node_drops.sample,
+                self.node_drops.baseline,
+            )
 
     def _error(self, message: str) -> None:
         self.stats.write_errors += 1
@@ -399,7 +481,7 @@ class Writer:
         log.error("%s", message)
 
     def _stream_stats(self, s: Session) -> StreamStats:
-        return self.stats.sessions.setdefault(s.key, StreamStats())
+        return self.stats.sessions.setdefault(s.key if s.known else UNKNOWN_STATS_KEY, StreamStats())
 
     def update_sessions(self, sessions: dict[int, Session]) -> None:
         """A VNI whose owner changed gets a new file; the old one is closed and shipped."""
@@ -408,6 +490,7 @@ class Writer:
             if sessions.get(vni, unknown_session(vni)) != stream.session:
                 stream.close(self.stats.kernel_drops)
                 del self.streams[vni]
+                self.unknown_open.pop(vni, None)
 
     def write(self, batch: Batch) -> None:
         st = self.stats
@@ -423,15 +506,41 @@ class Writer:
                 session = self.sessions.get(vni)
                 if session is None:
                     st.malformed["unknown_vni"] += g.packets
-                    if not self.write_unknown:
+                    refused = self._refuse_unknown()
+                    if refused:
+                        st.unknown_refused[refused] += g.packets
                         continue
                     session = unknown_session(vni)
-                stream = self.streams[vni] = Stream(session, self.cfg, self._stream_stats(session), self._error)
+                    self.unknown_open[vni] = None
+                stream = self.streams[vni] = Stream(
+                    session,
+                    self.cfg,
+                    self._stream_stats(session),
+                    self._error,
+                    node_drops=self.node_drops.sample,
+                    node_baseline=self.node_drops.baseline,
+                )
+                if not session.known:
+                    stream.seq = self.unknown_seq.pop(vni, 0)
             elif not stream.session.known:
                 st.malformed["unknown_vni"] += g.packets
-            stream.append(g.buf, g.packets, g.wire_bytes, g.first_ts, g.last_ts, drops)
+                self.unknown_open.move_to_end(vni)
+            stream.append(g, drops)
         if batch.kept and self.malformed_stream is not None:
             self._keep(batch.kept)
+
+    def _refuse_unknown(self) -> str:
+        """Why a new unknown-VNI stream may not open ("" when it may); makes room if it may."""
+        if not self.unknown.write:
+            return "drop"
+        if not self.unknown_bucket.take():
+            return "rate"
+        while len(self.unknown_open) >= max(self.unknown.max_open, 1):
+            oldest, _ = self.unknown_open.popitem(last=False)
+            closing = self.streams.pop(oldest)
+            closing.close(self.stats.kernel_drops)
+            self.unknown_seq[oldest] = closing.seq
+        return ""
 
     def _keep(self, kept: list[Kept]) -> None:
         """Malformed datagrams, wrapped in a synthetic IPv4/UDP header to port 4789 so Wireshark
@@ -444,17 +553,13 @@ class Writer:
                 buf += pcapng.enhanced_packet(k.ts_ns, pkt, len(pkt), comment=k.reason)
             else:
                 buf += pcapng.pcap_record(k.ts_ns, pkt, len(pkt))
-        ms = self.malformed_stream
-        ms.append(
-            buf,
-            len(kept),
-            sum(len(k.datagram) for k in kept),
-            kept[0].ts_ns,
-            kept[-1].ts_ns,
-            self.stats.kernel_drops,
+        wire = sum(len(k.datagram) for k in kept)
+        self.malformed_stream.append(
+            Group(buf, len(kept), wire, kept[0].ts_ns, kept[-1].ts_ns), self.stats.kernel_drops
         )
 
     def tick(self, now_ns: int | None = None) -> None:
+        """``now_ns``: the packet-time watermark (every datagram stamped before it is written)."""
         now = now_ns or time.time_ns()
         for s in self._all():
             s.tick(now, self.stats.kernel_drops)
@@ -481,5 +586,5 @@ def _ipv4_udp_wrap(k: Kept) -> bytes:
     if total > 0xFFFF:
         total = 0xFFFF
     ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, total, 0, 0, 64, 17, 0, src, b"\0\0\0\0")
-    udp = struct.pack("!HHHH", k.source[1] & 0xFFFF, 4789, min(8 + len(k.datagram), 0xFFFF), 0)
+    udp = struct.pack("!HHHH", k.source[1] & 0xFFFF, vxlan.VXLAN_PORT, min(8 + len(k.datagram), 0xFFFF), 0)
     return ip + udp + k.datagram

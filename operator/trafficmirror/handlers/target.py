@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import kopf
 
-from trafficmirror.api import MirrorTargetSpec, Phase
+from trafficmirror.api import Phase
 from trafficmirror.config import RESYNC_SECONDS
 from trafficmirror.handlers import apply
 from trafficmirror.handlers.indexes import TARGETS, all_of
-from trafficmirror.reconcile.target import delete_target, endpoint_of, reconcile_target
+from trafficmirror.reconcile.kinds import TARGET
+from trafficmirror.reconcile.seam import ClusterFacts, Request
 
 KIND = "MirrorTarget"
 
@@ -26,9 +28,13 @@ async def reconcile(
     logger: logging.Logger,
     memo: kopf.Memo,
     node_provider_ids: kopf.Index[str, str],
+    target_owners: kopf.Index[str, str],
+    filter_owners: kopf.Index[str, str],
+    session_owners: kopf.Index[str, str],
     **_: Any,
 ) -> None:
-    await _reconcile(body, patch, retry, logger, memo, node_provider_ids)
+    owners = apply.live_owners_of(target_owners, filter_owners, session_owners)
+    await _reconcile(body, patch, retry, logger, memo, node_provider_ids, owners)
 
 
 async def _reconcile(
@@ -38,21 +44,20 @@ async def _reconcile(
     logger: logging.Logger,
     memo: kopf.Memo,
     node_provider_ids: kopf.Index[str, str],
+    live_owners: Callable[[str], str | None],
     from_timer: bool = False,
 ) -> None:
     await apply.run(
         KIND,
-        reconcile_target,
+        TARGET.reconcile,
+        apply.request_of(TARGET, body, memo.context),
         body=body,
         patch=patch,
         retry=retry,
         logger=logger,
         context=memo.context,
         node_provider_ids=node_provider_ids,
-        owner=apply.owner_of(KIND, body, memo.context),
-        spec=MirrorTargetSpec.model_validate(dict(body["spec"])),
-        status=dict(body.get("status", {})),
-        annotations=dict(body["metadata"].get("annotations", {})),
+        live_owners=live_owners,
         from_timer=from_timer,
     )
 
@@ -65,22 +70,23 @@ async def resync(
     logger: logging.Logger,
     memo: kopf.Memo,
     node_provider_ids: kopf.Index[str, str],
+    target_owners: kopf.Index[str, str],
+    filter_owners: kopf.Index[str, str],
+    session_owners: kopf.Index[str, str],
     **_: Any,
 ) -> None:
     action = apply.resync_action(body, memo.config.resync_seconds)
     if action == "skip":
         return
-    status = body.get("status", {})
-    spec = MirrorTargetSpec.model_validate(dict(body["spec"]))
-    if action == "compare":
-        known = (await memo.snapshot.get("targets", spec.region)).get(status.get("trafficMirrorTargetId"))
-        in_sync = known is not None and endpoint_of(known).get("NetworkInterfaceId") == status.get("networkInterfaceId")
-        if in_sync and not status.get("previousTargetIds"):
+    request = apply.request_of(TARGET, body, memo.context)
+    if action == "compare" and isinstance(request, Request):
+        aws_id = TARGET.observed_id(request.status)
+        known = (await memo.snapshot.get(TARGET.snapshot_kind, request.spec.region)).get(aws_id)
+        if TARGET.in_sync(request, known):
             return  # no call beyond the shared Describe
-        logger.info(
-            f"drift: {status.get('trafficMirrorTargetId')} is {'changed' if known else 'missing'} in the snapshot"
-        )
-    await _reconcile(body, patch, retry, logger, memo, node_provider_ids, from_timer=True)
+        logger.info(f"drift: {aws_id} is {'changed' if known else 'missing'} in the snapshot")
+    owners = apply.live_owners_of(target_owners, filter_owners, session_owners)
+    await _reconcile(body, patch, retry, logger, memo, node_provider_ids, owners, from_timer=True)
 
 
 @kopf.on.delete(*TARGETS)
@@ -96,16 +102,9 @@ async def delete(
     meta = body["metadata"]
     users = all_of(session_users, (meta["namespace"], "target", meta["name"]))
     patch.status["phase"] = Phase.DELETING.value
-    await apply.run(
-        KIND,
-        delete_target,
-        body=body,
-        patch=patch,
-        retry=retry,
-        logger=logger,
-        context=memo.context,
-        spec=MirrorTargetSpec.model_validate(dict(body["spec"])),
-        status=dict(body.get("status", {})),
-        sessions_using=users,
-    )
+    request = apply.request_of(TARGET, body, memo.context, ClusterFacts(users=tuple(users)))
+    if isinstance(request, Request):  # an invalid spec names no region nor policy to delete by
+        await apply.run(
+            KIND, TARGET.delete, request, body=body, patch=patch, retry=retry, logger=logger, context=memo.context
+        )
     apply.forget(meta["uid"])

@@ -5,9 +5,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from trafficmirror.aws.ec2 import Ec2Mirror
 from trafficmirror.aws.errors import AwsError, ErrorClass
 from trafficmirror.aws.instance_support import SupportDecision, SupportTable, SupportVerdict, decide_support
+from trafficmirror.reconcile.ports import InstanceLookups
 
 _PROVIDER_ID = re.compile(r"^aws:///[^/]*/(?P<instance>i-[0-9a-f]+)$")
 
@@ -29,7 +29,7 @@ def instance_id_from_provider_id(provider_id: str | None) -> str | None:
 
 
 def resolve_network_interface(
-    aws: Ec2Mirror,
+    aws: InstanceLookups,
     *,
     network_interface_id: str | None,
     instance_id: str | None,
@@ -65,6 +65,7 @@ class SupportCheck:
     instance_id: str | None
     instance_type: str | None
     decision: SupportDecision | None  # None: not attached to an instance, unknown until tried
+    private_ip_address: str | None = None  # the ENI's primary private address
 
     @property
     def unsupported(self) -> bool:
@@ -72,11 +73,11 @@ class SupportCheck:
 
 
 def check_support(
-    aws: Ec2Mirror, network_interface_id: str, table: SupportTable, remembered_rejections: frozenset[str]
+    aws: InstanceLookups, network_interface_id: str, table: SupportTable, remembered_rejections: frozenset[str]
 ) -> SupportCheck:
     interface = aws.network_interface(network_interface_id)
     if interface.instance_id is None:
-        return SupportCheck(network_interface_id, None, None, None)
+        return SupportCheck(network_interface_id, None, None, None, interface.private_ip_address)
     instance_type = aws.instance_types([interface.instance_id])[interface.instance_id]
     facts = aws.instance_type_facts(instance_type)
     return SupportCheck(
@@ -84,4 +85,5 @@ def check_support(
         interface.instance_id,
         instance_type,
         decide_support(facts, table, remembered_rejections),
+        interface.private_ip_address,
     )
