@@ -198,7 +198,11 @@ def _story(
         story.wait_agent_knows_sessions(agent, values["capture"]["metricsPort"], 1)
         if capture_node is not None:
             mirror = traffic.KernelMirror(
-                vni, prefix="tmdemo", remote=agent, port=capture_port, underlay=("10.217.251.1", "10.217.251.2")
+                vni,
+                prefix="tmdemo",
+                remote=agent,
+                port=capture_port,
+                underlay=story.mirror_underlay(access, DEMO_NAMESPACE),
             ).up()
             try:
                 mirror.http_exchange(requests=3)

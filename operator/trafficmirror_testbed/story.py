@@ -237,6 +237,19 @@ def wait_agent_knows_sessions(address: str, port: int, sessions: int, timeout: f
     )
 
 
+def mirror_underlay(access: Access, namespace: str, name: str = "web") -> tuple[str, str]:
+    """The vxlan device's outer addresses, as AWS would send them: from the source ENI's private
+    address (the agent accepts a session's datagrams only from its status.sourceAddresses) to an
+    address of the same /24 on this machine's end of the underlay."""
+    status = access.json("get", "mirrorsession", name, "-n", namespace)["status"]
+    addresses = status.get("sourceAddresses") or []
+    if not addresses:
+        return ("10.217.250.1", "10.217.250.2")
+    source = addresses[0]
+    prefix, last = source.rsplit(".", 1)
+    return (source, f"{prefix}.{254 if last != '254' else 253}")
+
+
 def s3_keys(emulator: Emulator, bucket: str) -> list[str]:
     listed = emulator.client("s3").list_objects_v2(Bucket=bucket)
     return [o["Key"] for o in listed.get("Contents", [])]

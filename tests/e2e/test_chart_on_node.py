@@ -190,7 +190,11 @@ def test_examples_become_ready_and_mirrored_traffic_lands_in_s3(installed: E2E, 
     # exchange into a vxlan device aimed at the node's address and the agent's (non-default) port.
     story.wait_agent_knows_sessions(e2e.node.address, e2e.capture_metrics_port, 1)
     mirror = traffic.KernelMirror(
-        vni, prefix="tme2e", remote=e2e.node.address, port=e2e.capture_port, underlay=("10.217.250.1", "10.217.250.2")
+        vni,
+        prefix="tme2e",
+        remote=e2e.node.address,
+        port=e2e.capture_port,
+        underlay=story.mirror_underlay(e2e.access, EXAMPLES_NAMESPACE),
     )
     mirror.up()
     try:
