@@ -4,7 +4,11 @@
 # stage gets only the installed virtualenv: no compiler, no pip cache, no sources, non-root.
 # tests/delivery/test_image_install.py runs these same steps in a fresh virtualenv.
 
-FROM python:3.11-slim AS build
+# The base: Python 3.11 on Debian. A build without registry access passes its own (hack/build-image.sh).
+ARG BASE_IMAGE=python
+ARG BASE_TAG=3.11-slim
+
+FROM ${BASE_IMAGE}:${BASE_TAG} AS build
 # gcc and the C library headers build trafficmirror.capture._fastrecv (the capture agent's
 # recvmmsg receive loop). Not version-pinned (DL3008): Debian's security updates replace pinned
 # versions in the archive, so pins would break the build; the base image fixes the release.
@@ -25,7 +29,7 @@ RUN pip wheel --no-deps --wheel-dir /wheels . \
     && /opt/trafficmirror/bin/python -c "import trafficmirror.capture._fastrecv" \
     && /opt/trafficmirror/bin/trafficmirror --help >/dev/null
 
-FROM python:3.11-slim
+FROM ${BASE_IMAGE}:${BASE_TAG}
 LABEL org.opencontainers.image.title="trafficmirror" \
       org.opencontainers.image.description="AWS VPC Traffic Mirroring operator and capture agent" \
       org.opencontainers.image.licenses="Apache-2.0"

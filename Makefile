@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: test demo crds lint unit deps testbed bench-operator bench-capture clean checkov manifests chart-test
+.PHONY: test demo crds lint unit deps testbed node image builds e2e bench-operator bench-capture clean checkov manifests chart-test
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -17,6 +17,17 @@ deps: $(VENV)/.installed
 
 testbed:
 	bash hack/build-testbed.sh >/dev/null
+
+# The single-node cluster's binaries (kubelet, controller-manager, scheduler, kube-proxy, pause).
+node:
+	bash hack/build-node.sh >/dev/null
+
+# The product image, built by podman from a locally built base; saved as a tarball in the cache.
+image:
+	bash hack/build-image.sh
+
+# The test bed's code is not in the wheel: the test bed, the demo and the benchmarks import it from the tree.
+TESTBED_PATH := PYTHONPATH=operator$(if $(PYTHONPATH),:$(PYTHONPATH))
 
 crds: $(VENV)/.installed testbed
 	$(PY) -m trafficmirror.api.crd crds
@@ -41,20 +52,34 @@ lint: $(VENV)/.installed
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
 
-test: deps testbed checkov lint
+# The image (mostly network and dpkg) builds while the Go builds use the CPUs; each is cached.
+builds: deps
+	@mkdir -p $(BUILD_LOGS)
+	bash hack/build-image.sh >$(BUILD_LOGS)/image.log 2>&1 & image=$$!; \
+	bash hack/build-testbed.sh >/dev/null && bash hack/build-node.sh >/dev/null; go=$$?; \
+	wait $$image || { tail -40 $(BUILD_LOGS)/image.log; exit 1; }; exit $$go
+
+BUILD_LOGS ?= $(or $(TRAFFICMIRROR_CACHE),$(HOME)/.cache/trafficmirror)/logs
+
+test: deps builds checkov lint
 	CHECKOV=$(CHECKOV_VENV)/bin/checkov $(VENV)/bin/pytest $(PYTEST_ARGS)
+
+# The end-to-end tests alone: the chart on a real single-node cluster.
+e2e: deps builds
+	$(VENV)/bin/pytest tests/e2e $(PYTEST_ARGS)
 
 unit: $(VENV)/.installed
 	$(VENV)/bin/pytest tests/unit $(PYTEST_ARGS)
 
-demo: deps testbed
-	$(PY) -m trafficmirror_testbed.demo
+# With KUBECONFIG set, the demo uses that cluster (kind, minikube, k3d, ...) and builds no node.
+demo: deps testbed image $(if $(KUBECONFIG),,node)
+	$(TESTBED_PATH) $(PY) -m trafficmirror_testbed.demo
 
 bench-operator: deps testbed
-	$(PY) bench/operator/run.py
+	$(TESTBED_PATH) $(PY) bench/operator/run.py
 
 bench-capture: deps
-	$(PY) bench/capture/run.py
+	$(TESTBED_PATH) $(PY) bench/capture/run.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from trafficmirror_testbed.kube import REPO_ROOT, ControlPlane, testbed_bin_dir
+from trafficmirror_testbed.node import controller_manager_command, node_bin_dir
 
 CRD_DIR = REPO_ROOT / "crds"
 
@@ -19,11 +20,17 @@ CRD_DIR = REPO_ROOT / "crds"
 def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
     plane = ControlPlane(bin_dir=testbed_bin_dir(), work_dir=tmp_path_factory.mktemp("kube"))
     plane.start()
+    # The namespace controller (and the garbage collector): deleted namespaces finish deleting.
+    command = controller_manager_command(plane, node_bin_dir(), "namespace-controller,garbage-collector-controller")
+    log = (plane.work_dir / "kube-controller-manager.log").open("ab")
+    controller_manager = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
     try:
         plane.kubectl("apply", "--server-side", "-f", str(CRD_DIR))
         plane.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd", "--all")
         yield plane
     finally:
+        controller_manager.terminate()
+        controller_manager.wait(timeout=30)
         plane.stop()
 
 
@@ -31,24 +38,13 @@ def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlP
 def namespace(control_plane: ControlPlane, request: pytest.FixtureRequest) -> Iterator[str]:
     """A fresh namespace per test, so tests never see each other's objects."""
     readable = "".join(c if c.isalnum() else "-" for c in request.node.name.lower())[:40].strip("-")
-    # The hash keeps parametrized cases apart; deleted namespaces linger (no controller-manager here).
+    # The hash keeps parametrized cases apart and a name never comes back while its namespace finishes deleting.
     digest = hashlib.sha1(f"{request.node.nodeid}-{os.getpid()}".encode()).hexdigest()[:8]
     name = f"t-{readable}-{digest}"
     control_plane.kubectl("create", "namespace", name)
     yield name
-    # No controller-manager runs here, so deleting the namespace would not delete what is in it:
-    # delete our objects first, so that a running operator cleans up AWS and stops seeing them.
-    control_plane.kubectl(
-        "delete",
-        "-n",
-        name,
-        "mirrorsessions,mirrortargets,mirrorfilters",
-        "--all",
-        "--wait=true",
-        "--timeout=60s",
-        check=False,
-    )
-    control_plane.kubectl("delete", "namespace", name, "--wait=false", check=False)
+    # The namespace controller deletes what is in it; a running operator's finalizers clean up AWS first.
+    control_plane.kubectl("delete", "namespace", name, "--wait=true", "--timeout=60s", check=False)
 
 
 def kubectl_output(result: subprocess.CompletedProcess[str]) -> str:

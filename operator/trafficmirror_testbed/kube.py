@@ -59,12 +59,14 @@ class ControlPlane:
     etcd_peer_port: int = field(default_factory=free_port)
     apiserver_port: int = field(default_factory=free_port)
     admin_token: str = field(default_factory=lambda: secrets.token_hex(16))
+    address: str = "127.0.0.1"
+    service_cidr: str = "10.0.0.0/24"
     _etcd: subprocess.Popen[bytes] | None = None
     _apiserver: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"https://127.0.0.1:{self.apiserver_port}"
+        return f"https://{self.address}:{self.apiserver_port}"
 
     @property
     def kubeconfig(self) -> Path:
@@ -120,29 +122,31 @@ class ControlPlane:
 
         _wait(healthy, "etcd", 30, self._etcd, log)
 
+    def apiserver_args(self) -> list[str]:
+        return [
+            "--etcd-servers", f"http://127.0.0.1:{self.etcd_port}",
+            "--bind-address", self.address,
+            "--advertise-address", self.address,
+            "--secure-port", str(self.apiserver_port),
+            "--cert-dir", str(self.work_dir / "certs"),
+            "--token-auth-file", str(self.work_dir / "tokens.csv"),
+            "--authorization-mode", "RBAC",
+            "--service-account-issuer", "https://kubernetes.default.svc.cluster.local",
+            "--service-account-key-file", str(self.work_dir / "sa.pub"),
+            "--service-account-signing-key-file", str(self.work_dir / "sa.key"),
+            "--service-cluster-ip-range", self.service_cidr,
+            "--allow-privileged=true",
+            "--disable-admission-plugins", "ServiceAccount",
+            "--v", "1",
+        ]  # fmt: skip
+
     def start_apiserver(self) -> None:
         log = self.work_dir / "kube-apiserver.log"
         self._apiserver = subprocess.Popen(
-            [
-                str(self.bin_dir / "kube-apiserver"),
-                "--etcd-servers", f"http://127.0.0.1:{self.etcd_port}",
-                "--bind-address", "127.0.0.1",
-                "--advertise-address", "127.0.0.1",
-                "--secure-port", str(self.apiserver_port),
-                "--cert-dir", str(self.work_dir / "certs"),
-                "--token-auth-file", str(self.work_dir / "tokens.csv"),
-                "--authorization-mode", "RBAC",
-                "--service-account-issuer", "https://kubernetes.default.svc.cluster.local",
-                "--service-account-key-file", str(self.work_dir / "sa.pub"),
-                "--service-account-signing-key-file", str(self.work_dir / "sa.key"),
-                "--service-cluster-ip-range", "10.0.0.0/24",
-                "--allow-privileged=true",
-                "--disable-admission-plugins", "ServiceAccount",
-                "--v", "1",
-            ],
+            [str(self.bin_dir / "kube-apiserver"), *self.apiserver_args()],
             stdout=log.open("ab"),
             stderr=subprocess.STDOUT,
-        )  # fmt: skip
+        )
         _wait(self._ready, "kube-apiserver", 90, self._apiserver, log)
         self._write_kubeconfig()
 

@@ -32,6 +32,11 @@ class KernelMirror:
 
     vni: int
     prefix: str = "tmdemo"
+    # Where the VXLAN stream goes: the underlay's root-namespace end unless another local address
+    # (a node's, reached through it) is named; and its UDP port.
+    remote: str | None = None
+    port: int = VXLAN_PORT
+    underlay: tuple[str, str] = (UNDERLAY_SOURCE, UNDERLAY_AGENT)
 
     @property
     def client_ns(self) -> str:
@@ -43,7 +48,7 @@ class KernelMirror:
 
     @property
     def agent_address(self) -> str:
-        return UNDERLAY_AGENT
+        return self.remote or self.underlay[1]
 
     def _in(self, ns: str, *args: str) -> subprocess.CompletedProcess[str]:
         return _sh("ip", "netns", "exec", ns, *args)
@@ -75,13 +80,16 @@ class KernelMirror:
         for ns in (self.client_ns, self.source_ns):
             self._in(ns, "ip", "link", "set", "eth0", "up")
         _sh("ip", "link", "add", f"{self.prefix}-und", "type", "veth", "peer", "name", "und0", "netns", self.source_ns)
-        _sh("ip", "addr", "add", f"{UNDERLAY_AGENT}/24", "dev", f"{self.prefix}-und")
+        source, agent = self.underlay
+        _sh("ip", "addr", "add", f"{agent}/24", "dev", f"{self.prefix}-und")
         _sh("ip", "link", "set", f"{self.prefix}-und", "mtu", "9000", "up")
-        self._in(self.source_ns, "ip", "addr", "add", f"{UNDERLAY_SOURCE}/24", "dev", "und0")
+        self._in(self.source_ns, "ip", "addr", "add", f"{source}/24", "dev", "und0")
         self._in(self.source_ns, "ip", "link", "set", "und0", "mtu", "9000", "up")
+        if self.agent_address != agent:
+            self._in(self.source_ns, "ip", "route", "add", f"{self.agent_address}/32", "via", agent, "dev", "und0")
         self._in(
             self.source_ns, "ip", "link", "add", "vxmirror", "type", "vxlan", "id", str(self.vni),
-            "remote", UNDERLAY_AGENT, "local", UNDERLAY_SOURCE, "dstport", str(VXLAN_PORT), "dev", "und0",
+            "remote", self.agent_address, "local", source, "dstport", str(self.port), "dev", "und0",
         )  # fmt: skip
         self._in(self.source_ns, "ip", "link", "set", "vxmirror", "mtu", "8950", "up")
         self._in(self.source_ns, "tc", "qdisc", "add", "dev", "eth0", "clsact")

@@ -95,8 +95,14 @@ def test_the_build_context_is_what_the_dockerfile_copies() -> None:
 
 def test_final_stage_has_no_build_tools_and_runs_as_65532() -> None:
     build, final = stages()
-    assert build[0] == "FROM python:3.11-slim AS build"
-    assert final[0] == "FROM python:3.11-slim"
+    # python:3.11-slim unless a build without registry access passes its own base (hack/build-image.sh).
+    text = DOCKERFILE.read_text()
+    defaults = dict(re.findall(r"^ARG (BASE_IMAGE|BASE_TAG)=(\S+)$", text, re.M))
+    assert defaults == {"BASE_IMAGE": "python", "BASE_TAG": "3.11-slim"}, "the default base is python:3.11-slim"
+    assert text.index("ARG BASE_TAG") < text.index("FROM ")
+    assert build[0] == "FROM ${BASE_IMAGE}:${BASE_TAG} AS build"
+    assert final[0] == "FROM ${BASE_IMAGE}:${BASE_TAG}"
+    assert "ca-certificates" not in text and "/etc/ssl" not in text, "no build host's trust store in the image"
     assert any("gcc" in line for line in build)
     assert not any(re.search(r"\b(apt-get|gcc|pip|build-essential)\b", line) for line in final[1:]), final
     assert [ln for ln in final if ln.startswith("COPY")] == ["COPY --from=build /opt/trafficmirror /opt/trafficmirror"]
@@ -109,6 +115,38 @@ def test_wheel_carries_the_compiled_extension(wheel: Path) -> None:
     names = zipfile.ZipFile(wheel).namelist()
     assert [n for n in names if fnmatch.fnmatch(n, "trafficmirror/capture/_fastrecv.cpython-*.so")], names
     assert not [n for n in names if n.startswith("tests/")]
+
+
+# What the test extra brings and the product must never import (the test bed needs moto, kubernetes).
+TEST_ONLY = ("trafficmirror_testbed", "moto", "pytest", "kubernetes", "hypothesis", "werkzeug", "flask")
+
+
+def test_wheel_holds_the_product_only(wheel: Path) -> None:
+    tops = {n.split("/", 1)[0] for n in zipfile.ZipFile(wheel).namelist() if not n.startswith("trafficmirror-")}
+    assert tops == {"trafficmirror"}, tops
+
+
+def test_installed_wheel_imports_no_test_only_module(venv: Path, tmp_path: Path) -> None:
+    # Every module of the installed package, imported in the venv that has only the product's dependencies.
+    probe = textwrap.dedent(
+        """
+        import importlib, json, pkgutil, sys
+        import trafficmirror
+        walked = pkgutil.walk_packages(trafficmirror.__path__, "trafficmirror.")
+        names = [m.name for m in walked if not m.name.endswith(".__main__")]
+        for name in names:
+            importlib.import_module(name)
+        print(json.dumps({"modules": names, "loaded": sorted(sys.modules)}))
+        """
+    )
+    out = json.loads(run(venv / "bin" / "python", "-c", probe, cwd=tmp_path).stdout)
+    assert {"trafficmirror.cli", "trafficmirror.capture.agent", "trafficmirror.handlers"} <= set(out["modules"]), out
+    loaded = {m.split(".")[0] for m in out["loaded"]}
+    assert not loaded & set(TEST_ONLY), sorted(loaded & set(TEST_ONLY))
+    missing = run(
+        venv / "bin" / "python", "-c", "import importlib.util as u; print(u.find_spec('trafficmirror_testbed'))"
+    )
+    assert missing.stdout.strip() == "None"
 
 
 def test_extension_imports_and_receives_from_the_installed_wheel(venv: Path, tmp_path: Path) -> None:

@@ -103,6 +103,12 @@ app.kubernetes.io/component: {{ .component }}
   resources: [{{ .peering }}]
   resourceNames: [{{ .name | quote }}]
   verbs: [get, patch]
+{{- if .ensure }}
+{{- /* The peering init container creates the object when missing (create cannot be limited by name). */}}
+- apiGroups: [kopf.dev]
+  resources: [{{ .peering }}]
+  verbs: [create]
+{{- end }}
 {{- end }}
 
 {{- define "trafficmirror.peeringHook" -}}
