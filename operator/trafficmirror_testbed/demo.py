@@ -174,7 +174,12 @@ def _story(
         capture_port=capture_port,
         capture_metrics_port=free_port() if capture_node else 9090,
         pull_policy=pull_policy,
+        # On a cluster of yours the demo's datagrams come from this machine, not from the emulated source
+        # ENI's address, so the agent's source check would count them as spoofed: it is off there, and said.
+        source_check=capture_node is not None,
     )
+    if capture_node is None:
+        print("   capture.sourceCheck=false: the mirrored datagrams come from this machine, not the source ENI")
     with step("helm install charts/trafficmirror (operator Deployment, capture DaemonSet)"):
         story.install(access, values)
         story.wait_workloads(access)

@@ -129,6 +129,7 @@ def chart_values(
     capture_port: int = 4789,
     capture_metrics_port: int = 9090,
     pull_policy: str = "Never",
+    source_check: bool = True,
 ) -> dict[str, Any]:
     """Chart values for the emulator: its endpoint and dummy credentials, files shipped every 10 s."""
     credentials = [
@@ -147,6 +148,7 @@ def chart_values(
             "metricsPort": capture_metrics_port,
             "rotateInterval": "10s",
             "s3": {"bucket": bucket},
+            "sourceCheck": source_check,
         },
     }
 

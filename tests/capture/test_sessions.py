@@ -225,3 +225,36 @@ def test_forged_sources_are_counted_as_spoofed_and_kept_out_of_the_file(
     packets = pcapng.read_file(str(kept)).packets
     assert [p.comment for p in packets] == ["spoofed"] * 4
     assert [len(p.data) - 28 for p in packets] == [8 if kernel_filter else len(forged[0])] * 4
+
+
+@pytest.mark.parametrize("kernel_filter", [False, True], ids=["user-space", "kernel-filter"])
+def test_without_the_source_check_a_known_vni_is_written_from_any_source(
+    bed: Bed, work: Path, kernel_filter: bool
+) -> None:
+    """--no-source-check (chart: capture.sourceCheck=false) is for a NAT between the sources and the
+    node: the session's datagrams from another outer address are written, none counted as spoofed."""
+    bed.ns(bed.srv, "ip addr add 10.99.0.3/24 dev und0")
+    args = ["--output-dir", str(work / "out"), "--session", f"100=a/s:{UND_SRC}", "--no-source-check"]
+    args += ["--kernel-vni-filter"] if kernel_filter else []
+    agent = AgentProc(bed, work, args)
+    agent.wait_ready()
+    good = [vxlan.header(100) + ipv4_udp("10.0.0.1", "10.0.0.2", 1, 2, b"g%d" % i) for i in range(3)]
+    other = [vxlan.header(100) + ipv4_udp("10.0.0.1", "10.0.0.2", 1, 2, b"o%d" % i) for i in range(3)]
+
+    def send_from_another_address() -> None:
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.bind(("10.99.0.3", 0))
+        for d in other:
+            s.sendto(d, (UND_AGT, 4789))
+        s.close()
+
+    bed.send_datagrams(good)
+    agent.wait_for(lambda m: m.get("trafficmirror_capture_datagrams_total", 0) >= len(good))
+    in_netns(bed.srv, send_from_another_address)
+    agent.wait_for(lambda m: m.get("trafficmirror_capture_datagrams_total", 0) >= len(good) + len(other))
+    m = agent.quiesce()
+    assert agent.stop() == 0
+    assert m.get('trafficmirror_capture_malformed_total{reason="spoofed"}', 0) == 0
+    assert m["trafficmirror_capture_kernel_drops_total"] == 0
+    (f,) = files_of(work / "out", "a", "s")
+    assert [p.data for p in pcapng.read_file(str(f)).packets] == [d[8:] for d in good + other]

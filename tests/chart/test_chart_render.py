@@ -105,7 +105,7 @@ def test_capture_refuses_a_configuration_that_ships_nowhere(bin_dir: Path) -> No
         [
             "--set", "capture.s3.bucket=pcaps", "--set", "capture.s3.sse=aws:kms", "--set", "capture.s3.kmsKeyId=k",
             "--set", "capture.storage.retainFiles=5", "--set", "capture.storage.retainBytes=2GiB",
-            "--set", "capture.gzip=true", "--set", "rbac.namespaced=true",
+            "--set", "capture.gzip=true", "--set", "rbac.namespaced=true", "--set", "capture.sourceCheck=false",
         ],
     ],
     ids=["defaults", "s3-namespaced"],
@@ -115,7 +115,10 @@ def test_rendered_commands_are_accepted_by_the_cli(bin_dir: Path, values: list[s
     for kind in ("Deployment", "DaemonSet"):
         spec = container(one(docs, kind))
         assert spec["command"] == ["trafficmirror"]
-        build_parser().parse_args(spec["args"])  # exits (SystemExit) on an unknown or malformed flag
+        args = build_parser().parse_args(spec["args"])  # exits (SystemExit) on an unknown or malformed flag
+        if kind == "DaemonSet":
+            # The source check is on unless the values turn it off.
+            assert args.check_sources == ("capture.sourceCheck=false" not in values)
 
 
 def test_operator_deployment_is_pss_restricted_single_and_probed(bin_dir: Path) -> None:

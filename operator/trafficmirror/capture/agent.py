@@ -21,6 +21,7 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -57,6 +58,9 @@ class AgentConfig:
     kernel_vni_filter: bool = False
     unknown: UnknownVniPolicy = field(default_factory=UnknownVniPolicy)
     keep_malformed: bool = False
+    # Off only where a session's datagrams do not come from its source ENI's own address (a NAT or a
+    # tunnel on the way): then every datagram of a known VNI is accepted, as before the check existed.
+    check_sources: bool = True
     output_dir: str | None = None
     retain_files: int | None = None
     retain_bytes: int | None = None
@@ -70,6 +74,10 @@ class AgentConfig:
 
 
 # --- worker -----------------------------------------------------------------------------------
+
+
+def _source_checks(cfg: AgentConfig, sessions: Iterable[Session]) -> dict[int, frozenset[str]]:
+    return source_checks(sessions) if cfg.check_sources else {}
 
 
 def _snapshot(w: Writer, rcvbuf: int) -> dict[str, Any]:
@@ -127,7 +135,7 @@ def worker_main(idx: int, sock: socket.socket, ctrl: socket.socket, cfg: AgentCo
     recv = rx.make_receiver(
         sock, fmt=wcfg.fmt, snaplen=wcfg.snaplen, keep_malformed=cfg.keep_malformed, accelerate=cfg.accelerate
     )
-    recv.set_sources(source_checks(cfg.sessions))
+    recv.set_sources(_source_checks(cfg, cfg.sessions))
     poller = select.poll()
     sfd, cfd = sock.fileno(), ctrl.fileno()
     poller.register(sfd, select.POLLIN)
@@ -182,7 +190,7 @@ def worker_main(idx: int, sock: socket.socket, ctrl: socket.socket, cfg: AgentCo
                     msg = json.loads(line)
                     if "sessions" in msg:
                         sessions = [Session.from_json(s) for s in msg["sessions"]]
-                        recv.set_sources(source_checks(sessions))
+                        recv.set_sources(_source_checks(cfg, sessions))
                         writer.update_sessions({s.vni: s for s in sessions})
         now = time.monotonic()
         if now - last_tick >= TICK_EVERY_S:
@@ -268,7 +276,7 @@ class Agent:
         if not self.cfg.kernel_vni_filter:
             return
         for s in self.socks:
-            rx.attach_vni_filter(s, list(self.sessions), source_checks(self.sessions.values()))
+            rx.attach_vni_filter(s, list(self.sessions), _source_checks(self.cfg, self.sessions.values()))
         log.info("kernel VNI filter: accepting %s", sorted(self.sessions) or "nothing")
 
     def _fork_workers(self) -> None:

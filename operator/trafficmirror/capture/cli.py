@@ -111,6 +111,13 @@ def add_capture_commands(subparsers: argparse._SubParsersAction) -> None:  # typ
         help="new unknown-VNI files per second per worker; the packets of the rest are counted as refused",
     )
     g.add_argument("--keep-malformed", action="store_true", help="keep malformed datagrams in a separate file")
+    g.add_argument(
+        "--no-source-check",
+        dest="check_sources",
+        action="store_false",
+        help="accept a known VNI's datagrams from any outer source, not only from its session's source addresses "
+        "(only where a NAT or tunnel between the sources and this node rewrites them)",
+    )
     g = cap.add_argument_group("files")
     g.add_argument("--work-dir", default="/var/lib/trafficmirror", help="open files and the shipping spool")
     g.add_argument("--format", choices=["pcapng", "pcap"], default="pcapng")
@@ -209,6 +216,7 @@ def run_capture(args: argparse.Namespace) -> int:
             new_per_second=args.unknown_vni_new_per_second,
         ),
         keep_malformed=args.keep_malformed,
+        check_sources=args.check_sources,
         output_dir=args.output_dir,
         retain_files=args.retain_files,
         retain_bytes=args.retain_bytes,
