@@ -78,13 +78,16 @@ class ResyncLoop:
                 self.logger.warning(f"resync of {self.binding.api.plural} failed, next period tries again: {error!r}")
 
     async def tick(self, compare: bool) -> list[tuple[Tracked, str]]:
-        """One pass: the objects nudged and why ('drift', 'missing', 'follow')."""
+        """One pass: the objects nudged and why ('drift', 'missing', 'follow', 'stalled')."""
         objects = [t for t in tracked_objects(self.indexes[self.binding.index_name]) if not t.deleting and t.request]
         due: list[tuple[Tracked, str]] = []
         if self.binding.follows is not None:
             due += [(t, "follow") for t in objects if t.phase == "Ready" and self.binding.follows(t, self.indexes)]
+        now_wall = time.time()
+        due += [(t, "stalled") for t in objects if self.stalled(t, now_wall)]
         if compare:
-            due += await self._compare([t for t in objects if (t, "follow") not in due])
+            taken = {t.uid for t, _ in due}
+            due += await self._compare([t for t in objects if t.uid not in taken])
         now = time.monotonic()
         # One nudge per object per follow period: a reconcile that raced with a change of its target
         # (a replacement) is asked again soon, and nothing is nudged twice while its reconcile runs.
@@ -98,6 +101,21 @@ class ResyncLoop:
             nudged.append((tracked, why))
         await asyncio.gather(*(self.nudge(self.binding, t, why) for t, why in nudged), return_exceptions=True)
         return nudged
+
+    def stalled(self, tracked: Tracked, now: float) -> bool:
+        """Work that nobody carries on: no watch event for a follow period, and either a retry kopf
+        promised is overdue, or the status is for an older generation.
+
+        kopf runs a change handler only for a difference from the last spec it handled: an edit that
+        goes back to that spec while the handler waits to retry (A → B, failed, → A) leaves the retry
+        and a stale status behind for good. A nudge is a difference of its own: the reconcile runs,
+        the status is written, and kopf forgets the dead retry.
+        """
+        if now - tracked.seen_at < self.follow_period:
+            return False
+        if tracked.retry_at is not None:  # a retry still to come is kopf's (a backoff is kept)
+            return now - tracked.retry_at >= self.follow_period
+        return tracked.observed_generation is not None and tracked.observed_generation != tracked.generation
 
     async def _compare(self, objects: list[Tracked]) -> list[tuple[Tracked, str]]:
         due: list[tuple[Tracked, str]] = []
