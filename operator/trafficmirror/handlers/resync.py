@@ -68,7 +68,8 @@ class ResyncLoop:
     async def run(self) -> None:
         next_compare = time.monotonic() + self.period
         while True:
-            await asyncio.sleep(self.follow_period if self.binding.follows else self.period)
+            # Between Describes a pass costs no call: following (sessions) and stalled work, in memory.
+            await asyncio.sleep(self.follow_period)
             compare = time.monotonic() >= next_compare - 0.5
             if compare:
                 next_compare = time.monotonic() + self.period
@@ -98,6 +99,11 @@ class ResyncLoop:
                 continue
             self._nudged[tracked.uid] = now
             RESYNC_NUDGES.labels(self.binding.api.kind, why).inc()
+            if why == "stalled":
+                self.logger.info(
+                    f"stalled: {self.binding.api.kind} {tracked.namespace}/{tracked.name} (generation "
+                    f"{tracked.generation}, status of {tracked.observed_generation}) has a retry nobody runs"
+                )
             nudged.append((tracked, why))
         await asyncio.gather(*(self.nudge(self.binding, t, why) for t, why in nudged), return_exceptions=True)
         return nudged
