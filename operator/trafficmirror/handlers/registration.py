@@ -122,7 +122,9 @@ def promised_retry(annotations: Mapping[str, str]) -> float | None:
     that failed temporarily runs again: the earliest such time, None when no handler waits."""
     times = []
     for key, value in annotations.items():
-        if not key.startswith(f"{ANNOTATION_PREFIX}/") or not value.startswith("{"):
+        if not key.startswith(f"{ANNOTATION_PREFIX}/") or key.endswith("/last-handled-configuration"):
+            continue
+        if not isinstance(value, str) or not value.startswith("{"):
             continue
         try:
             record = json.loads(value)

@@ -4,7 +4,8 @@ Each period the loop compares every Ready object kopf's index holds with the Des
 (`Binding.in_sync`, no call per object). Only the
 objects that need work are handed to kopf's change handler, by a nudge annotation, so every status
 write and Event still goes through one path. Between periods, a session that must follow its
-target or filter (a new AWS ID in kopf's in-memory index) is nudged at once, at no AWS cost.
+target or filter (a new AWS ID in kopf's in-memory index) is nudged at once, at no AWS cost; so is
+an object whose work nobody carries on (a retry kopf dropped, a status of an older generation).
 """
 
 from __future__ import annotations
