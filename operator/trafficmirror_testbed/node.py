@@ -21,6 +21,7 @@ left behind. Needs root.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import io
 import json
@@ -670,14 +671,31 @@ def cleanup_stale() -> list[Path]:
 
 @contextlib.contextmanager
 def running_node(images: list[Path], log: Callable[[str], None] = lambda _msg: None) -> Iterator[Node]:
-    """A node for the duration of a with-block; everything it made goes with it (Ctrl-C included)."""
-    cleanup_stale()
-    work = Path(tempfile.mkdtemp(prefix="trafficmirror-node-"))
-    node = Node(work_dir=work, images=images, log=log)
-    try:
-        yield node.start()
-    finally:
-        node.stop()
+    """A node for the duration of a with-block; everything it made goes with it (Ctrl-C included).
+
+    The node's paths (/var/lib/kubelet, /run/containerd, the CNI bridge) are the machine's own, so
+    two runs on one machine (two checkouts' test suites, a demo during a test run) take turns: the
+    second waits on a lock rather than sharing a kubelet's directories with the first."""
+    with _machine_lock(log):
+        cleanup_stale()
+        work = Path(tempfile.mkdtemp(prefix="trafficmirror-node-"))
+        node = Node(work_dir=work, images=images, log=log)
+        try:
+            yield node.start()
+        finally:
+            node.stop()
+
+
+@contextlib.contextmanager
+def _machine_lock(log: Callable[[str], None]) -> Iterator[None]:
+    RUN_BASE.mkdir(parents=True, exist_ok=True)
+    with open(RUN_BASE.parent / "trafficmirror-node.lock", "a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log("another node runs on this machine: waiting for it to stop")
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        yield  # the lock goes with the file's close, also when the process dies
 
 
 def dns_lookup(name: str, server: str = NODE_ADDRESS) -> list[str]:
