@@ -34,6 +34,7 @@ POLICY_OF_MODULE = {
     "aws/ec2.py": "operator-policy.json",
     "capture/ship.py": "capture-agent-policy.json",
     "capture/fetch.py": "pcap-reader-policy.json",
+    "aws/inventory.py": "doctor-policy.json",
 }
 
 # boto3's managed transfers, as the API calls s3transfer makes for them.
