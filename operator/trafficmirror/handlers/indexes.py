@@ -20,6 +20,13 @@ def node_provider_ids(name: str, spec: kopf.Spec, **_: Any) -> dict[str, str]:
     return {name: spec.get("providerID", "")}
 
 
+@kopf.index("services", when=lambda spec, **_: spec.get("type") == "LoadBalancer")
+def service_load_balancers(namespace: str, name: str, status: kopf.Status, **_: Any) -> dict[tuple[str, str], str]:
+    """(namespace, name) of a Service of type LoadBalancer → its load balancer's hostname ("" until known)."""
+    ingress = (status.get("loadBalancer") or {}).get("ingress") or [{}]
+    return {(namespace, name): str(ingress[0].get("hostname") or "")}
+
+
 def _dependency(name: str, status: kopf.Status, id_field: str) -> Dependency:
     ready: dict[str, Any] = next((c for c in status.get("conditions", []) if c.get("type") == "Ready"), {})
     return Dependency(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Any
 
@@ -26,9 +27,10 @@ async def reconcile(
     logger: logging.Logger,
     memo: kopf.Memo,
     node_provider_ids: kopf.Index[str, str],
+    service_load_balancers: kopf.Index[tuple[str, str], str],
     **_: Any,
 ) -> None:
-    await _reconcile(body, patch, retry, logger, memo, node_provider_ids)
+    await _reconcile(body, patch, retry, logger, memo, node_provider_ids, service_load_balancers)
 
 
 async def _reconcile(
@@ -38,8 +40,13 @@ async def _reconcile(
     logger: logging.Logger,
     memo: kopf.Memo,
     node_provider_ids: kopf.Index[str, str],
+    service_load_balancers: kopf.Index[tuple[str, str], str],
     from_timer: bool = False,
 ) -> None:
+    context = memo.context
+    if body["spec"].get("serviceRef"):
+        hostnames = {key: next(iter(store), "") for key, store in service_load_balancers.items()}
+        context = dataclasses.replace(context, service_hostnames=hostnames)
     await apply.run(
         KIND,
         reconcile_target,
@@ -47,7 +54,7 @@ async def _reconcile(
         patch=patch,
         retry=retry,
         logger=logger,
-        context=memo.context,
+        context=context,
         node_provider_ids=node_provider_ids,
         owner=apply.owner_of(KIND, body, memo.context),
         spec=MirrorTargetSpec.model_validate(dict(body["spec"])),
@@ -65,6 +72,7 @@ async def resync(
     logger: logging.Logger,
     memo: kopf.Memo,
     node_provider_ids: kopf.Index[str, str],
+    service_load_balancers: kopf.Index[tuple[str, str], str],
     **_: Any,
 ) -> None:
     action = apply.resync_action(body, memo.config.resync_seconds)
@@ -75,12 +83,14 @@ async def resync(
     if action == "compare":
         known = (await memo.snapshot.get("targets", spec.region)).get(status.get("trafficMirrorTargetId"))
         in_sync = known is not None and endpoint_of(known).get("NetworkInterfaceId") == status.get("networkInterfaceId")
-        if in_sync and not status.get("previousTargetIds"):
+        # A target on a Service's NLB is looked at every period: listeners and target health change
+        # outside Kubernetes, and DataPathReady must follow them.
+        if in_sync and not status.get("previousTargetIds") and spec.service_ref is None:
             return  # no call beyond the shared Describe
         logger.info(
             f"drift: {status.get('trafficMirrorTargetId')} is {'changed' if known else 'missing'} in the snapshot"
         )
-    await _reconcile(body, patch, retry, logger, memo, node_provider_ids, from_timer=True)
+    await _reconcile(body, patch, retry, logger, memo, node_provider_ids, service_load_balancers, from_timer=True)
 
 
 @kopf.on.delete(*TARGETS)

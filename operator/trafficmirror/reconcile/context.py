@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from trafficmirror.aws.ec2 import Ec2Mirror
+from trafficmirror.aws.elbv2 import LoadBalancers
 from trafficmirror.aws.errors import AwsError, ErrorClass
 from trafficmirror.aws.instance_support import SupportTable
 from trafficmirror.reconcile.common import CREATE_INTENT_ANNOTATION, Event, Outcome, failed, pending
@@ -28,6 +29,9 @@ class ReconcileContext:
     node_provider_ids: dict[str, str] = field(default_factory=dict)
     # Instance types AWS itself refused (NetworkInterfaceNotSupported): authoritative over the table.
     remembered_rejections: set[str] = field(default_factory=set)
+    # MirrorTargets with serviceRef: the load balancers, and each Service's load-balancer hostname.
+    load_balancers_for_region: Callable[[str | None], LoadBalancers] | None = None
+    service_hostnames: dict[tuple[str, str], str] = field(default_factory=dict)
 
 
 def outcome_for_aws_error(error: AwsError, **status_fields: Any) -> Outcome:

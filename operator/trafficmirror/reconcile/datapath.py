@@ -11,6 +11,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from trafficmirror.aws.elbv2 import IngressRule, Listener, LoadBalancer, TargetHealth
+from trafficmirror.reconcile.common import ConditionUpdate
+from trafficmirror.reconcile.context import ReconcileContext
 
 DATA_PATH_CONDITION = "DataPathReady"
 VXLAN_PORT = 4789
@@ -108,3 +110,28 @@ def decide_data_path(facts: DataPathFacts, port: int = VXLAN_PORT) -> DataPathVe
         f"NLB {lb.arn}: UDP {port} listener, {len(healthy)} of {len(targets)} target(s) healthy",
         lb.arn,
     )
+
+
+def check_service(namespace: str, service: str, region: str | None, ctx: ReconcileContext) -> DataPathVerdict:
+    """Gather the facts step by step (stopping at the first missing link) and decide."""
+    key = f"{namespace}/{service}"
+    hostname = ctx.service_hostnames.get((namespace, service)) or None
+    if hostname is None or ctx.load_balancers_for_region is None:
+        return decide_data_path(DataPathFacts(service=key, hostname=None, load_balancer=None))
+    balancers = ctx.load_balancers_for_region(region)
+    lb = balancers.by_dns_name(hostname)
+    if lb is None or lb.type != "network":
+        return decide_data_path(DataPathFacts(service=key, hostname=hostname, load_balancer=lb))
+    listeners = balancers.listeners(lb.arn)
+    groups = sorted({arn for li in listeners if li.port == VXLAN_PORT for arn in li.target_group_arns})
+    health = {arn: balancers.target_health(arn) for arn in groups}
+    rules = balancers.ingress_rules(list(lb.security_group_ids)) if lb.security_group_ids else None
+    return decide_data_path(
+        DataPathFacts(
+            service=key, hostname=hostname, load_balancer=lb, listeners=listeners, health=health, ingress_rules=rules
+        )
+    )
+
+
+def condition_of(verdict: DataPathVerdict) -> ConditionUpdate:
+    return ConditionUpdate(DATA_PATH_CONDITION, "True" if verdict.ready else "False", verdict.reason, verdict.message)

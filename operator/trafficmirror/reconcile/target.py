@@ -30,11 +30,13 @@ from trafficmirror.reconcile.context import (
     outcome_for_aws_error,
     recorded_resource,
 )
+from trafficmirror.reconcile.datapath import check_service, condition_of
 from trafficmirror.reconcile.endpoints import Unresolvable, check_support, resolve_network_interface
 
 AWS_KIND = "TrafficMirrorTarget"
 INSTANCE_TYPE_CONDITION = "InstanceTypeSupported"
 REPLACEMENT_RETRY_SECONDS = 3.0
+DATA_PATH_RETRY_SECONDS = 15.0
 
 
 def endpoint_of(target: AwsTarget) -> dict[str, str]:
@@ -63,6 +65,18 @@ def reconcile_target(
     ctx: ReconcileContext,
 ) -> Outcome:
     aws = ctx.aws_for_region(spec.region)
+    data_path = None
+    if spec.service_ref is not None:
+        try:
+            data_path = check_service(owner.namespace, spec.service_ref.name, spec.region, ctx)
+        except AwsError as error:
+            return outcome_for_aws_error(error)
+        if data_path.load_balancer_arn is None:
+            waiting = pending(data_path.reason, data_path.message, retry_after=DATA_PATH_RETRY_SECONDS)
+            waiting.conditions.append(condition_of(data_path))
+            return waiting
+        # From here on the target is the Service's NLB.
+        spec = spec.model_copy(update={"network_load_balancer_arn": data_path.load_balancer_arn})
     network_interface_id: str | None = None
     if not (spec.network_load_balancer_arn or spec.gateway_load_balancer_endpoint_id):
         try:
@@ -121,6 +135,11 @@ def reconcile_target(
         )
         outcome.retry_after = REPLACEMENT_RETRY_SECONDS
     outcome.conditions += extra_conditions
+    if data_path is not None:
+        outcome.conditions.append(condition_of(data_path))
+        if not data_path.ready:
+            retry = outcome.retry_after
+            outcome.retry_after = min(retry, DATA_PATH_RETRY_SECONDS) if retry is not None else DATA_PATH_RETRY_SECONDS
     outcome.events += events
     outcome.status_fields.update(
         trafficMirrorTargetId=current_id,
