@@ -1,6 +1,9 @@
-/* drain: the floor for receiving VXLAN in user space. recvmmsg batches of 256 with the same
- * socket options as the agent (SO_TIMESTAMPNS, SO_RXQ_OVFL, a large SO_RCVBUF), touch nothing,
- * write nothing. Exits after -n datagrams or -t seconds of silence; prints "received=<n> drops=<d>".
+/* drain: the floor for receiving VXLAN in user space. The same socket options as the agent
+ * (SO_TIMESTAMPNS, SO_RXQ_OVFL, a large SO_RCVBUF) and the same wake-up policy as the agent's
+ * worker: poll, then up to 64 recvmmsg batches of 256; a short batch that is not empty means
+ * traffic is flowing but we are ahead of it, so sleep 1 ms and let the next batch accumulate.
+ * It touches nothing and writes nothing, so whatever the agent does on top costs more.
+ * Exits after -n datagrams or -t seconds of silence; prints "received=<n> drops=<d> wakeups=<w>".
  */
 #define _GNU_SOURCE
 #include <netinet/in.h>
@@ -10,9 +13,12 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
-#define B 256
+#define B 256        /* batch.MAX_BATCH */
+#define ROUNDS 64    /* agent.worker_main: batches before looking at anything else */
+#define COALESCE_NS 1000000L /* agent.COALESCE_S */
 #define SZ 65536
 
 int main(int argc, char **argv) {
@@ -36,27 +42,37 @@ int main(int argc, char **argv) {
     static struct iovec iov[B];
     static char ctrl[B][64];
     char *buf = malloc((size_t)B * SZ);
-    long got = 0;
+    long got = 0, wakeups = 0;
     uint32_t drops = 0;
     struct pollfd p = {.fd = fd, .events = POLLIN};
+    const struct timespec coalesce = {0, COALESCE_NS};
     while (!want || got < want) {
         if (poll(&p, 1, idle_ms) == 0 && got) break;
-        for (int i = 0; i < B; i++) {
-            iov[i].iov_base = buf + (size_t)i * SZ;
-            iov[i].iov_len = SZ;
-            memset(&m[i].msg_hdr, 0, sizeof m[i].msg_hdr);
-            m[i].msg_hdr.msg_iov = &iov[i];
-            m[i].msg_hdr.msg_iovlen = 1;
-            m[i].msg_hdr.msg_control = ctrl[i];
-            m[i].msg_hdr.msg_controllen = sizeof ctrl[i];
+        wakeups++;
+        for (int round = 0; round < ROUNDS; round++) {
+            for (int i = 0; i < B; i++) {
+                iov[i].iov_base = buf + (size_t)i * SZ;
+                iov[i].iov_len = SZ;
+                memset(&m[i].msg_hdr, 0, sizeof m[i].msg_hdr);
+                m[i].msg_hdr.msg_iov = &iov[i];
+                m[i].msg_hdr.msg_iovlen = 1;
+                m[i].msg_hdr.msg_control = ctrl[i];
+                m[i].msg_hdr.msg_controllen = sizeof ctrl[i];
+            }
+            int n = recvmmsg(fd, m, B, MSG_DONTWAIT, NULL);
+            if (n < 0) n = 0;
+            if (n > 0) {
+                got += n;
+                struct msghdr *h = &m[n - 1].msg_hdr;
+                for (struct cmsghdr *c = CMSG_FIRSTHDR(h); c; c = CMSG_NXTHDR(h, c))
+                    if (c->cmsg_type == 40) memcpy(&drops, CMSG_DATA(c), 4);
+            }
+            if (n < B) {
+                if (n > 0) nanosleep(&coalesce, NULL);
+                break;
+            }
         }
-        int n = recvmmsg(fd, m, B, MSG_DONTWAIT, NULL);
-        if (n <= 0) continue;
-        got += n;
-        struct msghdr *h = &m[n - 1].msg_hdr;
-        for (struct cmsghdr *c = CMSG_FIRSTHDR(h); c; c = CMSG_NXTHDR(h, c))
-            if (c->cmsg_type == 40) memcpy(&drops, CMSG_DATA(c), 4);
     }
-    printf("received=%ld drops=%u\n", got, drops);
+    printf("received=%ld drops=%u wakeups=%ld\n", got, drops, wakeups);
     return 0;
 }

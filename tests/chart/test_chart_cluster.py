@@ -115,15 +115,24 @@ def rules_of(plane: ControlPlane, release: Release, account: str, where: str) ->
     return rules
 
 
-def test_capture_agent_may_only_read_mirrorsessions(
+def test_capture_agent_may_only_read_mirrorsessions_and_patch_their_status(
     control_plane: ControlPlane, release: Release, namespace: str
 ) -> None:
     assert rules_of(control_plane, release, CAPTURE_SA, namespace) == {
-        "mirrorsessions.trafficmirror.io": {"get", "list", "watch"}
+        "mirrorsessions.trafficmirror.io": {"get", "list", "watch"},
+        "mirrorsessions.trafficmirror.io/status": {"patch"},
     }
     assert can_i(control_plane, release.namespace, CAPTURE_SA, "watch", "mirrorsessions.trafficmirror.io", None)
+    for verb, allowed in (("patch", True), ("update", False), ("get", False)):
+        answer = control_plane.kubectl(
+            "auth", "can-i", verb, "mirrorsessions.trafficmirror.io", "--subresource=status", "-n", namespace,
+            f"--as=system:serviceaccount:{release.namespace}:{CAPTURE_SA}", check=False,
+        ).stdout.strip()  # fmt: skip
+        assert answer == ("yes" if allowed else "no"), (verb, answer)
     for verb, resource in [
         ("patch", "mirrorsessions"),
+        ("create", "mirrorsessions"),
+        ("delete", "mirrorsessions"),
         ("list", "mirrortargets"),
         ("list", "secrets"),
         ("get", "nodes"),

@@ -10,6 +10,7 @@ from trafficmirror.api.common import (
     CamelModel,
     CommonSpec,
     CommonStatus,
+    Condition,
     InstanceId,
     NetworkInterfaceId,
     NodeName,
@@ -71,6 +72,32 @@ class MirrorSessionSpec(
     )
 
 
+class CaptureDrops(CamelModel):
+    """Drops by layer since the agent started: only disk is this session's own; the rest are shared and overlap."""
+
+    disk: int = Field(default=0, ge=0, description="This session's packets lost to write errors (disk full).")
+    socket: int = Field(
+        default=0, ge=0, description="Drops of the agent's capture sockets (SO_RXQ_OVFL), shared by all its sessions."
+    )
+    softnet: int = Field(default=0, ge=0, description="Input backlog drops: node-wide, every datagram on the node.")
+    nic: int = Field(default=0, ge=0, description="rx_dropped + rx_missed_errors of the node's interfaces: node-wide.")
+    udp_rcvbuf_errors: int = Field(default=0, ge=0, description="UDP RcvbufErrors: node-wide.")
+    udp_in_errors: int = Field(default=0, ge=0, description="UDP InErrors: node-wide.")
+
+
+class CaptureNodeStatus(CamelModel):
+    """What one capture node's agent saw of this session; written by that agent only."""
+
+    packets: int = Field(default=0, ge=0, description="Packets of this session written by this node.")
+    bytes: int = Field(default=0, ge=0, description="Their bytes on the wire.")
+    drops: CaptureDrops = Field(default_factory=CaptureDrops)
+    since: str | None = Field(default=None, description="When this node's agent started counting (RFC 3339).")
+    last_update_time: str | None = None
+    conditions: list[Condition] = Field(
+        default_factory=list, description="Lossy: whether any layer dropped in the agent's last report interval."
+    )
+
+
 class MirrorSessionStatus(CommonStatus):
     traffic_mirror_session_id: str | None = None
     virtual_network_id: int | None = Field(default=None, description="The VNI in use; capture files are named by it.")
@@ -82,3 +109,8 @@ class MirrorSessionStatus(CommonStatus):
         default=None, description="The ENI AWS refused with NetworkInterfaceNotSupported, source or target."
     )
     rejected_instance_type: str | None = None
+    capture_nodes: dict[str, CaptureNodeStatus] | None = Field(
+        default=None,
+        description="Per capture node (by node name), the packets written and drops by layer; each node's "
+        "agent patches only its own entry.",
+    )

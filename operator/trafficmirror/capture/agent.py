@@ -26,6 +26,8 @@ from trafficmirror.capture import receiver as rx
 from trafficmirror.capture import vxlan
 from trafficmirror.capture.batch import MAX_BATCH
 from trafficmirror.capture.metrics import AgentState, serve
+from trafficmirror.capture.report import StatusReporter
+from trafficmirror.capture.report import collector as report_collector
 from trafficmirror.capture.sessions import KubeWatcher, Session, source_checks
 from trafficmirror.capture.ship import DirDestination, S3Destination, Shipper, recover_open_files
 from trafficmirror.capture.writer import UnknownVniPolicy, Writer, WriterConfig
@@ -62,6 +64,7 @@ class AgentConfig:
     metrics_port: int = 9090
     shutdown_timeout_s: float = 25.0
     accelerate: bool = True
+    status_interval_s: float = 30.0  # this node's entry in each MirrorSession's status (with kube); 0: off
 
 
 # --- worker -----------------------------------------------------------------------------------
@@ -199,6 +202,7 @@ class Agent:
         self.exit_code = 0
         self.shipper: Shipper | None = None
         self.watcher: KubeWatcher | None = None
+        self.reporter: StatusReporter | None = None
 
     def _bind(self) -> None:
         c = self.cfg
@@ -317,6 +321,12 @@ class Agent:
         threading.Thread(target=self.shipper.run, name="shipper", daemon=True).start()
         if self.watcher is not None:
             threading.Thread(target=self.watcher.run, name="kube-watch", daemon=True).start()
+            if c.status_interval_s > 0:
+                node = c.writer.node or os.uname().nodename
+                self.reporter = StatusReporter(
+                    self.watcher, node, report_collector(self.state), interval_s=c.status_interval_s
+                )
+                threading.Thread(target=self.reporter.run, name="status-report", daemon=True).start()
         server = serve(self.state, c.metrics_address, c.metrics_port) if c.metrics_port >= 0 else None
         if server is not None:
             log.info("metrics and health on %s:%d", c.metrics_address, server.server_address[1])
@@ -346,6 +356,10 @@ class Agent:
                     self.exit_code = 1
                     break
                 time.sleep(0.02)
+        if self.reporter is not None:  # the workers' final counts, within a bounded time
+            self.reporter.stop.set()
+            with contextlib.suppress(Exception):
+                self.reporter.report_once(force=True, deadline=time.monotonic() + 3.0)
         assert self.shipper is not None
         self.shipper.stop.set()
         left = self.shipper.drain(max(deadline - time.monotonic(), 1.0))

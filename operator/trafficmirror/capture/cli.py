@@ -83,6 +83,13 @@ def add_capture_commands(subparsers: argparse._SubParsersAction) -> None:  # typ
     g.add_argument("--kube-namespace", help="watch one namespace only")
     g.add_argument("--kube-insecure", action="store_true")
     g.add_argument(
+        "--status-interval",
+        type=float,
+        default=30.0,
+        help="with --kube: seconds between this node's reports (packets, drops by layer, Lossy) into each "
+        "MirrorSession's status.captureNodes; 0 disables",
+    )
+    g.add_argument(
         "--unknown-vni",
         choices=["write", "drop"],
         default=None,
@@ -227,6 +234,7 @@ def run_capture(args: argparse.Namespace) -> int:
         metrics_port=args.metrics_port,
         shutdown_timeout_s=args.shutdown_timeout,
         accelerate=not args.no_accelerate,
+        status_interval_s=args.status_interval,
     )
     return agent.run(cfg)
 
