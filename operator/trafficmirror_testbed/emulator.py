@@ -119,6 +119,25 @@ _DENIED_FAMILIES = {"t2", "p4d", "c6gn", "c6i", "im4gn", "is4gen", "m6a", "m6i",
 _DENIED_FAMILIES |= {"m7i", "p5", "inf2", "trn1", "hpc6a", "hpc7g", "m8g", "c8g", "r8g", "x8g"}
 
 
+# DescribeInstanceTypes' CurrentGeneration as AWS publishes it, for the families the tests and the demo
+# launch; moto's bundled data says false for c5, m5, r5 and m6i, which AWS lists among its current
+# generation instance types [Amazon EC2 Instance Types guide, "Current generation instances": general
+# purpose M5, M6i, T2, T3; compute optimized C5; memory optimized R5]. C4, M4 and R4 stay false: AWS
+# lists them under "Previous generation instances", next to C1, C3, G2, I2, M1, M2, M3, R3 and T1.
+CURRENT_GENERATION_FAMILIES = {"c5": True, "m5": True, "r5": True, "m6i": True, "t2": True, "t3": True}
+CURRENT_GENERATION_FAMILIES |= {"c4": False, "m4": False, "r4": False, "m1": False, "m3": False, "r3": False}
+
+
+def _correct_instance_type_data() -> None:
+    # Both the raw data and the records moto built from it at import time.
+    from moto.ec2.models.instance_types import INSTANCE_TYPES, InstanceTypeBackend
+
+    for record in [*INSTANCE_TYPES.values(), *InstanceTypeBackend.instance_types]:
+        current = CURRENT_GENERATION_FAMILIES.get(str(record.get("InstanceType", "")).partition(".")[0])
+        if current is not None:
+            record["CurrentGeneration"] = current
+
+
 def instance_type_supported(instance_type: str) -> bool:
     """Whether this emulated AWS accepts an ENI on `instance_type` in a mirror session."""
     if any(fnmatch.fnmatchcase(instance_type, p) for p in CONFIG.supported_types):
@@ -1153,6 +1172,7 @@ def install() -> None:
         return
     for handler in _HANDLERS:
         setattr(EC2Response, handler.__name__, handler)
+    _correct_instance_type_data()
 
     for resource_type, prefix in _PREFIXES.items():
         old = EC2_RESOURCE_TO_PREFIX.get(resource_type)

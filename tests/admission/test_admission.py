@@ -385,6 +385,8 @@ SHARED_RULES = {
         "filter-cidr-ipv4-mapped-ipv6",
         "filter-cidr-with-zone",
     ],
+    "no host bits in a CIDR block": ["filter-cidr-host-bits-ipv4", "filter-cidr-host-bits-ipv6"],
+    "a filter selects something": ["filter-no-rules", "filter-empty-rule-lists"],
     "ID patterns": [
         "target-eni-id-uppercase",
         "target-instance-id-bad",
@@ -404,3 +406,23 @@ def test_the_model_and_the_crd_share_the_rule(rule: str) -> None:
         assert manifest.model == "rejects", f"{stem}: the model must refuse it like the CRD ({rule})"
         with pytest.raises(ValidationError):
             manifest.kind.spec_model.model_validate(manifest.spec)
+
+
+@pytest.mark.testbed
+def test_a_misspelt_rules_field_applied_without_client_validation_is_refused_not_stored_empty(
+    control_plane: ControlPlane, namespace: str
+) -> None:
+    """`kubectl apply --validate=false` lets `ingresRules` through to the apiserver, which prunes the
+    unknown field: without the rule, what is left is a filter that mirrors nothing, stored as Ready."""
+    doc = {
+        "apiVersion": "trafficmirror.io/v1alpha1",
+        "kind": "MirrorFilter",
+        "metadata": {"name": "misspelt"},
+        "spec": {"ingresRules": [{"ruleNumber": 100}]},
+    }
+    result = control_plane.kubectl(
+        "apply", "--validate=false", "-n", namespace, "-f", "-", input=yaml.safe_dump(doc), check=False
+    )
+    assert result.returncode != 0, output(result)
+    assert "a filter needs at least one rule" in output(result) and "check the field names" in output(result)
+    assert get(control_plane, namespace, KIND_BY_NAME["MirrorFilter"], "misspelt").returncode != 0

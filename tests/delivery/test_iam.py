@@ -249,14 +249,29 @@ def test_policy_allows_exactly_what_the_code_calls(policy: str) -> None:
     assert not have - want, f"{policy} allows {sorted(have - want)}, which the code never calls"
 
 
-def test_tags_only_on_the_creates_that_send_them() -> None:
+def test_tags_on_the_creates_that_send_them_and_on_this_clusters_resources_only() -> None:
     creates = scan_package()["aws/ec2.py"].tagged_creates
-    [statement] = [
-        s for s in load_policy("operator-policy.json")["Statement"] if "ec2:CreateTags" in listed(s["Action"])
-    ]
-    assert listed(statement["Action"]) == ["ec2:CreateTags"]
+    policy = load_policy("operator-policy.json")
+    statements = [s for s in policy["Statement"] if "ec2:CreateTags" in listed(s["Action"])]
+    assert all(listed(s["Action"]) == ["ec2:CreateTags"] for s in statements)
+    on_create = [s for s in statements if "ec2:CreateAction" in s["Condition"].get("StringEquals", {})]
+    [statement] = on_create
     allowed = set(listed(statement["Condition"]["StringEquals"]["ec2:CreateAction"]))
     assert allowed == {api_names("ec2")[op] for op in creates}
+    # Tag reconciling (spec edits, tags removed outside): only on resources of this cluster already.
+    [retagging] = [s for s in statements if s not in on_create]
+    assert retagging["Condition"] == {"StringEquals": {"aws:ResourceTag/trafficmirror.io/cluster": "CLUSTER_NAME"}}
+
+
+def test_untagging_never_removes_the_ownership_tags() -> None:
+    [statement] = [
+        s for s in load_policy("operator-policy.json")["Statement"] if "ec2:DeleteTags" in listed(s["Action"])
+    ]
+    assert listed(statement["Action"]) == ["ec2:DeleteTags"]
+    assert statement["Condition"] == {
+        "StringEquals": {"aws:ResourceTag/trafficmirror.io/cluster": "CLUSTER_NAME"},
+        "ForAllValues:StringNotLike": {"aws:TagKeys": ["trafficmirror.io/*"]},
+    }
 
 
 def test_creates_require_the_ownership_tags_and_changes_the_cluster_tag() -> None:
@@ -274,8 +289,12 @@ def test_creates_require_the_ownership_tags_and_changes_the_cluster_tag() -> Non
                 assert condition["Null"]["aws:RequestTag/trafficmirror.io/owner-uid"] == "false"
                 continue
         if actions == ["ec2:CreateTags"]:
-            assert "ec2:CreateAction" in condition["StringEquals"]
+            equals = condition["StringEquals"]
+            own_cluster = {"aws:ResourceTag/trafficmirror.io/cluster": "CLUSTER_NAME"}
+            assert "ec2:CreateAction" in equals or equals == own_cluster
             continue
+        if actions == ["ec2:DeleteTags"]:
+            continue  # test_untagging_never_removes_the_ownership_tags
         assert condition == {"StringEquals": {"aws:ResourceTag/trafficmirror.io/cluster": "CLUSTER_NAME"}}, statement
 
 

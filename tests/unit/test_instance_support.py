@@ -479,3 +479,55 @@ def test_a_broken_table_fails_at_load(edit: Callable[[dict[str, Any]], object], 
     with pytest.raises(InstanceSupportConfigError, match="instance-support table") as raised:
         SupportTable.from_yaml(yaml.safe_dump(document))
     assert complaint in str(raised.value)
+
+
+# --- the family table decides before the CurrentGeneration flag ------------------------------------
+
+
+def _known_families(table: SupportTable) -> dict[str, SupportVerdict]:
+    """Every family the packaged table names, with the verdict AWS's lists give it."""
+    verdicts = {f: SUPPORTED for f in table.supported_nitro_families}
+    verdicts |= {f: SUPPORTED for f in table.supported_xen_families}
+    verdicts |= {f: UNSUPPORTED for f in table.previous_generation_families}
+    verdicts |= {f: UNSUPPORTED for f in table.denied_families}
+    return verdicts
+
+
+def test_a_family_the_table_knows_is_decided_by_the_table_whatever_current_generation_says() -> None:
+    """Seeded, reproducible: every known family, random virtualized sizes, every value of the flag.
+
+    The flag moves with time (AWS relabels whole families) and data sources disagree on it (moto says
+    false for c5.large); AWS's published list names families, so the flag must never decide for them.
+    """
+    import random
+
+    seed = 20261130
+    rng = random.Random(seed)
+    sizes = ["medium", "large", "xlarge", "2xlarge", "4xlarge", "12xlarge"]
+    for family, verdict in sorted(_known_families(PACKAGED).items()):
+        if family == "t2":
+            continue  # a denied prefix, decided before the families
+        size = rng.choice(sizes)
+        hypervisor = "xen" if family in PACKAGED.supported_xen_families else rng.choice(["nitro", None])
+        decisions = {
+            flag: decide_support(
+                InstanceTypeFacts(f"{family}.{size}", hypervisor=hypervisor, bare_metal=False, current_generation=flag),
+                PACKAGED,
+            ).verdict
+            for flag in (True, False, None)
+        }
+        assert set(decisions.values()) == {verdict}, f"seed {seed}: {family}.{size} ({hypervisor}): {decisions}"
+
+
+@pytest.mark.parametrize("instance_type", ["c5.large", "m5.large", "r5.large", "c4.large", "m4.large", "i3.large"])
+def test_a_supported_source_is_not_refused_for_a_false_current_generation_flag(instance_type: str) -> None:
+    hypervisor = "nitro" if instance_type[:2] in ("c5", "m5", "r5") else "xen"
+    facts = InstanceTypeFacts(instance_type, hypervisor=hypervisor, bare_metal=False, current_generation=False)
+    assert decide_support(facts, PACKAGED).verdict is SUPPORTED
+
+
+def test_the_flag_decides_only_for_a_family_the_table_does_not_know() -> None:
+    facts = InstanceTypeFacts("zz9.large", hypervisor="nitro", bare_metal=False, current_generation=False)
+    decision = decide_support(facts, PACKAGED)
+    assert decision.verdict is UNSUPPORTED and decision.rule is SupportRule.PREVIOUS_GENERATION
+    assert "not in instance-support table" in decision.reason

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 import pytest
 
 from trafficmirror.api import MirrorFilterSpec, Phase
-from trafficmirror.aws.ec2 import AwsFilterRule, AwsSession, PortRange, RuleParams, SessionParams
+from trafficmirror.aws.ec2 import AwsFilterRule, AwsSession, PortRange, RuleParams, SessionChanges, SessionParams
 from trafficmirror.reconcile.common import (
     MAX_CLIENT_TOKEN,
     ConditionUpdate,
@@ -95,30 +95,28 @@ ACTUAL = AwsSession("tms-1", "eni-1", "tmt-1", "tmf-1", 1, 4242, None, "[traffic
 
 
 @pytest.mark.parametrize(
-    ("desired", "changes", "removed"),
+    ("desired", "changes"),
     [
-        (SessionParams("eni-1", "tmt-1", "tmf-1", 1, None, None, "[trafficmirror:x]"), {}, []),
+        (SessionParams("eni-1", "tmt-1", "tmf-1", 1, None, None, "[trafficmirror:x]"), SessionChanges()),
         (
             SessionParams("eni-1", "tmt-2", "tmf-1", 1, None, None, "[trafficmirror:x]"),
-            {"TrafficMirrorTargetId": "tmt-2"},
-            [],
+            SessionChanges(target_id="tmt-2"),
         ),
         (
             SessionParams("eni-1", "tmt-1", "tmf-2", 3, 7, 128, "[trafficmirror:x]"),
-            {"TrafficMirrorFilterId": "tmf-2", "SessionNumber": 3, "VirtualNetworkId": 7, "PacketLength": 128},
-            [],
+            SessionChanges(filter_id="tmf-2", session_number=3, virtual_network_id=7, packet_length=128),
         ),
     ],
     ids=["in sync, AWS-chosen VNI kept", "target swapped", "everything modifiable"],
 )
-def test_session_modifications(desired: SessionParams, changes: dict[str, object], removed: list[str]) -> None:
-    assert session_modifications(ACTUAL, desired) == (changes, removed)
+def test_session_modifications(desired: SessionParams, changes: SessionChanges) -> None:
+    assert session_modifications(ACTUAL, desired) == changes
 
 
 def test_dropping_the_packet_length_removes_the_field() -> None:
     truncated = AwsSession("tms-1", "eni-1", "tmt-1", "tmf-1", 1, 4242, 128, "d", {})
     desired = SessionParams("eni-1", "tmt-1", "tmf-1", 1, None, None, "d")
-    assert session_modifications(truncated, desired) == ({}, ["packet-length"])
+    assert session_modifications(truncated, desired) == SessionChanges(remove_packet_length=True)
 
 
 def test_conditions_keep_their_transition_time_while_the_status_holds() -> None:

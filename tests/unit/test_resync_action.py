@@ -25,7 +25,7 @@ def _body(phase: str | None, reason: str | None = None, since: str = "2026-11-26
     [
         (_body("Ready", "Ready"), "compare"),
         (_body("Failed", "UnsupportedInstanceType"), "reconcile"),
-        (_body("Failed", "QuotaExceeded"), "skip"),
+        (_body("Failed", "QuotaExceeded"), "reconcile"),
         (_body("Failed", "AwsRejected"), "skip"),
         (_body("Pending", "Creating"), "skip"),
         (_body("Pending", "Creating", since="2026-11-26T11:58:30Z"), "reconcile"),
@@ -37,7 +37,7 @@ def _body(phase: str | None, reason: str | None = None, since: str = "2026-11-26
     ids=[
         "ready: compare with the snapshot",
         "unsupported type: look again",
-        "quota: needs a spec change",
+        "quota: a fact of the world, looked at again",
         "rejected: needs a spec change",
         "a fresh create: the handlers carry it out",
         "a create left for a period: carry it out",

@@ -6,7 +6,16 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel
 
-from trafficmirror.api.common import API_VERSION, GROUP, VERSION, Condition, Phase
+from trafficmirror.api.common import (
+    API_VERSION,
+    GROUP,
+    VERSION,
+    CommonSpec,
+    CommonStatus,
+    Condition,
+    Phase,
+    ready_condition,
+)
 from trafficmirror.api.filter import FilterRule, MirrorFilterSpec, MirrorFilterStatus, PortRange
 from trafficmirror.api.session import MirrorSessionSpec, MirrorSessionStatus, MirrorSource
 from trafficmirror.api.target import MirrorTargetSpec, MirrorTargetStatus
@@ -66,6 +75,8 @@ __all__ = [
     "MIRROR_SESSION",
     "MIRROR_TARGET",
     "VERSION",
+    "CommonSpec",
+    "CommonStatus",
     "Condition",
     "FilterRule",
     "Kind",
@@ -78,4 +89,5 @@ __all__ = [
     "MirrorTargetStatus",
     "Phase",
     "PortRange",
+    "ready_condition",
 ]

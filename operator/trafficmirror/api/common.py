@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -42,7 +43,8 @@ Region = Annotated[
 Tags = Annotated[
     dict[str, str],
     Field(
-        description="Extra AWS tags. Keys under trafficmirror.io/ are reserved for ownership tags.",
+        description="AWS tags, the whole set besides the ownership tags: tags changed or added outside are put "
+        "back or removed (keys starting with aws: are left alone). Keys under trafficmirror.io/ are reserved.",
         json_schema_extra={
             "maxProperties": 40,
             "x-kubernetes-validations": [
@@ -101,6 +103,27 @@ class CommonStatus(CamelModel):
     phase: Phase | None = None
     observed_generation: int | None = None
     conditions: list[Condition] = Field(default_factory=list)
+
+    def condition(self, condition_type: str) -> Condition | None:
+        return next((c for c in self.conditions if c.type == condition_type), None)
+
+
+def ready_condition(status: CommonStatus | Mapping[str, Any]) -> Condition | None:
+    """The Ready condition of a typed status or of a raw status mapping (as kopf hands it over)."""
+    if isinstance(status, CommonStatus):
+        return status.condition("Ready")
+    raw = next((c for c in status.get("conditions") or [] if c.get("type") == "Ready"), None)
+    if raw is None:
+        return None
+    # As written, without validation: a half-written condition must not stop the reader.
+    return Condition.model_construct(
+        type="Ready",
+        status=raw.get("status", "Unknown"),
+        reason=raw.get("reason", ""),
+        message=raw.get("message", ""),
+        observed_generation=raw.get("observedGeneration"),
+        last_transition_time=raw.get("lastTransitionTime"),
+    )
 
 
 def immutable_once_set(field: str) -> dict[str, str]:

@@ -10,16 +10,26 @@ from pydantic import Field, field_validator, model_validator
 from trafficmirror.api.common import CamelModel, CommonSpec, CommonStatus, immutable_once_set
 
 MAX_RULES_PER_FILTER = 10  # AWS quota, not adjustable
+NO_RULES_MESSAGE = (
+    "a filter needs at least one rule in ingressRules or egressRules (or a networkServices entry): "
+    "with none it mirrors nothing; check the field names (e.g. ingressRules, egressRules)"
+)
 PORT_PROTOCOLS = (6, 17)  # TCP and UDP: the only protocols with ports
 
 CidrBlock = Annotated[
     str,
     Field(
         max_length=49,
-        description="An IPv4 or IPv6 CIDR block.",
+        description="An IPv4 or IPv6 CIDR block with no host bits set (10.0.0.0/8, not 10.1.2.3/8: AWS would "
+        "store the network address, and the rule would never match the spec). Rejected at admission.",
         json_schema_extra={
             "x-kubernetes-validations": [
-                {"rule": "isCIDR(self)", "message": "must be a CIDR block such as 10.0.0.0/16 or ::/0"}
+                {"rule": "isCIDR(self)", "message": "must be a CIDR block such as 10.0.0.0/16 or ::/0"},
+                {
+                    "rule": "!isCIDR(self) || cidr(self) == cidr(self).masked()",
+                    "message": "must be a network address with no host bits set, e.g. 10.0.0.0/8 rather than "
+                    "10.1.2.3/8 (AWS keeps only the network address)",
+                },
             ]
         },
     ),
@@ -96,6 +106,9 @@ class FilterRule(
     def _cidr(cls, value: str) -> str:
         if not is_cidr(value):
             raise ValueError(f"{value!r} must be a CIDR block such as 10.0.0.0/16 or ::/0")
+        network = ipaddress.ip_network(value, strict=False)
+        if network.network_address != ipaddress.ip_interface(value).ip:
+            raise ValueError(f"{value!r} has host bits set: write {network} (AWS keeps only the network address)")
         return value
 
     @model_validator(mode="after")
@@ -124,13 +137,26 @@ class MirrorFilterSpec(
                 " + (has(self.egressRules) ? size(self.egressRules) : 0) <= 10",
                 "message": "a filter holds at most 10 rules (ingressRules and egressRules together): AWS quota",
             },
+            {
+                "rule": "(has(self.ingressRules) && size(self.ingressRules) > 0)"
+                " || (has(self.egressRules) && size(self.egressRules) > 0)"
+                " || (has(self.networkServices) && size(self.networkServices) > 0)",
+                "message": NO_RULES_MESSAGE,
+            },
             immutable_once_set("region"),
             immutable_once_set("adoptId"),
         ]
     },
 ):
-    ingress_rules: Rules | None = None
-    egress_rules: Rules | None = None
+    ingress_rules: Rules | None = Field(
+        default=None,
+        description="Rules for traffic into the source ENI. A filter needs at least one rule here or in "
+        "egressRules (or a networkServices entry): one with none mirrors nothing, so it is rejected at "
+        "admission, also when a misspelt field name (ingresRules) was pruned by the apiserver.",
+    )
+    egress_rules: Rules | None = Field(
+        default=None, description="Rules for traffic out of the source ENI; see ingressRules."
+    )
     network_services: (
         Annotated[
             list[Literal["amazon-dns"]],
@@ -145,6 +171,8 @@ class MirrorFilterSpec(
     @model_validator(mode="after")
     def _rule_limits(self) -> MirrorFilterSpec:
         ingress, egress = self.ingress_rules or [], self.egress_rules or []
+        if not (ingress or egress or self.network_services):
+            raise ValueError(NO_RULES_MESSAGE)
         if len(ingress) + len(egress) > MAX_RULES_PER_FILTER:
             raise ValueError("a filter holds at most 10 rules")
         for rules in (ingress, egress):

@@ -105,6 +105,10 @@ class MirrorSessionStatus(CommonStatus):
     source_instance_type: str | None = None
     traffic_mirror_target_id: str | None = None
     traffic_mirror_filter_id: str | None = None
+    packet_length: int | None = Field(
+        default=None,
+        description="The packet length AWS applies (8500 for a Network Load Balancer target when the spec has none).",
+    )
     rejected_network_interface_id: str | None = Field(
         default=None, description="The ENI AWS refused with NetworkInterfaceNotSupported, source or target."
     )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
@@ -92,6 +92,9 @@ TARGET_FIELDS = (
 class MirrorTargetStatus(CommonStatus):
     traffic_mirror_target_id: str | None = None
     network_interface_id: str | None = Field(default=None, description="The ENI the target resolved to.")
+    endpoint_type: Literal["NetworkInterface", "NetworkLoadBalancer", "GatewayLoadBalancerEndpoint"] | None = Field(
+        default=None, description="What the target sends to."
+    )
     instance_type: str | None = Field(default=None, description="Instance type behind the target ENI, if any.")
     previous_target_ids: list[str] | None = Field(
         default=None, description="Replaced targets, deleted as soon as no session uses them."

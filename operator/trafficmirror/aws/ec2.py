@@ -57,6 +57,31 @@ class AwsFilterRule:
 
 
 @dataclass(frozen=True)
+class Endpoint:
+    """Where a target sends mirrored traffic: exactly one of the three is set."""
+
+    network_interface_id: str | None = None
+    network_load_balancer_arn: str | None = None
+    gateway_load_balancer_endpoint_id: str | None = None
+
+    @property
+    def is_load_balancer(self) -> bool:
+        return self.network_interface_id is None
+
+    def __str__(self) -> str:
+        return next(
+            v
+            for v in (
+                self.network_interface_id,
+                self.network_load_balancer_arn,
+                self.gateway_load_balancer_endpoint_id,
+                "nothing",
+            )
+            if v
+        )
+
+
+@dataclass(frozen=True)
 class AwsTarget:
     target_id: str
     network_interface_id: str | None
@@ -64,6 +89,12 @@ class AwsTarget:
     gateway_load_balancer_endpoint_id: str | None
     description: str
     tags: dict[str, str]
+
+    @property
+    def endpoint(self) -> Endpoint:
+        return Endpoint(
+            self.network_interface_id, self.network_load_balancer_arn, self.gateway_load_balancer_endpoint_id
+        )
 
 
 @dataclass(frozen=True)
@@ -94,6 +125,37 @@ class NetworkInterface:
     instance_id: str | None  # None for ENIs of ALB, RDS, Fargate, …: their type is unknown until tried
     private_ip_address: str | None
     interface_type: str
+
+
+@dataclass(frozen=True)
+class SessionChanges:
+    """What ModifyTrafficMirrorSession changes; None leaves a field as it is."""
+
+    target_id: str | None = None
+    filter_id: str | None = None
+    session_number: int | None = None
+    virtual_network_id: int | None = None
+    packet_length: int | None = None
+    description: str | None = None
+    remove_packet_length: bool = False  # back to the whole packet
+
+    @property
+    def empty(self) -> bool:
+        return not self.names
+
+    @property
+    def names(self) -> list[str]:
+        """The spec's names of the changed fields, for events."""
+        values = {
+            "targetRef": self.target_id,
+            "filterRef": self.filter_id,
+            "sessionNumber": self.session_number,
+            "virtualNetworkId": self.virtual_network_id,
+            "packetLength": self.packet_length,
+            "description": self.description,
+        }
+        named = [name for name, value in values.items() if value is not None]
+        return [*named, "packetLength"] if self.remove_packet_length and "packetLength" not in named else named
 
 
 @dataclass(frozen=True)
@@ -235,6 +297,7 @@ class TtlCache(Generic[Key, Value]):
 # start, which takes minutes: both can be reused briefly across the reconciles of many objects.
 NETWORK_INTERFACE_TTL_SECONDS = 300.0
 INSTANCE_TYPE_TTL_SECONDS = 15.0
+FILTER_VALUES_PER_CALL = 200  # values of one Describe filter, kept well under EC2's limits
 
 
 @dataclass
@@ -292,19 +355,12 @@ class Ec2Mirror:
 
     # --- targets ------------------------------------------------------------------------------
     def create_target(
-        self,
-        *,
-        client_token: str,
-        description: str,
-        tags: dict[str, str],
-        network_interface_id: str | None = None,
-        network_load_balancer_arn: str | None = None,
-        gateway_load_balancer_endpoint_id: str | None = None,
+        self, endpoint: Endpoint, *, client_token: str, description: str, tags: dict[str, str]
     ) -> AwsTarget:
         kind = {
-            "NetworkInterfaceId": network_interface_id,
-            "NetworkLoadBalancerArn": network_load_balancer_arn,
-            "GatewayLoadBalancerEndpointId": gateway_load_balancer_endpoint_id,
+            "NetworkInterfaceId": endpoint.network_interface_id,
+            "NetworkLoadBalancerArn": endpoint.network_load_balancer_arn,
+            "GatewayLoadBalancerEndpointId": endpoint.gateway_load_balancer_endpoint_id,
         }
         response = self._call(
             "create_traffic_mirror_target",
@@ -391,27 +447,51 @@ class Ec2Mirror:
         return _session_from_aws(response["TrafficMirrorSession"])
 
     def describe_sessions(
-        self, session_ids: list[str] | None = None, network_interface_id: str | None = None
+        self,
+        session_ids: list[str] | None = None,
+        network_interface_id: str | None = None,
+        target_id: str | None = None,
     ) -> list[AwsSession]:
         args: dict[str, Any] = {"TrafficMirrorSessionIds": session_ids} if session_ids else {}
-        if network_interface_id:
-            args["Filters"] = [{"Name": "network-interface-id", "Values": [network_interface_id]}]
+        filters = {"network-interface-id": network_interface_id, "traffic-mirror-target-id": target_id}
+        if any(filters.values()):
+            args["Filters"] = [{"Name": name, "Values": [value]} for name, value in filters.items() if value]
         return [
             _session_from_aws(s)
             for s in self._pages("describe_traffic_mirror_sessions", "TrafficMirrorSessions", **args)
         ]
 
-    def modify_session(self, session_id: str, changes: dict[str, Any], remove_fields: list[str]) -> AwsSession:
+    def modify_session(self, session_id: str, changes: SessionChanges) -> AwsSession:
+        values = {
+            "TrafficMirrorTargetId": changes.target_id,
+            "TrafficMirrorFilterId": changes.filter_id,
+            "SessionNumber": changes.session_number,
+            "VirtualNetworkId": changes.virtual_network_id,
+            "PacketLength": changes.packet_length,
+            "Description": changes.description,
+        }
         response = self._call(
             "modify_traffic_mirror_session",
             TrafficMirrorSessionId=session_id,
-            **changes,
-            **({"RemoveFields": remove_fields} if remove_fields else {}),
+            **{k: v for k, v in values.items() if v is not None},
+            **({"RemoveFields": ["packet-length"]} if changes.remove_packet_length else {}),
         )
         return _session_from_aws(response["TrafficMirrorSession"])
 
     def delete_session(self, session_id: str) -> None:
         self._call("delete_traffic_mirror_session", TrafficMirrorSessionId=session_id)
+
+    # --- tags on targets, filters and sessions ---------------------------------------------------
+    def set_tags(self, resource_id: str, add: dict[str, str], remove: list[str]) -> None:
+        """CreateTags for new or changed values, DeleteTags for keys no longer wanted."""
+        if add:
+            self._call(
+                "create_tags",
+                Resources=[resource_id],
+                Tags=[{"Key": k, "Value": v} for k, v in sorted(add.items())],
+            )
+        if remove:
+            self._call("delete_tags", Resources=[resource_id], Tags=[{"Key": k} for k in sorted(remove)])
 
     # --- what sits behind an ENI --------------------------------------------------------------
     def network_interface(self, network_interface_id: str) -> NetworkInterface:
@@ -441,6 +521,44 @@ class Ec2Mirror:
                         instance["InstanceId"], instance["InstanceType"]
                     )
         return types
+
+    def instance_types_behind(self, network_interface_ids: list[str]) -> dict[str, str | None]:
+        """The type of the instance behind each ENI (None: not attached to an instance), in batches.
+
+        Filters, not ID lists: an ENI or instance deleted meanwhile is left out instead of failing
+        the whole call. Attachments come from the ENI cache; types are at most
+        INSTANCE_TYPE_TTL_SECONDS old.
+        """
+        unknown = [e for e in dict.fromkeys(network_interface_ids) if self._interfaces.get(e) is None]
+        for start in range(0, len(unknown), FILTER_VALUES_PER_CALL):
+            chunk = unknown[start : start + FILTER_VALUES_PER_CALL]
+            for raw in self._pages(
+                "describe_network_interfaces",
+                "NetworkInterfaces",
+                Filters=[{"Name": "network-interface-id", "Values": chunk}],
+            ):
+                self._interfaces.put(
+                    raw["NetworkInterfaceId"],
+                    NetworkInterface(
+                        network_interface_id=raw["NetworkInterfaceId"],
+                        instance_id=(raw.get("Attachment") or {}).get("InstanceId"),
+                        private_ip_address=raw.get("PrivateIpAddress"),
+                        interface_type=raw.get("InterfaceType", "interface"),
+                    ),
+                )
+        attached = {e: i.instance_id for e in network_interface_ids if (i := self._interfaces.get(e)) is not None}
+        instances = [i for i in dict.fromkeys(attached.values()) if i and self._instance_types.get(i) is None]
+        for start in range(0, len(instances), FILTER_VALUES_PER_CALL):
+            chunk = instances[start : start + FILTER_VALUES_PER_CALL]
+            for reservation in self._pages(
+                "describe_instances", "Reservations", Filters=[{"Name": "instance-id", "Values": chunk}]
+            ):
+                for instance in reservation["Instances"]:
+                    self._instance_types.put(instance["InstanceId"], instance["InstanceType"])
+        return {
+            eni: (self._instance_types.get(instance_id) if instance_id else None)
+            for eni, instance_id in attached.items()
+        }
 
     def primary_network_interface(self, instance_id: str) -> str:
         response = self._call("describe_instances", InstanceIds=[instance_id])

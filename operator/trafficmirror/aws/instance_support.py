@@ -12,7 +12,8 @@ Precedence, strongest first:
    AWS is the authority, no table or override can make it accept the type.
 2. The user override for the exact type, then for the family (exact type beats family).
 3. The packaged table: denied prefixes (t2., p4d.), AWS's Nitro denylist, bare metal, AWS's Xen
-   allow list, previous generation, then the hypervisor (Xen not listed: no; Nitro: yes).
+   allow list, the previous-generation families, the known Nitro families; only for a family the
+   table does not know, the CurrentGeneration flag, then the hypervisor (Xen: no; Nitro: yes).
 4. With no hypervisor fact and no table entry for the family: UNKNOWN, AWS decides when the session
    is created.
 
@@ -528,12 +529,31 @@ def _judge(facts: InstanceTypeFacts, table: SupportTable, rejected_types: frozen
             f"({table.cite(table.supported_xen_source_ids)})",
         )
 
-    if facts.current_generation is False or family in table.previous_generation_families:
+    # The table's family lists decide before the CurrentGeneration flag: AWS's list names families,
+    # and the flag moves with time (AWS relabels whole families) and differs between data sources.
+    if family in table.previous_generation_families:
         return _Judgement(
             unsupported,
             SupportRule.PREVIOUS_GENERATION,
-            f"{instance_type} is a previous-generation type, which VPC Traffic Mirroring does not support "
+            f"{family} is a previous-generation family, which VPC Traffic Mirroring does not support "
             f"({table.cite(table.previous_generation_source_ids)})",
+        )
+    if family in table.supported_nitro_families and hypervisor != "xen":
+        return _Judgement(
+            supported,
+            SupportRule.NITRO,
+            f"{family} is a Nitro family not on AWS's denylist as of table {table.version} "
+            f"({table.cite(table.supported_nitro_source_ids)})",
+        )
+
+    # A family the table does not know: the flag, then the hypervisor.
+    if facts.current_generation is False:
+        return _Judgement(
+            unsupported,
+            SupportRule.PREVIOUS_GENERATION,
+            f"{instance_type} is a previous-generation type (CurrentGeneration false) and {family} is not in "
+            f"instance-support table {table.version}; VPC Traffic Mirroring does not support previous "
+            f"generations ({table.cite(table.previous_generation_source_ids)})",
         )
 
     if hypervisor == "xen":
@@ -553,14 +573,6 @@ def _judge(facts: InstanceTypeFacts, table: SupportTable, rejected_types: frozen
             f"{instance_type} runs on Nitro and {family} is not on AWS's denylist as of table "
             f"{table.version} ({table.cite(table.supported_nitro_source_ids)})",
         )
-    if family in table.supported_nitro_families:
-        return _Judgement(
-            supported,
-            SupportRule.NITRO,
-            f"{family} is a Nitro family not on AWS's denylist as of table {table.version} "
-            f"({table.cite(table.supported_nitro_source_ids)})",
-        )
-
     return _Judgement(
         SupportVerdict.UNKNOWN,
         SupportRule.NO_FACTS,

@@ -12,10 +12,12 @@ from typing import Any
 
 import kopf
 
+from trafficmirror.api import ready_condition
 from trafficmirror.aws.errors import AwsError
 from trafficmirror.metrics import RECONCILES, RESOURCES
-from trafficmirror.reconcile.common import Outcome, Owner, merge_conditions, transition_events
+from trafficmirror.reconcile.common import RECHECKED_AT_RESYNC, Outcome, Owner, merge_conditions, transition_events
 from trafficmirror.reconcile.context import ReconcileContext, RetryLater
+from trafficmirror.reconcile.seam import ClusterFacts, Reconciler, Request, parse_request
 
 MAX_BACKOFF_SECONDS = 300.0
 _phases: dict[str, tuple[str, str]] = {}  # uid → (kind, phase), for the resources gauge
@@ -38,9 +40,40 @@ def backoff(retry: int, base: float = 2.0) -> float:
     return random.uniform(base, min(MAX_BACKOFF_SECONDS, base * 2 ** min(retry, 10)))
 
 
+def request_of(
+    reconciler: Reconciler[Any, Any, Any],
+    body: kopf.Body,
+    context: ReconcileContext,
+    facts: ClusterFacts | None = None,
+) -> Request[Any, Any] | Outcome:
+    """The typed request for a reconciler, or a Failed outcome when the stored spec is invalid."""
+    return parse_request(
+        reconciler,
+        owner_of(reconciler.kind, body, context),
+        body.get("spec", {}),
+        body.get("status", {}),
+        dict(body["metadata"].get("annotations", {})),
+        facts,
+    )
+
+
+def live_owners_of(*indexes: kopf.Index[str, str]) -> Callable[[str], str | None]:
+    """A UID lookup over the kinds' owner indexes: which live object owns an AWS resource's tag."""
+
+    def lookup(uid: str) -> str | None:
+        for index in indexes:
+            store = index.get(uid)
+            if store is not None:
+                return next(iter(store), None)
+        return None
+
+    return lookup
+
+
 async def run(
     kind: str,
-    reconcile: Callable[..., Outcome | None],
+    step: Callable[[Request[Any, Any], ReconcileContext], Outcome | None],
+    request: Request[Any, Any] | Outcome,
     *,
     body: kopf.Body,
     patch: kopf.Patch,
@@ -48,21 +81,29 @@ async def run(
     logger: logging.Logger,
     context: ReconcileContext,
     node_provider_ids: kopf.Index[str, str] | None = None,
+    live_owners: Callable[[str], str | None] | None = None,
     from_timer: bool = False,
-    **kwargs: Any,
 ) -> Outcome | None:
-    """Run a (blocking) reconcile in a thread, then write what it decided.
+    """Run a (blocking) reconcile step in a thread, then write what it decided.
 
     From a timer nothing is raised: the next tick (one resync period later) carries on, which is
     the backoff a periodic check wants, and a timer's retry would not see the status it just wrote.
     """
+    if isinstance(request, Outcome):  # the stored spec is invalid: say so, do not retry
+        write(kind, body, patch, request)
+        RECONCILES.labels(kind, request.phase.value).inc()
+        return request
     if node_provider_ids is not None:
         nodes = {name: next(iter(store), "") for name, store in node_provider_ids.items()}
         context = dataclasses.replace(context, node_provider_ids=nodes)
+    if live_owners is not None:
+        context = dataclasses.replace(context, live_owners=live_owners)
     try:
-        outcome = await asyncio.to_thread(reconcile, ctx=context, **kwargs)
+        outcome = await asyncio.to_thread(step, request, context)
     except (RetryLater, AwsError) as error:
         RECONCILES.labels(kind, "retry").inc()
+        if isinstance(error, RetryLater) and error.outcome is not None:
+            write(kind, body, patch, error.outcome)
         if from_timer:
             logger.warning(f"resync will try again next period: {error}")
             return None
@@ -86,7 +127,9 @@ def write(kind: str, body: kopf.Body, patch: kopf.Patch, outcome: Outcome) -> No
         kopf.event(body, type=event.type, reason=event.reason, message=event.message[:1024])
     patch.status["phase"] = outcome.phase.value
     patch.status["observedGeneration"] = generation
-    patch.status["conditions"] = merge_conditions(status.get("conditions", []), outcome.conditions, generation)
+    patch.status["conditions"] = merge_conditions(
+        status.get("conditions", []), outcome.conditions, generation, clear=outcome.clear_conditions
+    )
     for key, value in outcome.status_fields.items():
         patch.status[key] = value
     for key, value in outcome.annotations.items():
@@ -95,7 +138,8 @@ def write(kind: str, body: kopf.Body, patch: kopf.Patch, outcome: Outcome) -> No
 
 
 def _ready_reason(status: dict[str, Any]) -> str | None:
-    return next((c.get("reason") for c in status.get("conditions", []) if c.get("type") == "Ready"), None)
+    condition = ready_condition(status)
+    return condition.reason if condition is not None else None
 
 
 def _count_phase(kind: str, uid: str, phase: str | None) -> None:
@@ -112,7 +156,7 @@ def forget(uid: str) -> None:
 
 
 # Failures that the world can fix without a spec change: the resync looks at them again.
-RECOVERABLE_FAILURES = frozenset({"UnsupportedInstanceType"})
+RECOVERABLE_FAILURES = RECHECKED_AT_RESYNC
 
 
 def resync_action(body: kopf.Body, period: float, now: datetime | None = None) -> str:
@@ -136,9 +180,11 @@ def resync_action(body: kopf.Body, period: float, now: datetime | None = None) -
 
 
 def _seconds_in_state(status: dict[str, Any], now: datetime) -> float:
-    ready: dict[str, Any] = next((c for c in status.get("conditions", []) if c.get("type") == "Ready"), {})
+    ready = ready_condition(status)
+    if ready is None or not ready.last_transition_time:
+        return float("inf")
     try:
-        since = datetime.strptime(ready["lastTransitionTime"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
-    except (KeyError, ValueError):
+        since = datetime.strptime(ready.last_transition_time, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    except ValueError:
         return float("inf")
     return (now - since).total_seconds()

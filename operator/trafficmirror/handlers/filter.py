@@ -3,21 +3,17 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import kopf
 
-from trafficmirror.api import MirrorFilterSpec, Phase
+from trafficmirror.api import Phase
 from trafficmirror.config import RESYNC_SECONDS
 from trafficmirror.handlers import apply
 from trafficmirror.handlers.indexes import FILTERS, all_of
-from trafficmirror.reconcile.filter import (
-    delete_filter,
-    desired_rules,
-    network_service_changes,
-    reconcile_filter,
-    rule_changes,
-)
+from trafficmirror.reconcile.kinds import FILTER
+from trafficmirror.reconcile.seam import ClusterFacts, Request
 
 KIND = "MirrorFilter"
 
@@ -26,9 +22,18 @@ KIND = "MirrorFilter"
 @kopf.on.create(*FILTERS)
 @kopf.on.update(*FILTERS, field="spec")
 async def reconcile(
-    body: kopf.Body, patch: kopf.Patch, retry: int, logger: logging.Logger, memo: kopf.Memo, **_: Any
+    body: kopf.Body,
+    patch: kopf.Patch,
+    retry: int,
+    logger: logging.Logger,
+    memo: kopf.Memo,
+    target_owners: kopf.Index[str, str],
+    filter_owners: kopf.Index[str, str],
+    session_owners: kopf.Index[str, str],
+    **_: Any,
 ) -> None:
-    await _reconcile(body, patch, retry, logger, memo)
+    owners = apply.live_owners_of(target_owners, filter_owners, session_owners)
+    await _reconcile(body, patch, retry, logger, memo, owners)
 
 
 async def _reconcile(
@@ -37,43 +42,47 @@ async def _reconcile(
     retry: int,
     logger: logging.Logger,
     memo: kopf.Memo,
+    live_owners: Callable[[str], str | None],
     from_timer: bool = False,
 ) -> None:
     await apply.run(
         KIND,
-        reconcile_filter,
+        FILTER.reconcile,
+        apply.request_of(FILTER, body, memo.context),
         body=body,
         patch=patch,
         retry=retry,
         logger=logger,
         context=memo.context,
-        owner=apply.owner_of(KIND, body, memo.context),
-        spec=MirrorFilterSpec.model_validate(dict(body["spec"])),
-        status=dict(body.get("status", {})),
-        annotations=dict(body["metadata"].get("annotations", {})),
+        live_owners=live_owners,
         from_timer=from_timer,
     )
 
 
 @kopf.timer(*FILTERS, interval=RESYNC_SECONDS, initial_delay=RESYNC_SECONDS)
 async def resync(
-    body: kopf.Body, patch: kopf.Patch, retry: int, logger: logging.Logger, memo: kopf.Memo, **_: Any
+    body: kopf.Body,
+    patch: kopf.Patch,
+    retry: int,
+    logger: logging.Logger,
+    memo: kopf.Memo,
+    target_owners: kopf.Index[str, str],
+    filter_owners: kopf.Index[str, str],
+    session_owners: kopf.Index[str, str],
+    **_: Any,
 ) -> None:
     action = apply.resync_action(body, memo.config.resync_seconds)
     if action == "skip":
         return
-    status = body.get("status", {})
-    spec = MirrorFilterSpec.model_validate(dict(body["spec"]))
-    if action == "compare":
-        known = (await memo.snapshot.get("filters", spec.region)).get(status.get("trafficMirrorFilterId"))
-        rules_in_sync = known is not None and rule_changes(desired_rules(spec), list(known.rules)).empty
-        services = network_service_changes(list(spec.network_services or []), known.network_services) if known else None
-        if rules_in_sync and services == ([], []):
+    request = apply.request_of(FILTER, body, memo.context)
+    if action == "compare" and isinstance(request, Request):
+        aws_id = FILTER.observed_id(request.status)
+        known = (await memo.snapshot.get(FILTER.snapshot_kind, request.spec.region)).get(aws_id)
+        if FILTER.in_sync(request, known):
             return  # in sync: no call beyond the shared Describe
-        logger.info(
-            f"drift: {status.get('trafficMirrorFilterId')} is {'changed' if known else 'missing'} in the snapshot"
-        )
-    await _reconcile(body, patch, retry, logger, memo, from_timer=True)
+        logger.info(f"drift: {aws_id} is {'changed' if known else 'missing'} in the snapshot")
+    owners = apply.live_owners_of(target_owners, filter_owners, session_owners)
+    await _reconcile(body, patch, retry, logger, memo, owners, from_timer=True)
 
 
 @kopf.on.delete(*FILTERS)
@@ -88,16 +97,10 @@ async def delete(
 ) -> None:
     meta = body["metadata"]
     patch.status["phase"] = Phase.DELETING.value
-    await apply.run(
-        KIND,
-        delete_filter,
-        body=body,
-        patch=patch,
-        retry=retry,
-        logger=logger,
-        context=memo.context,
-        spec=MirrorFilterSpec.model_validate(dict(body["spec"])),
-        status=dict(body.get("status", {})),
-        sessions_using=all_of(session_users, (meta["namespace"], "filter", meta["name"])),
-    )
+    users = tuple(all_of(session_users, (meta["namespace"], "filter", meta["name"])))
+    request = apply.request_of(FILTER, body, memo.context, ClusterFacts(users=users))
+    if isinstance(request, Request):  # an invalid spec names no region nor policy to delete by
+        await apply.run(
+            KIND, FILTER.delete, request, body=body, patch=patch, retry=retry, logger=logger, context=memo.context
+        )
     apply.forget(meta["uid"])

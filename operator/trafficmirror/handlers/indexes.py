@@ -7,8 +7,8 @@ from typing import Any
 
 import kopf
 
-from trafficmirror.api import GROUP, VERSION
-from trafficmirror.reconcile.session import Dependency
+from trafficmirror.api import GROUP, VERSION, ready_condition
+from trafficmirror.reconcile.seam import Dependency
 
 TARGETS = (GROUP, VERSION, "mirrortargets")
 FILTERS = (GROUP, VERSION, "mirrorfilters")
@@ -28,13 +28,14 @@ def service_load_balancers(namespace: str, name: str, status: kopf.Status, **_: 
 
 
 def _dependency(name: str, status: kopf.Status, id_field: str) -> Dependency:
-    ready: dict[str, Any] = next((c for c in status.get("conditions", []) if c.get("type") == "Ready"), {})
+    ready = ready_condition(status)
     return Dependency(
         name=name,
         phase=status.get("phase"),
         aws_id=status.get(id_field),
-        reason=ready.get("reason"),
+        reason=ready.reason if ready is not None else None,
         network_interface_id=status.get("networkInterfaceId"),
+        endpoint_type=status.get("endpointType"),
     )
 
 
@@ -55,6 +56,22 @@ def session_users(namespace: str, name: str, spec: kopf.Spec, **_: Any) -> dict[
         (namespace, "target", spec.get("targetRef", {}).get("name", "")): name,
         (namespace, "filter", spec.get("filterRef", {}).get("name", "")): name,
     }
+
+
+# UID → "Kind namespace/name": whether the owner an AWS resource's tags name is alive (adoption).
+@kopf.index(*TARGETS)
+def target_owners(uid: str, namespace: str, name: str, **_: Any) -> dict[str, str]:
+    return {uid: f"MirrorTarget {namespace}/{name}"}
+
+
+@kopf.index(*FILTERS)
+def filter_owners(uid: str, namespace: str, name: str, **_: Any) -> dict[str, str]:
+    return {uid: f"MirrorFilter {namespace}/{name}"}
+
+
+@kopf.index(*SESSIONS)
+def session_owners(uid: str, namespace: str, name: str, **_: Any) -> dict[str, str]:
+    return {uid: f"MirrorSession {namespace}/{name}"}
 
 
 def one(index: kopf.Index[Any, Any], key: Any) -> Any:

@@ -10,6 +10,7 @@ from typing import Any
 
 from trafficmirror.aws.ec2 import Ec2Mirror
 from trafficmirror.metrics import RESYNC_DESCRIBES
+from trafficmirror.reconcile.observed import observe
 
 
 class Snapshot:
@@ -20,7 +21,7 @@ class Snapshot:
         self._locks: dict[tuple[str, str | None], asyncio.Lock] = {}
 
     async def get(self, kind: str, region: str | None) -> dict[str, Any]:
-        """AWS resources of a kind by ID, at most one period old."""
+        """AWS resources of a kind by ID, as `Observed` (with the type behind an ENI), one period old at most."""
         key = (kind, region)
         lock = self._locks.setdefault(key, asyncio.Lock())
         async with lock:
@@ -32,10 +33,5 @@ class Snapshot:
             return items
 
     def _describe(self, kind: str, region: str | None) -> dict[str, Any]:
-        aws = self._aws_for_region(region)
         RESYNC_DESCRIBES.labels(kind).inc()
-        if kind == "targets":
-            return {t.target_id: t for t in aws.describe_targets()}
-        if kind == "filters":
-            return {f.filter_id: f for f in aws.describe_filters()}
-        return {s.session_id: s for s in aws.describe_sessions()}
+        return observe(self._aws_for_region(region), kind)

@@ -10,11 +10,12 @@ from typing import Any
 
 import kopf
 
-from trafficmirror.api import MirrorSessionSpec, Phase
+from trafficmirror.api import Phase
 from trafficmirror.config import RESYNC_SECONDS
 from trafficmirror.handlers import apply
 from trafficmirror.handlers.indexes import SESSIONS, one
-from trafficmirror.reconcile.session import Dependency, delete_session, reconcile_session
+from trafficmirror.reconcile.kinds import SESSION
+from trafficmirror.reconcile.seam import ClusterFacts, Dependency, Request
 
 KIND = "MirrorSession"
 FOLLOW_SECONDS = 10.0
@@ -33,9 +34,21 @@ async def reconcile(
     node_provider_ids: kopf.Index[str, str],
     target_states: kopf.Index[Any, Any],
     filter_states: kopf.Index[Any, Any],
+    target_owners: kopf.Index[str, str],
+    filter_owners: kopf.Index[str, str],
+    session_owners: kopf.Index[str, str],
     **_: Any,
 ) -> None:
-    await _reconcile(body, patch, retry, logger, memo, node_provider_ids, target_states, filter_states)
+    owners = apply.live_owners_of(target_owners, filter_owners, session_owners)
+    await _reconcile(body, patch, retry, logger, memo, node_provider_ids, target_states, filter_states, owners)
+
+
+def _facts(body: kopf.Body, target_states: kopf.Index[Any, Any], filter_states: kopf.Index[Any, Any]) -> ClusterFacts:
+    namespace, spec = body["metadata"]["namespace"], body.get("spec", {})
+    return ClusterFacts(
+        target=one(target_states, (namespace, spec.get("targetRef", {}).get("name", ""))),
+        mirror_filter=one(filter_states, (namespace, spec.get("filterRef", {}).get("name", ""))),
+    )
 
 
 async def _reconcile(
@@ -47,30 +60,28 @@ async def _reconcile(
     node_provider_ids: kopf.Index[str, str],
     target_states: kopf.Index[Any, Any],
     filter_states: kopf.Index[Any, Any],
+    live_owners: Callable[[str], str | None],
     from_timer: bool = False,
 ) -> None:
-    spec = MirrorSessionSpec.model_validate(dict(body["spec"]))
-    namespace = body["metadata"]["namespace"]
-    target_key, filter_key = (namespace, spec.target_ref.name), (namespace, spec.filter_ref.name)
     if not from_timer:
-        await _settled(lambda: (one(target_states, target_key), one(filter_states, filter_key)))
+        await _settled(lambda: _dependencies(_facts(body, target_states, filter_states)))
     await apply.run(
         KIND,
-        reconcile_session,
+        SESSION.reconcile,
+        apply.request_of(SESSION, body, memo.context, _facts(body, target_states, filter_states)),
         body=body,
         patch=patch,
         retry=retry,
         logger=logger,
         context=memo.context,
         node_provider_ids=node_provider_ids,
-        owner=apply.owner_of(KIND, body, memo.context),
-        spec=spec,
-        status=dict(body.get("status", {})),
-        annotations=dict(body["metadata"].get("annotations", {})),
-        target=one(target_states, target_key),
-        mirror_filter=one(filter_states, filter_key),
+        live_owners=live_owners,
         from_timer=from_timer,
     )
+
+
+def _dependencies(facts: ClusterFacts) -> tuple[Dependency | None, Dependency | None]:
+    return facts.target, facts.mirror_filter
 
 
 async def _settled(dependencies: Callable[[], tuple[Dependency | None, Dependency | None]]) -> None:
@@ -97,23 +108,26 @@ async def follow_dependencies(
     node_provider_ids: kopf.Index[str, str],
     target_states: kopf.Index[Any, Any],
     filter_states: kopf.Index[Any, Any],
+    target_owners: kopf.Index[str, str],
+    filter_owners: kopf.Index[str, str],
+    session_owners: kopf.Index[str, str],
     **_: Any,
 ) -> None:
     """Costs no AWS call: compares the IDs in status with the target's and filter's current ones."""
     status = body.get("status", {})
     if status.get("phase") != Phase.READY.value or body["metadata"].get("deletionTimestamp"):
         return
-    spec = MirrorSessionSpec.model_validate(dict(body["spec"]))
-    namespace = body["metadata"]["namespace"]
-    target = one(target_states, (namespace, spec.target_ref.name))
-    mirror_filter = one(filter_states, (namespace, spec.filter_ref.name))
+    target, mirror_filter = _dependencies(_facts(body, target_states, filter_states))
     current = (status.get("trafficMirrorTargetId"), status.get("trafficMirrorFilterId"))
     if target is None or mirror_filter is None or current == (target.aws_id, mirror_filter.aws_id):
         return
     if not (target.aws_id and mirror_filter.aws_id):
         return
     logger.info(f"following target/filter: {current} → {(target.aws_id, mirror_filter.aws_id)}")
-    await _reconcile(body, patch, retry, logger, memo, node_provider_ids, target_states, filter_states, from_timer=True)
+    owners = apply.live_owners_of(target_owners, filter_owners, session_owners)
+    await _reconcile(
+        body, patch, retry, logger, memo, node_provider_ids, target_states, filter_states, owners, from_timer=True
+    )
 
 
 @kopf.timer(*SESSIONS, interval=RESYNC_SECONDS, initial_delay=RESYNC_SECONDS)
@@ -126,34 +140,26 @@ async def resync(
     node_provider_ids: kopf.Index[str, str],
     target_states: kopf.Index[Any, Any],
     filter_states: kopf.Index[Any, Any],
+    target_owners: kopf.Index[str, str],
+    filter_owners: kopf.Index[str, str],
+    session_owners: kopf.Index[str, str],
     **_: Any,
 ) -> None:
     action = apply.resync_action(body, memo.config.resync_seconds)
     if action == "skip":
         return
-    status = body.get("status", {})
-    spec = MirrorSessionSpec.model_validate(dict(body["spec"]))
-    if action == "compare":
-        known = (await memo.snapshot.get("sessions", spec.region)).get(status.get("trafficMirrorSessionId"))
-        observed = (
-            (known.target_id, known.filter_id, known.session_number, known.packet_length, known.virtual_network_id)
-            if known
-            else None
-        )
-        recorded = (
-            status.get("trafficMirrorTargetId"),
-            status.get("trafficMirrorFilterId"),
-            spec.session_number,
-            spec.packet_length,
-            status.get("virtualNetworkId"),
-        )
-        if observed == recorded:
+    request = apply.request_of(SESSION, body, memo.context, _facts(body, target_states, filter_states))
+    if action == "compare" and isinstance(request, Request):
+        aws_id = SESSION.observed_id(request.status)
+        known = (await memo.snapshot.get(SESSION.snapshot_kind, request.spec.region)).get(aws_id)
+        if SESSION.in_sync(request, known):
             return  # in sync: no call beyond the shared Describe
-        logger.info(
-            f"drift: {status.get('trafficMirrorSessionId')} is {'changed' if known else 'missing'} in the snapshot"
-        )
-    # Not Ready: Pending, or Failed for an instance type the user may since have changed (the seed's fix).
-    await _reconcile(body, patch, retry, logger, memo, node_provider_ids, target_states, filter_states, from_timer=True)
+        logger.info(f"drift: {aws_id} is {'changed' if known else 'missing'} in the snapshot")
+    # Not Ready: Pending, or Failed for a fact of the world that may since have changed (the seed's fix).
+    owners = apply.live_owners_of(target_owners, filter_owners, session_owners)
+    await _reconcile(
+        body, patch, retry, logger, memo, node_provider_ids, target_states, filter_states, owners, from_timer=True
+    )
 
 
 @kopf.on.delete(*SESSIONS)
@@ -161,15 +167,9 @@ async def delete(
     body: kopf.Body, patch: kopf.Patch, retry: int, logger: logging.Logger, memo: kopf.Memo, **_: Any
 ) -> None:
     patch.status["phase"] = Phase.DELETING.value
-    await apply.run(
-        KIND,
-        delete_session,
-        body=body,
-        patch=patch,
-        retry=retry,
-        logger=logger,
-        context=memo.context,
-        spec=MirrorSessionSpec.model_validate(dict(body["spec"])),
-        status=dict(body.get("status", {})),
-    )
+    request = apply.request_of(SESSION, body, memo.context)
+    if isinstance(request, Request):  # an invalid spec names no region nor policy to delete by
+        await apply.run(
+            KIND, SESSION.delete, request, body=body, patch=patch, retry=retry, logger=logger, context=memo.context
+        )
     apply.forget(body["metadata"]["uid"])

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import kopf
 
-from trafficmirror.api import MirrorTargetSpec, Phase
+from trafficmirror.api import Phase
 from trafficmirror.config import RESYNC_SECONDS
 from trafficmirror.handlers import apply
 from trafficmirror.handlers.indexes import TARGETS, all_of
-from trafficmirror.reconcile.target import delete_target, endpoint_of, reconcile_target
+from trafficmirror.reconcile.kinds import TARGET
+from trafficmirror.reconcile.seam import ClusterFacts, Request
 
 KIND = "MirrorTarget"
 
@@ -28,9 +30,13 @@ async def reconcile(
     memo: kopf.Memo,
     node_provider_ids: kopf.Index[str, str],
     service_load_balancers: kopf.Index[tuple[str, str], str],
+    target_owners: kopf.Index[str, str],
+    filter_owners: kopf.Index[str, str],
+    session_owners: kopf.Index[str, str],
     **_: Any,
 ) -> None:
-    await _reconcile(body, patch, retry, logger, memo, node_provider_ids, service_load_balancers)
+    owners = apply.live_owners_of(target_owners, filter_owners, session_owners)
+    await _reconcile(body, patch, retry, logger, memo, node_provider_ids, service_load_balancers, owners)
 
 
 async def _reconcile(
@@ -41,6 +47,7 @@ async def _reconcile(
     memo: kopf.Memo,
     node_provider_ids: kopf.Index[str, str],
     service_load_balancers: kopf.Index[tuple[str, str], str],
+    live_owners: Callable[[str], str | None],
     from_timer: bool = False,
 ) -> None:
     context = memo.context
@@ -49,17 +56,15 @@ async def _reconcile(
         context = dataclasses.replace(context, service_hostnames=hostnames)
     await apply.run(
         KIND,
-        reconcile_target,
+        TARGET.reconcile,
+        apply.request_of(TARGET, body, memo.context),
         body=body,
         patch=patch,
         retry=retry,
         logger=logger,
         context=context,
         node_provider_ids=node_provider_ids,
-        owner=apply.owner_of(KIND, body, memo.context),
-        spec=MirrorTargetSpec.model_validate(dict(body["spec"])),
-        status=dict(body.get("status", {})),
-        annotations=dict(body["metadata"].get("annotations", {})),
+        live_owners=live_owners,
         from_timer=from_timer,
     )
 
@@ -73,24 +78,25 @@ async def resync(
     memo: kopf.Memo,
     node_provider_ids: kopf.Index[str, str],
     service_load_balancers: kopf.Index[tuple[str, str], str],
+    target_owners: kopf.Index[str, str],
+    filter_owners: kopf.Index[str, str],
+    session_owners: kopf.Index[str, str],
     **_: Any,
 ) -> None:
     action = apply.resync_action(body, memo.config.resync_seconds)
     if action == "skip":
         return
-    status = body.get("status", {})
-    spec = MirrorTargetSpec.model_validate(dict(body["spec"]))
-    if action == "compare":
-        known = (await memo.snapshot.get("targets", spec.region)).get(status.get("trafficMirrorTargetId"))
-        in_sync = known is not None and endpoint_of(known).get("NetworkInterfaceId") == status.get("networkInterfaceId")
-        # A target on a Service's NLB is looked at every period: listeners and target health change
-        # outside Kubernetes, and DataPathReady must follow them.
-        if in_sync and not status.get("previousTargetIds") and spec.service_ref is None:
+    request = apply.request_of(TARGET, body, memo.context)
+    if action == "compare" and isinstance(request, Request):
+        aws_id = TARGET.observed_id(request.status)
+        known = (await memo.snapshot.get(TARGET.snapshot_kind, request.spec.region)).get(aws_id)
+        if TARGET.in_sync(request, known):
             return  # no call beyond the shared Describe
-        logger.info(
-            f"drift: {status.get('trafficMirrorTargetId')} is {'changed' if known else 'missing'} in the snapshot"
-        )
-    await _reconcile(body, patch, retry, logger, memo, node_provider_ids, service_load_balancers, from_timer=True)
+        logger.info(f"drift: {aws_id} is {'changed' if known else 'missing'} in the snapshot")
+    owners = apply.live_owners_of(target_owners, filter_owners, session_owners)
+    await _reconcile(
+        body, patch, retry, logger, memo, node_provider_ids, service_load_balancers, owners, from_timer=True
+    )
 
 
 @kopf.on.delete(*TARGETS)
@@ -106,16 +112,9 @@ async def delete(
     meta = body["metadata"]
     users = all_of(session_users, (meta["namespace"], "target", meta["name"]))
     patch.status["phase"] = Phase.DELETING.value
-    await apply.run(
-        KIND,
-        delete_target,
-        body=body,
-        patch=patch,
-        retry=retry,
-        logger=logger,
-        context=memo.context,
-        spec=MirrorTargetSpec.model_validate(dict(body["spec"])),
-        status=dict(body.get("status", {})),
-        sessions_using=users,
-    )
+    request = apply.request_of(TARGET, body, memo.context, ClusterFacts(users=tuple(users)))
+    if isinstance(request, Request):  # an invalid spec names no region nor policy to delete by
+        await apply.run(
+            KIND, TARGET.delete, request, body=body, patch=patch, retry=retry, logger=logger, context=memo.context
+        )
     apply.forget(meta["uid"])

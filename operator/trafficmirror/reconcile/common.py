@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -22,9 +23,19 @@ AWS_ID_ANNOTATION = f"{ANNOTATION_PREFIX}/aws-id"
 # changed while the outcome of that create was unknown, and AWS must be searched first.
 CREATE_INTENT_ANNOTATION = f"{ANNOTATION_PREFIX}/create-token"
 MAX_CLIENT_TOKEN = 64  # EC2's limit
+MAX_TAG_VALUE = 256  # EC2's limit
+RESERVED_TAG_PREFIX = "aws:"  # AWS's own tags: never written, never removed
 
 READY = "Ready"
 SYNCED = "Synced"  # whether AWS matches the spec
+INVALID_SPEC = "InvalidSpec"
+QUOTA_EXCEEDED = "QuotaExceeded"
+UNSUPPORTED_INSTANCE_TYPE = "UnsupportedInstanceType"
+# Failed reasons that are facts of the world, not of the spec: a quota frees, an instance is resized,
+# a resource AWS did not find appears. The resync looks at them again (cheaply), once a period.
+RECHECKED_AT_RESYNC = frozenset(
+    {QUOTA_EXCEEDED, UNSUPPORTED_INSTANCE_TYPE, "AdoptedResourceNotFound", "OwnedByAnother"}
+)
 
 
 @dataclass(frozen=True)
@@ -43,13 +54,58 @@ class Owner:
         return f"[trafficmirror:{self.uid}]"
 
 
+def bounded_tag_value(value: str) -> str:
+    """A value cut to EC2's 256 characters; a cut one ends in a hash of the whole, so it stays unique."""
+    if len(value) <= MAX_TAG_VALUE:
+        return value
+    digest = hashlib.sha256(value.encode()).hexdigest()[:16]
+    return f"{value[: MAX_TAG_VALUE - len(digest) - 1]}~{digest}"
+
+
 def owner_tags(owner: Owner, user_tags: dict[str, str] | None) -> dict[str, str]:
+    """Every tag the AWS resource should carry: the spec's, then the ownership tags (the UID exact)."""
     return {
         **(user_tags or {}),
         OWNER_UID_TAG: owner.uid,
-        OWNER_TAG: f"{owner.kind}/{owner.namespace}/{owner.name}",
-        CLUSTER_TAG: owner.cluster,
+        OWNER_TAG: bounded_tag_value(f"{owner.kind}/{owner.namespace}/{owner.name}"),
+        CLUSTER_TAG: bounded_tag_value(owner.cluster),
     }
+
+
+@dataclass(frozen=True)
+class TagChanges:
+    add: dict[str, str]  # new keys and changed values
+    # Keys the resource has and the spec does not; never aws: keys (AWS's own) nor trafficmirror.io/
+    # keys (ownership tags are overwritten, never removed: the IAM policy forbids it too).
+    remove: list[str]
+
+    @property
+    def empty(self) -> bool:
+        return not (self.add or self.remove)
+
+
+def tag_changes(desired: dict[str, str], actual: dict[str, str]) -> TagChanges:
+    """The spec's tags are the whole set: what is missing is added, what is extra removed."""
+    add = {k: v for k, v in desired.items() if actual.get(k) != v}
+    remove = sorted(
+        k for k in actual if k not in desired and not k.startswith((RESERVED_TAG_PREFIX, f"{ANNOTATION_PREFIX}/"))
+    )
+    return TagChanges(add, remove)
+
+
+LiveOwners = Callable[[str], "str | None"]  # UID → "Kind namespace/name" of a live object, or None
+
+
+def other_owner(tags: dict[str, str], owner: Owner, live_owners: LiveOwners | None) -> str | None:
+    """The live object ("Kind namespace/name") that owns a resource tagged for another UID, if any.
+
+    `live_owners` looks a UID up among the objects that exist; None when that is not known (nothing
+    is refused then). A resource whose owner is gone (deletionPolicy Orphan) may be adopted.
+    """
+    uid = tags.get(OWNER_UID_TAG)
+    if not uid or uid == owner.uid or live_owners is None:
+        return None
+    return live_owners(uid)
 
 
 def owner_description(owner: Owner, description: str | None) -> str:
@@ -92,6 +148,7 @@ class Outcome:
     annotations: dict[str, str | None] = field(default_factory=dict)
     events: list[Event] = field(default_factory=list)
     retry_after: float | None = None  # seconds; None means nothing more to do until something changes
+    clear_conditions: list[str] = field(default_factory=list)  # condition types that no longer apply
 
     @property
     def ready_reason(self) -> str:
@@ -127,15 +184,25 @@ def failed(reason: str, message: str, **status_fields: Any) -> Outcome:
     )
 
 
+def deleting(reason: str, message: str, retry_after: float) -> Outcome:
+    """A delete that waits (for sessions, for AWS): the phase stays Deleting."""
+    return Outcome(
+        Phase.DELETING,
+        [ConditionUpdate(READY, "False", reason, message), ConditionUpdate(SYNCED, "False", reason, message)],
+        retry_after=retry_after,
+    )
+
+
 def merge_conditions(
     existing: list[dict[str, Any]],
     updates: list[ConditionUpdate],
     generation: int,
     now: datetime | None = None,
+    clear: list[str] | None = None,
 ) -> list[dict[str, Any]]:
     """Kubernetes-convention conditions: lastTransitionTime moves only when the status does."""
     stamp = (now or datetime.now(UTC)).strftime("%Y-%m-%dT%H:%M:%SZ")
-    by_type = {c["type"]: dict(c) for c in existing}
+    by_type = {c["type"]: dict(c) for c in existing if c.get("type") not in (clear or [])}
     for update in updates:
         previous = by_type.get(update.type)
         transitioned = previous is None or previous.get("status") != update.status

@@ -5,9 +5,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from trafficmirror.aws.ec2 import Ec2Mirror
 from trafficmirror.aws.errors import AwsError, ErrorClass
 from trafficmirror.aws.instance_support import SupportDecision, SupportTable, SupportVerdict, decide_support
+from trafficmirror.reconcile.ports import InstanceLookups
 
 _PROVIDER_ID = re.compile(r"^aws:///[^/]*/(?P<instance>i-[0-9a-f]+)$")
 
@@ -29,7 +29,7 @@ def instance_id_from_provider_id(provider_id: str | None) -> str | None:
 
 
 def resolve_network_interface(
-    aws: Ec2Mirror,
+    aws: InstanceLookups,
     *,
     network_interface_id: str | None,
     instance_id: str | None,
@@ -72,7 +72,7 @@ class SupportCheck:
 
 
 def check_support(
-    aws: Ec2Mirror, network_interface_id: str, table: SupportTable, remembered_rejections: frozenset[str]
+    aws: InstanceLookups, network_interface_id: str, table: SupportTable, remembered_rejections: frozenset[str]
 ) -> SupportCheck:
     interface = aws.network_interface(network_interface_id)
     if interface.instance_id is None:

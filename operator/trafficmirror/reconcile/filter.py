@@ -3,11 +3,12 @@ by recreating the filter: sessions keep using the same filter ID while its rules
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import ipaddress
+from dataclasses import dataclass, replace
 from typing import Any
 
-from trafficmirror.api import FilterRule, MirrorFilterSpec
-from trafficmirror.aws.ec2 import EGRESS, INGRESS, AwsFilter, AwsFilterRule, Ec2Mirror, PortRange, RuleParams
+from trafficmirror.api import FilterRule, MirrorFilterSpec, MirrorFilterStatus
+from trafficmirror.aws.ec2 import EGRESS, INGRESS, AwsFilter, AwsFilterRule, PortRange, RuleParams
 from trafficmirror.aws.errors import AwsError, ErrorClass
 from trafficmirror.reconcile.common import (
     AWS_ID_ANNOTATION,
@@ -16,21 +17,29 @@ from trafficmirror.reconcile.common import (
     Outcome,
     Owner,
     client_token,
+    deleting,
     is_owned_by,
     owner_description,
     owner_tags,
-    pending,
     ready,
+    tag_changes,
 )
 from trafficmirror.reconcile.context import (
     Decided,
     ReconcileContext,
     create_once,
+    deleting_outcome_for_aws_error,
     outcome_for_aws_error,
     recorded_resource,
+    refuse_foreign,
+    sync_tags,
 )
+from trafficmirror.reconcile.observed import Observed
+from trafficmirror.reconcile.ports import FilterAws
+from trafficmirror.reconcile.seam import Request
 
 AWS_KIND = "TrafficMirrorFilter"
+FilterRequest = Request[MirrorFilterSpec, MirrorFilterStatus]
 
 
 def rule_params(direction: str, rule: FilterRule) -> RuleParams:
@@ -69,13 +78,35 @@ class RuleChanges:
         return not (self.delete or self.modify or self.create)
 
 
+def canonical_cidr(value: str) -> str:
+    """The form AWS stores and reports: the network address, IPv6 compressed and in lower case."""
+    try:
+        return str(ipaddress.ip_network(value, strict=False))
+    except ValueError:
+        return value
+
+
+def effective_rule(params: RuleParams) -> RuleParams:
+    """A rule as AWS holds it, so that a spec and AWS's answer compare equal when they mean the same."""
+    return replace(
+        params,
+        source_cidr_block=canonical_cidr(params.source_cidr_block),
+        destination_cidr_block=canonical_cidr(params.destination_cidr_block),
+        description=params.description or None,
+    )
+
+
 def rule_changes(desired: list[RuleParams], actual: list[AwsFilterRule]) -> RuleChanges:
     # Deletes go first so that a full filter (10 rules) has room for the creates.
     by_key = {r.params.key: r for r in actual}
     wanted = {p.key: p for p in desired}
     return RuleChanges(
         delete=[r for key, r in sorted(by_key.items()) if key not in wanted],
-        modify=[(by_key[key], p) for key, p in sorted(wanted.items()) if key in by_key and by_key[key].params != p],
+        modify=[
+            (by_key[key], p)
+            for key, p in sorted(wanted.items())
+            if key in by_key and effective_rule(by_key[key].params) != effective_rule(p)
+        ],
         create=[p for key, p in sorted(wanted.items()) if key not in by_key],
     )
 
@@ -84,23 +115,55 @@ def network_service_changes(desired: list[str], actual: tuple[str, ...]) -> tupl
     return sorted(set(desired) - set(actual)), sorted(set(actual) - set(desired))
 
 
-def reconcile_filter(
-    owner: Owner,
-    spec: MirrorFilterSpec,
-    status: dict[str, Any],
-    annotations: dict[str, str],
-    ctx: ReconcileContext,
-) -> Outcome:
-    aws = ctx.aws_for_region(spec.region)
-    current_id: str | None = status.get("trafficMirrorFilterId") or annotations.get(AWS_ID_ANNOTATION) or spec.adopt_id
+@dataclass(frozen=True)
+class FilterReconciler:
+    kind: str = "MirrorFilter"
+    snapshot_kind: str = "filters"
+
+    @property
+    def spec_model(self) -> type[MirrorFilterSpec]:
+        return MirrorFilterSpec
+
+    @property
+    def status_model(self) -> type[MirrorFilterStatus]:
+        return MirrorFilterStatus
+
+    def observed_id(self, status: MirrorFilterStatus) -> str | None:
+        return status.traffic_mirror_filter_id
+
+    def in_sync(self, request: FilterRequest, observed: Observed[AwsFilter] | None) -> bool:
+        """AWS holds the recorded filter with the spec's rules, network services and tags."""
+        if observed is None:
+            return False
+        spec, found = request.spec, observed.resource
+        return (
+            rule_changes(desired_rules(spec), list(found.rules)).empty
+            and network_service_changes(list(spec.network_services or []), found.network_services) == ([], [])
+            and tag_changes(owner_tags(request.owner, spec.tags), found.tags).empty
+        )
+
+    def reconcile(self, request: FilterRequest, ctx: ReconcileContext) -> Outcome:
+        return reconcile_filter(request, ctx)
+
+    def delete(self, request: FilterRequest, ctx: ReconcileContext) -> Outcome | None:
+        return delete_filter(request, ctx)
+
+
+def reconcile_filter(request: FilterRequest, ctx: ReconcileContext) -> Outcome:
+    owner, spec, status, annotations = request.owner, request.spec, request.status, dict(request.annotations)
+    aws: FilterAws = ctx.aws_for_region(spec.region)
+    current_id = status.traffic_mirror_filter_id or annotations.get(AWS_ID_ANNOTATION) or spec.adopt_id
     events: list[Event] = []
     try:
-        actual = recorded_resource(current_id, spec.adopt_id, AWS_KIND, aws.describe_filters, events)
+        recorded = recorded_resource(current_id, spec.adopt_id, AWS_KIND, aws.describe_filters, events)
+        actual, gone_id = recorded.resource, recorded.gone_id
+        if actual is not None:
+            refuse_foreign(AWS_KIND, actual.filter_id, actual.tags, owner, ctx.live_owners)
         if actual is None:
             actual = create_once(
                 aws_kind=AWS_KIND,
                 # The token does not depend on the rules: they are added after, one by one.
-                token=client_token(owner.uid, {"filter": owner.uid, "replaces": status.get("trafficMirrorFilterId")}),
+                token=client_token(owner.uid, {"filter": owner.uid, "replaces": gone_id}),
                 annotations=annotations,
                 find_orphan=lambda: _find_orphan(aws, owner),
                 create=lambda token: aws.create_filter(
@@ -112,9 +175,10 @@ def reconcile_filter(
                 events=events,
             )
         current_id = actual.filter_id
+        sync_tags(aws, current_id, owner_tags(owner, spec.tags), actual.tags, events)
         changes = rule_changes(desired_rules(spec), list(actual.rules))
         rule_ids = _apply_rule_changes(
-            aws, owner, current_id, actual, changes, sorted((status.get("ruleIds") or {}).values())
+            aws, owner, current_id, actual, changes, sorted((status.rule_ids or {}).values())
         )
         add, remove = network_service_changes(list(spec.network_services or []), actual.network_services)
         if add or remove:
@@ -140,7 +204,7 @@ def reconcile_filter(
 
 
 def _apply_rule_changes(
-    aws: Ec2Mirror,
+    aws: FilterAws,
     owner: Owner,
     filter_id: str,
     actual: AwsFilter,
@@ -166,30 +230,30 @@ def _apply_rule_changes(
     return dict(sorted(rule_ids.items()))
 
 
-def _find_orphan(aws: Ec2Mirror, owner: Owner) -> AwsFilter | None:
+def _find_orphan(aws: FilterAws, owner: Owner) -> AwsFilter | None:
     return next((f for f in aws.describe_filters() if is_owned_by(f.tags, f.description, owner)), None)
 
 
-def delete_filter(
-    spec: MirrorFilterSpec, status: dict[str, Any], ctx: ReconcileContext, sessions_using: list[str]
-) -> Outcome | None:
+def delete_filter(request: FilterRequest, ctx: ReconcileContext) -> Outcome | None:
+    spec, status = request.spec, request.status
     if spec.deletion_policy == "Orphan":
         return None
-    if sessions_using:
-        return pending(
+    if request.facts.users:
+        return deleting(
             "WaitingForSessions",
-            f"still used by MirrorSession {', '.join(sorted(sessions_using))}",
+            f"still used by MirrorSession {', '.join(sorted(request.facts.users))}",
             retry_after=5,
         )
-    filter_id = status.get("trafficMirrorFilterId")
+    filter_id = status.traffic_mirror_filter_id
     if not filter_id:
         return None
     try:
-        ctx.aws_for_region(spec.region).delete_filter(filter_id)
+        aws: FilterAws = ctx.aws_for_region(spec.region)
+        aws.delete_filter(filter_id)
     except AwsError as error:
         if error.error_class is ErrorClass.NOT_FOUND:
             return None
         if error.error_class is ErrorClass.IN_USE:
-            return pending("WaitingForSessions", f"{filter_id} is still used by mirror sessions in AWS", retry_after=5)
-        return outcome_for_aws_error(error)
+            return deleting("WaitingForSessions", f"{filter_id} is still used by mirror sessions in AWS", retry_after=5)
+        return deleting_outcome_for_aws_error(error)
     return None

@@ -8,16 +8,18 @@ ModifyTrafficMirrorSession; only a new source ENI (not modifiable in AWS) re-cre
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-from trafficmirror.api import MirrorSessionSpec
-from trafficmirror.aws.ec2 import AwsSession, Ec2Mirror, SessionParams
+from trafficmirror.api import MirrorSessionSpec, MirrorSessionStatus, ready_condition
+from trafficmirror.aws.ec2 import AwsSession, SessionChanges, SessionParams
 from trafficmirror.aws.errors import AwsError, ErrorClass
 from trafficmirror.aws.instance_support import unsupported_message
 from trafficmirror.reconcile.common import (
     AWS_ID_ANNOTATION,
     CREATE_INTENT_ANNOTATION,
+    QUOTA_EXCEEDED,
+    UNSUPPORTED_INSTANCE_TYPE,
     Event,
     Outcome,
     Owner,
@@ -28,13 +30,17 @@ from trafficmirror.reconcile.common import (
     owner_tags,
     pending,
     ready,
+    tag_changes,
 )
 from trafficmirror.reconcile.context import (
     Decided,
     ReconcileContext,
     create_once,
+    deleting_outcome_for_aws_error,
     outcome_for_aws_error,
     recorded_resource,
+    refuse_foreign,
+    sync_tags,
 )
 from trafficmirror.reconcile.endpoints import (
     SupportCheck,
@@ -42,45 +48,105 @@ from trafficmirror.reconcile.endpoints import (
     check_support,
     resolve_network_interface,
 )
+from trafficmirror.reconcile.observed import Observed
+from trafficmirror.reconcile.ports import SessionAws
+from trafficmirror.reconcile.seam import Dependency, Request
 
 AWS_KIND = "TrafficMirrorSession"
-UNSUPPORTED = "UnsupportedInstanceType"
+UNSUPPORTED = UNSUPPORTED_INSTANCE_TYPE
 DEPENDENCY_RETRY_SECONDS = 3.0
+SESSIONS_PER_INTERFACE = 3  # AWS quota, not adjustable
+# "For sessions with Network Load Balancer targets the default PacketLength will be set to 8500"
+# (EC2 API reference, CreateTrafficMirrorSession).
+NLB_DEFAULT_PACKET_LENGTH = 8500
 _ENI_IN_MESSAGE = re.compile(r"(eni-[0-9a-f]+)")
+SessionRequest = Request[MirrorSessionSpec, MirrorSessionStatus]
+__all__ = ["Dependency", "SessionReconciler", "delete_session", "reconcile_session", "session_modifications"]
+
+
+def effective_packet_length(packet_length: int | None, target_endpoint_type: str | None) -> int | None:
+    """The packet length AWS applies: an omitted one is the whole packet, or 8500 to an NLB."""
+    if packet_length is None and target_endpoint_type == "NetworkLoadBalancer":
+        return NLB_DEFAULT_PACKET_LENGTH
+    return packet_length
+
+
+def session_modifications(
+    actual: AwsSession, desired: SessionParams, target_endpoint_type: str | None = None
+) -> SessionChanges:
+    """What ModifyTrafficMirrorSession must change to bring `actual` to `desired`, effective values compared."""
+    wanted_length = effective_packet_length(desired.packet_length, target_endpoint_type)
+    length_differs = actual.packet_length != wanted_length
+    return SessionChanges(
+        target_id=desired.target_id if actual.target_id != desired.target_id else None,
+        filter_id=desired.filter_id if actual.filter_id != desired.filter_id else None,
+        session_number=desired.session_number if actual.session_number != desired.session_number else None,
+        # An omitted VNI is AWS's choice: keep whatever it assigned.
+        virtual_network_id=(
+            desired.virtual_network_id
+            if desired.virtual_network_id is not None and actual.virtual_network_id != desired.virtual_network_id
+            else None
+        ),
+        packet_length=desired.packet_length if length_differs and desired.packet_length is not None else None,
+        remove_packet_length=length_differs and desired.packet_length is None,
+        description=desired.description if actual.description != desired.description else None,
+    )
 
 
 @dataclass(frozen=True)
-class Dependency:
-    """What a session needs to know of its MirrorTarget or MirrorFilter (from the operator's index)."""
+class SessionReconciler:
+    kind: str = "MirrorSession"
+    snapshot_kind: str = "sessions"
 
-    name: str
-    phase: str | None
-    aws_id: str | None
-    reason: str | None = None
-    network_interface_id: str | None = None
+    @property
+    def spec_model(self) -> type[MirrorSessionSpec]:
+        return MirrorSessionSpec
 
+    @property
+    def status_model(self) -> type[MirrorSessionStatus]:
+        return MirrorSessionStatus
 
-def session_modifications(actual: AwsSession, desired: SessionParams) -> tuple[dict[str, Any], list[str]]:
-    """The ModifyTrafficMirrorSession arguments that bring `actual` to `desired`, and the fields to remove."""
-    changes: dict[str, Any] = {}
-    remove: list[str] = []
-    if actual.target_id != desired.target_id:
-        changes["TrafficMirrorTargetId"] = desired.target_id
-    if actual.filter_id != desired.filter_id:
-        changes["TrafficMirrorFilterId"] = desired.filter_id
-    if actual.session_number != desired.session_number:
-        changes["SessionNumber"] = desired.session_number
-    # An omitted VNI is AWS's choice: keep whatever it assigned.
-    if desired.virtual_network_id is not None and actual.virtual_network_id != desired.virtual_network_id:
-        changes["VirtualNetworkId"] = desired.virtual_network_id
-    if actual.packet_length != desired.packet_length:
-        if desired.packet_length is None:
-            remove.append("packet-length")
-        else:
-            changes["PacketLength"] = desired.packet_length
-    if actual.description != desired.description:
-        changes["Description"] = desired.description
-    return changes, remove
+    def observed_id(self, status: MirrorSessionStatus) -> str | None:
+        return status.traffic_mirror_session_id
+
+    def in_sync(self, request: SessionRequest, observed: Observed[AwsSession] | None) -> bool:
+        """AWS holds the recorded session, pointed at the current target and filter, with the spec's
+        effective values and tags, from a source whose instance type is the recorded one. The same
+        delta as the reconcile's (`session_modifications`), so the two cannot disagree."""
+        if observed is None:
+            return False
+        spec, status, facts, found = request.spec, request.status, request.facts, observed.resource
+        if observed.instance_type_known and observed.instance_type != status.source_instance_type:
+            return False
+        target, mirror_filter = facts.target, facts.mirror_filter
+        desired = SessionParams(
+            network_interface_id=found.network_interface_id,
+            target_id=(target.aws_id if target and target.aws_id else status.traffic_mirror_target_id) or "",
+            filter_id=(
+                mirror_filter.aws_id if mirror_filter and mirror_filter.aws_id else status.traffic_mirror_filter_id
+            )
+            or "",
+            session_number=spec.session_number,
+            virtual_network_id=spec.virtual_network_id,
+            packet_length=spec.packet_length,
+            description=owner_description(request.owner, spec.description),
+        )
+        changes = session_modifications(found, desired, target.endpoint_type if target else None)
+        if target is None:  # the target's kind is not known here: AWS's length is the one recorded
+            recorded_length = spec.packet_length if spec.packet_length is not None else status.packet_length
+            if found.packet_length != recorded_length:
+                return False
+            changes = replace(changes, packet_length=None, remove_packet_length=False)
+        # A VNI AWS chose is recorded in status (capture files are named by it): a change is drift too.
+        if spec.virtual_network_id is None and found.virtual_network_id != status.virtual_network_id:
+            return False
+        return changes.empty and tag_changes(owner_tags(request.owner, spec.tags), found.tags).empty
+
+    def reconcile(self, request: SessionRequest, ctx: ReconcileContext) -> Outcome:
+        return reconcile_session(request, ctx)
+
+    def delete(self, request: SessionRequest, ctx: ReconcileContext) -> Outcome | None:
+        return delete_session(request, ctx)
 
 
 def _waiting_for(kind: str, dependency: Dependency | None, ref_name: str) -> Outcome | None:
@@ -93,16 +159,10 @@ def _waiting_for(kind: str, dependency: Dependency | None, ref_name: str) -> Out
     return pending(reason, f"Mirror{kind} {ref_name} is not ready{detail}", retry_after=DEPENDENCY_RETRY_SECONDS)
 
 
-def reconcile_session(
-    owner: Owner,
-    spec: MirrorSessionSpec,
-    status: dict[str, Any],
-    annotations: dict[str, str],
-    ctx: ReconcileContext,
-    target: Dependency | None,
-    mirror_filter: Dependency | None,
-) -> Outcome:
-    aws = ctx.aws_for_region(spec.region)
+def reconcile_session(request: SessionRequest, ctx: ReconcileContext) -> Outcome:
+    owner, spec, status, annotations = request.owner, request.spec, request.status, dict(request.annotations)
+    target, mirror_filter = request.facts.target, request.facts.mirror_filter
+    aws: SessionAws = ctx.aws_for_region(spec.region)
     try:
         source_eni = resolve_network_interface(
             aws,
@@ -143,10 +203,12 @@ def reconcile_session(
         packet_length=spec.packet_length,
         description=owner_description(owner, spec.description),
     )
-    current_id: str | None = status.get("trafficMirrorSessionId") or annotations.get(AWS_ID_ANNOTATION) or spec.adopt_id
+    current_id = status.traffic_mirror_session_id or annotations.get(AWS_ID_ANNOTATION) or spec.adopt_id
     events: list[Event] = []
     try:
-        actual = recorded_resource(current_id, spec.adopt_id, AWS_KIND, aws.describe_sessions, events)
+        actual = recorded_resource(current_id, spec.adopt_id, AWS_KIND, aws.describe_sessions, events).resource
+        if actual is not None:
+            refuse_foreign(AWS_KIND, actual.session_id, actual.tags, owner, ctx.live_owners)
         if actual is not None and actual.network_interface_id != source_eni:
             # AWS cannot move a session to another source ENI: delete and create anew.
             _delete_quietly(aws, actual.session_id)
@@ -155,6 +217,8 @@ def reconcile_session(
         if actual is None:
             if _still_refused(aws, ctx, status, target.network_interface_id):
                 return failed(UNSUPPORTED, status_message(status), **_refusal_fields(status), **source_fields)
+            if _quota_still_reached(aws, status, source_eni):
+                return failed(QUOTA_EXCEEDED, status_message(status), **source_fields)
             actual = create_once(
                 aws_kind=AWS_KIND,
                 token=client_token(owner.uid, {"params": asdict(desired), "replaces": current_id}),
@@ -165,10 +229,11 @@ def reconcile_session(
                 events=events,
                 **source_fields,
             )
-        changes, remove = session_modifications(actual, desired)
-        if changes or remove:
-            actual = aws.modify_session(actual.session_id, changes, remove)
-            events.append(Event("Normal", "Updated", f"modified {', '.join([*changes, *remove])}"))
+        changes = session_modifications(actual, desired, target.endpoint_type)
+        if not changes.empty:
+            actual = aws.modify_session(actual.session_id, changes)
+            events.append(Event("Normal", "Updated", f"modified {', '.join(changes.names)}"))
+        sync_tags(aws, actual.session_id, owner_tags(owner, spec.tags), actual.tags, events)
     except AwsError as error:
         if error.error_class is ErrorClass.UNSUPPORTED_INSTANCE:
             return _rejected_instance(aws, ctx, error, support, source_fields)
@@ -182,6 +247,7 @@ def reconcile_session(
         virtualNetworkId=actual.virtual_network_id,
         trafficMirrorTargetId=actual.target_id,
         trafficMirrorFilterId=actual.filter_id,
+        packetLength=actual.packet_length,
         rejectedNetworkInterfaceId=None,
         rejectedInstanceType=None,
         **source_fields,
@@ -192,7 +258,7 @@ def reconcile_session(
 
 
 def _rejected_instance(
-    aws: Ec2Mirror,
+    aws: SessionAws,
     ctx: ReconcileContext,
     error: AwsError,
     source: SupportCheck,
@@ -216,25 +282,38 @@ def _rejected_instance(
     )
 
 
-def _current_type(aws: Ec2Mirror, ctx: ReconcileContext, network_interface_id: str) -> str | None:
+def _current_type(aws: SessionAws, ctx: ReconcileContext, network_interface_id: str) -> str | None:
     return check_support(aws, network_interface_id, ctx.support_table, frozenset()).instance_type
 
 
-def _still_refused(aws: Ec2Mirror, ctx: ReconcileContext, status: dict[str, Any], target_eni: str | None) -> bool:
+def _still_refused(aws: SessionAws, ctx: ReconcileContext, status: MirrorSessionStatus, target_eni: str | None) -> bool:
     """A target AWS refused stays refused until its instance type changes: do not ask AWS again before."""
-    refused, refused_type = status.get("rejectedNetworkInterfaceId"), status.get("rejectedInstanceType")
+    refused, refused_type = status.rejected_network_interface_id, status.rejected_instance_type
     if not refused or refused != target_eni or not refused_type:
         return False
     return bool(_current_type(aws, ctx, refused) == refused_type)
 
 
-def _find_orphan(aws: Ec2Mirror, owner: Owner, source_eni: str) -> AwsSession | None:
+def _quota_still_reached(aws: SessionAws, status: MirrorSessionStatus, source_eni: str) -> bool:
+    """After QuotaExceeded for the source's three sessions, one read tells whether a slot is free
+    (the resync asks once a period); other quotas are tried again with the create itself."""
+    condition = ready_condition(status)
+    if (
+        condition is None
+        or condition.reason != QUOTA_EXCEEDED
+        or "per source network interface" not in condition.message
+    ):
+        return False
+    return len(aws.describe_sessions(network_interface_id=source_eni)) >= SESSIONS_PER_INTERFACE
+
+
+def _find_orphan(aws: SessionAws, owner: Owner, source_eni: str) -> AwsSession | None:
     # At most three sessions per source ENI: the ENI filter finds ours in one small call.
     sessions = aws.describe_sessions(network_interface_id=source_eni)
     return next((s for s in sessions if is_owned_by(s.tags, s.description, owner)), None)
 
 
-def _delete_quietly(aws: Ec2Mirror, session_id: str) -> None:
+def _delete_quietly(aws: SessionAws, session_id: str) -> None:
     try:
         aws.delete_session(session_id)
     except AwsError as error:
@@ -242,21 +321,24 @@ def _delete_quietly(aws: Ec2Mirror, session_id: str) -> None:
             raise
 
 
-def delete_session(spec: MirrorSessionSpec, status: dict[str, Any], ctx: ReconcileContext) -> Outcome | None:
-    session_id = status.get("trafficMirrorSessionId")
+def delete_session(request: SessionRequest, ctx: ReconcileContext) -> Outcome | None:
+    spec, session_id = request.spec, request.status.traffic_mirror_session_id
     if spec.deletion_policy == "Orphan" or not session_id:
         return None
     try:
         _delete_quietly(ctx.aws_for_region(spec.region), session_id)
     except AwsError as error:
-        return outcome_for_aws_error(error)
+        return deleting_outcome_for_aws_error(error)
     return None
 
 
-def status_message(status: dict[str, Any]) -> str:
-    ready_condition: dict[str, Any] = next((c for c in status.get("conditions", []) if c.get("type") == "Ready"), {})
-    return str(ready_condition.get("message", "AWS refused the session for the instance type"))
+def status_message(status: MirrorSessionStatus) -> str:
+    condition = ready_condition(status)
+    return condition.message if condition is not None else "AWS refused the session for the instance type"
 
 
-def _refusal_fields(status: dict[str, Any]) -> dict[str, Any]:
-    return {k: status.get(k) for k in ("rejectedNetworkInterfaceId", "rejectedInstanceType")}
+def _refusal_fields(status: MirrorSessionStatus) -> dict[str, Any]:
+    return {
+        "rejectedNetworkInterfaceId": status.rejected_network_interface_id,
+        "rejectedInstanceType": status.rejected_instance_type,
+    }

@@ -3,10 +3,11 @@ target, the sessions re-pointed to it, and only then the old one deleted."""
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from datetime import UTC, datetime
 
-from trafficmirror.api import MirrorTargetSpec
-from trafficmirror.aws.ec2 import AwsTarget, Ec2Mirror
+from trafficmirror.api import MirrorTargetSpec, MirrorTargetStatus
+from trafficmirror.aws.ec2 import AwsTarget, Endpoint
 from trafficmirror.aws.errors import AwsError, ErrorClass
 from trafficmirror.reconcile.common import (
     AWS_ID_ANNOTATION,
@@ -16,55 +17,106 @@ from trafficmirror.reconcile.common import (
     Outcome,
     Owner,
     client_token,
+    deleting,
     failed,
     is_owned_by,
     owner_description,
     owner_tags,
     pending,
     ready,
+    tag_changes,
 )
 from trafficmirror.reconcile.context import (
     Decided,
     ReconcileContext,
     create_once,
+    deleting_outcome_for_aws_error,
     outcome_for_aws_error,
     recorded_resource,
+    refuse_foreign,
+    sync_tags,
 )
 from trafficmirror.reconcile.datapath import check_service, condition_of
 from trafficmirror.reconcile.endpoints import Unresolvable, check_support, resolve_network_interface
+from trafficmirror.reconcile.observed import Observed
+from trafficmirror.reconcile.ports import TargetAws
+from trafficmirror.reconcile.seam import Request
 
 AWS_KIND = "TrafficMirrorTarget"
 INSTANCE_TYPE_CONDITION = "InstanceTypeSupported"
+REPLACED_CONDITION = "Replaced"
 REPLACEMENT_RETRY_SECONDS = 3.0
 DATA_PATH_RETRY_SECONDS = 15.0
+# A replaced target still used after this long waits for sessions that cannot move (e.g. AWS refuses
+# the new target): it is looked at once a resync period, not every few seconds.
+REPLACEMENT_PATIENCE_SECONDS = 30.0
+TargetRequest = Request[MirrorTargetSpec, MirrorTargetStatus]
 
 
-def endpoint_of(target: AwsTarget) -> dict[str, str]:
-    values = {
-        "NetworkInterfaceId": target.network_interface_id,
-        "NetworkLoadBalancerArn": target.network_load_balancer_arn,
-        "GatewayLoadBalancerEndpointId": target.gateway_load_balancer_endpoint_id,
-    }
-    return {k: v for k, v in values.items() if v}
-
-
-def desired_endpoint(spec: MirrorTargetSpec, network_interface_id: str | None) -> dict[str, str]:
+def desired_endpoint(spec: MirrorTargetSpec, network_interface_id: str | None) -> Endpoint:
     if spec.network_load_balancer_arn:
-        return {"NetworkLoadBalancerArn": spec.network_load_balancer_arn}
+        return Endpoint(network_load_balancer_arn=spec.network_load_balancer_arn)
     if spec.gateway_load_balancer_endpoint_id:
-        return {"GatewayLoadBalancerEndpointId": spec.gateway_load_balancer_endpoint_id}
-    assert network_interface_id is not None
-    return {"NetworkInterfaceId": network_interface_id}
+        return Endpoint(gateway_load_balancer_endpoint_id=spec.gateway_load_balancer_endpoint_id)
+    return Endpoint(network_interface_id=network_interface_id)
 
 
-def reconcile_target(
-    owner: Owner,
-    spec: MirrorTargetSpec,
-    status: dict[str, Any],
-    annotations: dict[str, str],
-    ctx: ReconcileContext,
-) -> Outcome:
-    aws = ctx.aws_for_region(spec.region)
+def endpoint_type(endpoint: Endpoint) -> str:
+    if endpoint.network_load_balancer_arn:
+        return "NetworkLoadBalancer"
+    if endpoint.gateway_load_balancer_endpoint_id:
+        return "GatewayLoadBalancerEndpoint"
+    return "NetworkInterface"
+
+
+@dataclass(frozen=True)
+class TargetReconciler:
+    kind: str = "MirrorTarget"
+    snapshot_kind: str = "targets"
+
+    @property
+    def spec_model(self) -> type[MirrorTargetSpec]:
+        return MirrorTargetSpec
+
+    @property
+    def status_model(self) -> type[MirrorTargetStatus]:
+        return MirrorTargetStatus
+
+    def observed_id(self, status: MirrorTargetStatus) -> str | None:
+        return status.traffic_mirror_target_id
+
+    def in_sync(self, request: TargetRequest, observed: Observed[AwsTarget] | None) -> bool:
+        """AWS still holds the recorded target, on the recorded endpoint, with the spec's tags, and
+        nothing (a replaced target, a resized instance) is left to settle."""
+        spec, status = request.spec, request.status
+        # No endpointType yet: written by an older version; one reconcile records it for the sessions.
+        if observed is None or status.previous_target_ids or status.endpoint_type is None:
+            return False
+        # A target on a Service's NLB is looked at every period: listeners and target health change
+        # outside Kubernetes, and DataPathReady must follow them.
+        if spec.service_ref is not None:
+            return False
+        target = observed.resource
+        network_interface_id = spec.network_interface_id or status.network_interface_id
+        if target.endpoint != desired_endpoint(spec, network_interface_id):
+            return False
+        if observed.instance_type_known and observed.instance_type != status.instance_type:
+            return False
+        return tag_changes(owner_tags(request.owner, spec.tags), target.tags).empty
+
+    def reconcile(self, request: TargetRequest, ctx: ReconcileContext) -> Outcome:
+        return reconcile_target(request, ctx)
+
+    def delete(self, request: TargetRequest, ctx: ReconcileContext) -> Outcome | None:
+        return delete_target(request, ctx)
+
+
+def reconcile_target(request: TargetRequest, ctx: ReconcileContext) -> Outcome:
+    owner, spec, status, annotations = request.owner, request.spec, request.status, dict(request.annotations)
+    aws: TargetAws = ctx.aws_for_region(spec.region)
+    current_id = status.traffic_mirror_target_id or annotations.get(AWS_ID_ANNOTATION) or spec.adopt_id
+    previous_ids: list[str] = list(status.previous_target_ids or [])
+    events: list[Event] = []
     data_path = None
     if spec.service_ref is not None:
         try:
@@ -78,63 +130,68 @@ def reconcile_target(
         # From here on the target is the Service's NLB.
         spec = spec.model_copy(update={"network_load_balancer_arn": data_path.load_balancer_arn})
     network_interface_id: str | None = None
-    if not (spec.network_load_balancer_arn or spec.gateway_load_balancer_endpoint_id):
-        try:
-            network_interface_id = resolve_network_interface(
-                aws,
-                network_interface_id=spec.network_interface_id,
-                instance_id=spec.instance_id,
-                node_name=spec.node_name,
-                node_provider_ids=ctx.node_provider_ids,
-            )
-        except Unresolvable as problem:
-            if problem.terminal:
-                return failed(problem.reason, problem.message)
-            return pending(problem.reason, problem.message, retry_after=10)
-    endpoint = desired_endpoint(spec, network_interface_id)
-    extra_conditions, events, instance_type = _instance_type_warning(network_interface_id, status, ctx)
-
-    current_id: str | None = status.get("trafficMirrorTargetId") or annotations.get(AWS_ID_ANNOTATION) or spec.adopt_id
-    previous_ids: list[str] = list(status.get("previousTargetIds") or [])
     try:
-        found = recorded_resource(current_id, spec.adopt_id, AWS_KIND, aws.describe_targets, events)
-        if found is not None and endpoint_of(found) != endpoint:
-            events.append(
-                Event("Normal", "Replacing", f"{found.target_id} points at {endpoint_of(found)}; replacing it")
-            )
+        if not (spec.network_load_balancer_arn or spec.gateway_load_balancer_endpoint_id):
+            try:
+                network_interface_id = resolve_network_interface(
+                    aws,
+                    network_interface_id=spec.network_interface_id,
+                    instance_id=spec.instance_id,
+                    node_name=spec.node_name,
+                    node_provider_ids=ctx.node_provider_ids,
+                )
+            except Unresolvable as problem:
+                if problem.terminal:
+                    return failed(problem.reason, problem.message)
+                return pending(problem.reason, problem.message, retry_after=10)
+        endpoint = desired_endpoint(spec, network_interface_id)
+        type_conditions, type_events, instance_type = _instance_type_check(aws, network_interface_id, status, ctx)
+        events += type_events
+        recorded = recorded_resource(current_id, spec.adopt_id, AWS_KIND, aws.describe_targets, events)
+        found, gone_id = recorded.resource, recorded.gone_id
+        if found is not None:
+            refuse_foreign(AWS_KIND, found.target_id, found.tags, owner, ctx.live_owners)
+        if found is not None and found.endpoint != endpoint:
+            events.append(Event("Normal", "Replacing", f"{found.target_id} points at {found.endpoint}; replacing it"))
             previous_ids.append(found.target_id)
             found = None
         if found is None:
             found = create_once(
                 aws_kind=AWS_KIND,
-                token=client_token(owner.uid, {"endpoint": endpoint, "replaces": previous_ids}),
+                token=client_token(owner.uid, {"endpoint": str(endpoint), "replaces": previous_ids, "gone": gone_id}),
                 annotations=annotations,
-                find_orphan=lambda: _find_orphan(aws, owner, endpoint, exclude=previous_ids),
+                find_orphan=lambda: _find_orphan(aws, owner, endpoint, exclude=[*previous_ids, gone_id]),
                 create=lambda token: aws.create_target(
+                    endpoint,
                     client_token=token,
                     description=owner_description(owner, spec.description),
                     tags=owner_tags(owner, spec.tags),
-                    network_interface_id=endpoint.get("NetworkInterfaceId"),
-                    network_load_balancer_arn=endpoint.get("NetworkLoadBalancerArn"),
-                    gateway_load_balancer_endpoint_id=endpoint.get("GatewayLoadBalancerEndpointId"),
                 ),
                 id_of=lambda target: target.target_id,
                 events=events,
             )
         current_id = found.target_id
+        sync_tags(aws, current_id, owner_tags(owner, spec.tags), found.tags, events)
         remaining = _delete_unused(aws, previous_ids)
     except AwsError as error:
-        return outcome_for_aws_error(error, previousTargetIds=previous_ids)
+        return outcome_for_aws_error(error, previousTargetIds=previous_ids or None)
     except Decided as decided:
         return decided.outcome
 
     outcome = ready(f"TrafficMirrorTarget {current_id} is ready")
     if remaining:
         outcome.conditions.append(
-            ConditionUpdate("Replaced", "False", "WaitingForSessions", f"{', '.join(remaining)} still used by sessions")
+            ConditionUpdate(
+                REPLACED_CONDITION, "False", "WaitingForSessions", f"{', '.join(remaining)} still used by sessions"
+            )
         )
-        outcome.retry_after = REPLACEMENT_RETRY_SECONDS
-    outcome.conditions += extra_conditions
+        outcome.retry_after = None if _waited_long(status) else REPLACEMENT_RETRY_SECONDS
+    else:
+        outcome.clear_conditions.append(REPLACED_CONDITION)
+    if type_conditions:
+        outcome.conditions += type_conditions
+    else:
+        outcome.clear_conditions.append(INSTANCE_TYPE_CONDITION)
     if data_path is not None:
         outcome.conditions.append(condition_of(data_path))
         if not data_path.ready:
@@ -143,6 +200,7 @@ def reconcile_target(
     outcome.events += events
     outcome.status_fields.update(
         trafficMirrorTargetId=current_id,
+        endpointType=endpoint_type(endpoint),
         networkInterfaceId=network_interface_id,
         instanceType=instance_type,
         previousTargetIds=remaining or None,
@@ -151,13 +209,20 @@ def reconcile_target(
     return outcome
 
 
-def _instance_type_warning(
-    network_interface_id: str | None, status: dict[str, Any], ctx: ReconcileContext
+def _waited_long(status: MirrorTargetStatus, now: datetime | None = None) -> bool:
+    replaced = status.condition(REPLACED_CONDITION)
+    if replaced is None or replaced.status != "False" or not replaced.last_transition_time:
+        return False
+    since = datetime.strptime(replaced.last_transition_time, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    return ((now or datetime.now(UTC)) - since).total_seconds() >= REPLACEMENT_PATIENCE_SECONDS
+
+
+def _instance_type_check(
+    aws: TargetAws, network_interface_id: str | None, status: MirrorTargetStatus, ctx: ReconcileContext
 ) -> tuple[list[ConditionUpdate], list[Event], str | None]:
     """AWS accepts a target on any instance, but the field report saw sessions to a t2 target refused."""
     if network_interface_id is None:
         return [], [], None
-    aws = ctx.aws_for_region(None)
     check = check_support(aws, network_interface_id, ctx.support_table, frozenset(ctx.remembered_rejections))
     if check.decision is None:
         condition = ConditionUpdate(
@@ -179,7 +244,7 @@ def _instance_type_warning(
         + (f" (use e.g. {check.decision.alternative})" if check.decision.alternative else "")
     )
     events = []
-    if status.get("instanceType") != check.instance_type:
+    if status.instance_type != check.instance_type:
         events.append(Event("Warning", "DoubtfulInstanceType", message))
     return (
         [ConditionUpdate(INSTANCE_TYPE_CONDITION, "False", "DoubtfulInstanceType", message)],
@@ -188,18 +253,21 @@ def _instance_type_warning(
     )
 
 
-def _find_orphan(aws: Ec2Mirror, owner: Owner, endpoint: dict[str, str], exclude: list[str]) -> AwsTarget | None:
+def _find_orphan(aws: TargetAws, owner: Owner, endpoint: Endpoint, exclude: list[str | None]) -> AwsTarget | None:
     for target in aws.describe_targets():
         owned = target.target_id not in exclude and is_owned_by(target.tags, target.description, owner)
-        if owned and endpoint_of(target) == endpoint:
+        if owned and target.endpoint == endpoint:
             return target
     return None
 
 
-def _delete_unused(aws: Ec2Mirror, target_ids: list[str]) -> list[str]:
-    """Delete replaced targets; the ones sessions still use stay until they have moved."""
+def _delete_unused(aws: TargetAws, target_ids: list[str]) -> list[str]:
+    """Delete replaced targets that no session uses; a read first, so a wait costs no failed delete."""
     remaining = []
     for target_id in target_ids:
+        if aws.describe_sessions(target_id=target_id):
+            remaining.append(target_id)
+            continue
         try:
             aws.delete_target(target_id)
         except AwsError as error:
@@ -210,26 +278,25 @@ def _delete_unused(aws: Ec2Mirror, target_ids: list[str]) -> list[str]:
     return remaining
 
 
-def delete_target(
-    spec: MirrorTargetSpec, status: dict[str, Any], ctx: ReconcileContext, sessions_using: list[str]
-) -> Outcome | None:
-    """None when the AWS side is gone (or orphaned by policy); an Outcome to wait otherwise."""
+def delete_target(request: TargetRequest, ctx: ReconcileContext) -> Outcome | None:
+    """None when the AWS side is gone (or orphaned by policy); a Deleting outcome to wait otherwise."""
+    spec, status = request.spec, request.status
     if spec.deletion_policy == "Orphan":
         return None
-    if sessions_using:
-        return pending(
+    if request.facts.users:
+        return deleting(
             "WaitingForSessions",
-            f"still used by MirrorSession {', '.join(sorted(sessions_using))}",
+            f"still used by MirrorSession {', '.join(sorted(request.facts.users))}",
             retry_after=5,
         )
-    aws = ctx.aws_for_region(spec.region)
-    ids = [i for i in [status.get("trafficMirrorTargetId"), *(status.get("previousTargetIds") or [])] if i]
+    aws: TargetAws = ctx.aws_for_region(spec.region)
+    ids = [i for i in [status.traffic_mirror_target_id, *(status.previous_target_ids or [])] if i]
     try:
         remaining = _delete_unused(aws, ids)
     except AwsError as error:
-        return outcome_for_aws_error(error)
+        return deleting_outcome_for_aws_error(error)
     if remaining:
-        return pending(
+        return deleting(
             "WaitingForSessions",
             f"{', '.join(remaining)} still used by mirror sessions in AWS",
             retry_after=5,
