@@ -96,6 +96,9 @@ class MirrorTargetStatus(CommonStatus):
         default=None, description="What the target sends to."
     )
     instance_type: str | None = Field(default=None, description="Instance type behind the target ENI, if any.")
+    availability_zone: str | None = Field(
+        default=None, description="Availability Zone of the target ENI; sessions choosing from a pool prefer their own."
+    )
     previous_target_ids: list[str] | None = Field(
         default=None, description="Replaced targets, deleted as soon as no session uses them."
     )

@@ -13,8 +13,9 @@ import kopf
 from trafficmirror.api import Phase
 from trafficmirror.config import RESYNC_SECONDS
 from trafficmirror.handlers import apply
-from trafficmirror.handlers.indexes import SESSIONS, one
+from trafficmirror.handlers.indexes import SESSIONS, one, pool_of
 from trafficmirror.reconcile.kinds import SESSION
+from trafficmirror.reconcile.placement import sources_by_target
 from trafficmirror.reconcile.seam import ClusterFacts, Dependency, Request
 
 KIND = "MirrorSession"
@@ -34,20 +35,39 @@ async def reconcile(
     node_provider_ids: kopf.Index[str, str],
     target_states: kopf.Index[Any, Any],
     filter_states: kopf.Index[Any, Any],
+    session_placements: kopf.Index[Any, Any],
     target_owners: kopf.Index[str, str],
     filter_owners: kopf.Index[str, str],
     session_owners: kopf.Index[str, str],
     **_: Any,
 ) -> None:
     owners = apply.live_owners_of(target_owners, filter_owners, session_owners)
-    await _reconcile(body, patch, retry, logger, memo, node_provider_ids, target_states, filter_states, owners)
+    await _reconcile(
+        body, patch, retry, logger, memo, node_provider_ids, target_states, filter_states, owners, session_placements
+    )
 
 
-def _facts(body: kopf.Body, target_states: kopf.Index[Any, Any], filter_states: kopf.Index[Any, Any]) -> ClusterFacts:
+def _facts(
+    body: kopf.Body,
+    target_states: kopf.Index[Any, Any],
+    filter_states: kopf.Index[Any, Any],
+    session_placements: kopf.Index[Any, Any] | None = None,
+) -> ClusterFacts:
     namespace, spec = body["metadata"]["namespace"], body.get("spec", {})
+    mirror_filter = one(filter_states, (namespace, (spec.get("filterRef") or {}).get("name", "")))
+    selector = spec.get("targetSelector")
+    if not selector:
+        target = one(target_states, (namespace, (spec.get("targetRef") or {}).get("name", "")))
+        return ClusterFacts(target=target, mirror_filter=mirror_filter)
+    # A pool: the target is the one chosen last time (status.targetName); the reconcile may choose anew.
+    pool = pool_of(target_states, namespace, dict(selector.get("matchLabels") or {}))
+    chosen = body.get("status", {}).get("targetName")
+    placements = {uid: next(iter(store)) for uid, store in (session_placements or {}).items() if store}
     return ClusterFacts(
-        target=one(target_states, (namespace, spec.get("targetRef", {}).get("name", ""))),
-        mirror_filter=one(filter_states, (namespace, spec.get("filterRef", {}).get("name", ""))),
+        target=next((member for member in pool if member.name == chosen), None),
+        mirror_filter=mirror_filter,
+        pool=pool,
+        pool_sources=sources_by_target(placements, excluding_uid=body["metadata"]["uid"]),
     )
 
 
@@ -61,6 +81,7 @@ async def _reconcile(
     target_states: kopf.Index[Any, Any],
     filter_states: kopf.Index[Any, Any],
     live_owners: Callable[[str], str | None],
+    session_placements: kopf.Index[Any, Any] | None = None,
     from_timer: bool = False,
 ) -> None:
     if not from_timer:
@@ -68,7 +89,7 @@ async def _reconcile(
     await apply.run(
         KIND,
         SESSION.reconcile,
-        apply.request_of(SESSION, body, memo.context, _facts(body, target_states, filter_states)),
+        apply.request_of(SESSION, body, memo.context, _facts(body, target_states, filter_states, session_placements)),
         body=body,
         patch=patch,
         retry=retry,
@@ -81,6 +102,8 @@ async def _reconcile(
 
 
 def _dependencies(facts: ClusterFacts) -> tuple[Dependency | None, Dependency | None]:
+    if facts.pool is not None and facts.target is None:  # a pool: wait for its first member at most
+        return (facts.pool[0] if facts.pool else None), facts.mirror_filter
     return facts.target, facts.mirror_filter
 
 
@@ -108,6 +131,7 @@ async def follow_dependencies(
     node_provider_ids: kopf.Index[str, str],
     target_states: kopf.Index[Any, Any],
     filter_states: kopf.Index[Any, Any],
+    session_placements: kopf.Index[Any, Any],
     target_owners: kopf.Index[str, str],
     filter_owners: kopf.Index[str, str],
     session_owners: kopf.Index[str, str],
@@ -117,16 +141,33 @@ async def follow_dependencies(
     status = body.get("status", {})
     if status.get("phase") != Phase.READY.value or body["metadata"].get("deletionTimestamp"):
         return
-    target, mirror_filter = _dependencies(_facts(body, target_states, filter_states))
+    facts = _facts(body, target_states, filter_states)
+    target, mirror_filter = facts.target, facts.mirror_filter
     current = (status.get("trafficMirrorTargetId"), status.get("trafficMirrorFilterId"))
-    if target is None or mirror_filter is None or current == (target.aws_id, mirror_filter.aws_id):
-        return
-    if not (target.aws_id and mirror_filter.aws_id):
-        return
-    logger.info(f"following target/filter: {current} → {(target.aws_id, mirror_filter.aws_id)}")
+    # From a pool, a chosen target that is gone or no longer Ready means choosing again.
+    chosen_gone = facts.pool is not None and (target is None or target.phase != Phase.READY.value)
+    if not chosen_gone:
+        if target is None or mirror_filter is None or current == (target.aws_id, mirror_filter.aws_id):
+            return
+        if not (target.aws_id and mirror_filter.aws_id):
+            return
+    wanted = (
+        "a target of its pool" if chosen_gone else (target and target.aws_id, mirror_filter and mirror_filter.aws_id)
+    )
+    logger.info(f"following target/filter: {current} → {wanted}")
     owners = apply.live_owners_of(target_owners, filter_owners, session_owners)
     await _reconcile(
-        body, patch, retry, logger, memo, node_provider_ids, target_states, filter_states, owners, from_timer=True
+        body,
+        patch,
+        retry,
+        logger,
+        memo,
+        node_provider_ids,
+        target_states,
+        filter_states,
+        owners,
+        session_placements,
+        from_timer=True,
     )
 
 
@@ -140,6 +181,7 @@ async def resync(
     node_provider_ids: kopf.Index[str, str],
     target_states: kopf.Index[Any, Any],
     filter_states: kopf.Index[Any, Any],
+    session_placements: kopf.Index[Any, Any],
     target_owners: kopf.Index[str, str],
     filter_owners: kopf.Index[str, str],
     session_owners: kopf.Index[str, str],
@@ -148,7 +190,8 @@ async def resync(
     action = apply.resync_action(body, memo.config.resync_seconds)
     if action == "skip":
         return
-    request = apply.request_of(SESSION, body, memo.context, _facts(body, target_states, filter_states))
+    facts = _facts(body, target_states, filter_states, session_placements)
+    request = apply.request_of(SESSION, body, memo.context, facts)
     if action == "compare" and isinstance(request, Request):
         aws_id = SESSION.observed_id(request.status)
         known = (await memo.snapshot.get(SESSION.snapshot_kind, request.spec.region)).get(aws_id)
@@ -158,7 +201,17 @@ async def resync(
     # Not Ready: Pending, or Failed for a fact of the world that may since have changed (the seed's fix).
     owners = apply.live_owners_of(target_owners, filter_owners, session_owners)
     await _reconcile(
-        body, patch, retry, logger, memo, node_provider_ids, target_states, filter_states, owners, from_timer=True
+        body,
+        patch,
+        retry,
+        logger,
+        memo,
+        node_provider_ids,
+        target_states,
+        filter_states,
+        owners,
+        session_placements,
+        from_timer=True,
     )
 
 

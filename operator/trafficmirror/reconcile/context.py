@@ -10,6 +10,7 @@ from typing import Any, Generic, TypeVar
 from trafficmirror.aws.elbv2 import LoadBalancers
 from trafficmirror.aws.errors import AwsError, ErrorClass
 from trafficmirror.aws.instance_support import SupportTable
+from trafficmirror.aws.target_quotas import TargetQuotas
 from trafficmirror.reconcile.common import (
     CLUSTER_TAG,
     CREATE_INTENT_ANNOTATION,
@@ -25,6 +26,7 @@ from trafficmirror.reconcile.common import (
     pending,
     tag_changes,
 )
+from trafficmirror.reconcile.placement import PlacementBook
 from trafficmirror.reconcile.ports import MirrorAws, Tagging
 
 AWS_RETRY_SECONDS = 10.0
@@ -55,6 +57,9 @@ class ReconcileContext:
     # MirrorTargets with serviceRef: the load balancers, and each Service's load-balancer hostname.
     load_balancers_for_region: Callable[[str | None], LoadBalancers] | None = None
     service_hostnames: dict[tuple[str, str], str] = field(default_factory=dict)
+    # Sessions with targetSelector: AWS's sources-per-target quotas and this operator's recent choices.
+    target_quotas: TargetQuotas = field(default_factory=TargetQuotas.packaged)
+    placements: PlacementBook = field(default_factory=PlacementBook)
 
 
 def outcome_for_aws_error(error: AwsError, **status_fields: Any) -> Outcome:

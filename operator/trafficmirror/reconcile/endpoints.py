@@ -65,6 +65,7 @@ class SupportCheck:
     instance_id: str | None
     instance_type: str | None
     decision: SupportDecision | None  # None: not attached to an instance, unknown until tried
+    availability_zone: str | None = None
 
     @property
     def unsupported(self) -> bool:
@@ -76,7 +77,7 @@ def check_support(
 ) -> SupportCheck:
     interface = aws.network_interface(network_interface_id)
     if interface.instance_id is None:
-        return SupportCheck(network_interface_id, None, None, None)
+        return SupportCheck(network_interface_id, None, None, None, interface.availability_zone)
     instance_type = aws.instance_types([interface.instance_id])[interface.instance_id]
     facts = aws.instance_type_facts(instance_type)
     return SupportCheck(
@@ -84,4 +85,5 @@ def check_support(
         interface.instance_id,
         instance_type,
         decide_support(facts, table, remembered_rejections),
+        interface.availability_zone,
     )

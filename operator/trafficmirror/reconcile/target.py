@@ -37,7 +37,7 @@ from trafficmirror.reconcile.context import (
     sync_tags,
 )
 from trafficmirror.reconcile.datapath import check_service, condition_of
-from trafficmirror.reconcile.endpoints import Unresolvable, check_support, resolve_network_interface
+from trafficmirror.reconcile.endpoints import SupportCheck, Unresolvable, check_support, resolve_network_interface
 from trafficmirror.reconcile.observed import Observed
 from trafficmirror.reconcile.ports import TargetAws
 from trafficmirror.reconcile.seam import Request
@@ -98,6 +98,8 @@ class TargetReconciler:
             return False
         target = observed.resource
         network_interface_id = spec.network_interface_id or status.network_interface_id
+        if status.endpoint_type == "NetworkInterface" and status.availability_zone is None:
+            return False  # recorded by an older version: one reconcile records the zone for pools
         if target.endpoint != desired_endpoint(spec, network_interface_id):
             return False
         if observed.instance_type_known and observed.instance_type != status.instance_type:
@@ -145,7 +147,9 @@ def reconcile_target(request: TargetRequest, ctx: ReconcileContext) -> Outcome:
                     return failed(problem.reason, problem.message)
                 return pending(problem.reason, problem.message, retry_after=10)
         endpoint = desired_endpoint(spec, network_interface_id)
-        type_conditions, type_events, instance_type = _instance_type_check(aws, network_interface_id, status, ctx)
+        type_conditions, type_events, support = _instance_type_check(aws, network_interface_id, status, ctx)
+        instance_type = support.instance_type if support is not None else None
+        availability_zone = support.availability_zone if support is not None else None
         events += type_events
         recorded = recorded_resource(current_id, spec.adopt_id, AWS_KIND, aws.describe_targets, events)
         found, gone_id = recorded.resource, recorded.gone_id
@@ -203,6 +207,7 @@ def reconcile_target(request: TargetRequest, ctx: ReconcileContext) -> Outcome:
         endpointType=endpoint_type(endpoint),
         networkInterfaceId=network_interface_id,
         instanceType=instance_type,
+        availabilityZone=availability_zone,
         previousTargetIds=remaining or None,
     )
     outcome.annotations.update({AWS_ID_ANNOTATION: current_id, CREATE_INTENT_ANNOTATION: None})
@@ -219,7 +224,7 @@ def _waited_long(status: MirrorTargetStatus, now: datetime | None = None) -> boo
 
 def _instance_type_check(
     aws: TargetAws, network_interface_id: str | None, status: MirrorTargetStatus, ctx: ReconcileContext
-) -> tuple[list[ConditionUpdate], list[Event], str | None]:
+) -> tuple[list[ConditionUpdate], list[Event], SupportCheck | None]:
     """AWS accepts a target on any instance, but the field report saw sessions to a t2 target refused."""
     if network_interface_id is None:
         return [], [], None
@@ -231,12 +236,12 @@ def _instance_type_check(
             "NotAnInstance",
             f"{network_interface_id} is not attached to an instance",
         )
-        return [condition], [], None
+        return [condition], [], check
     if not check.unsupported:
         return (
             [ConditionUpdate(INSTANCE_TYPE_CONDITION, "True", "Supported", f"{check.instance_type} is supported")],
             [],
-            check.instance_type,
+            check,
         )
     message = (
         f"target {network_interface_id} is on instance {check.instance_id} of type {check.instance_type}: "
@@ -249,7 +254,7 @@ def _instance_type_check(
     return (
         [ConditionUpdate(INSTANCE_TYPE_CONDITION, "False", "DoubtfulInstanceType", message)],
         events,
-        check.instance_type,
+        check,
     )
 
 
