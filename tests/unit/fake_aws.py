@@ -75,7 +75,9 @@ class FakeRegion:
         instance_type = self.instances.get(interface.instance_id or "") if interface else None
         limit = TargetQuotas.packaged().sources_per_target("network-interface", instance_type).limit
         sources = {
-            s.network_interface_id for s in self.sessions.values() if s.target_id == target_id and s.session_id != ignore
+            s.network_interface_id
+            for s in self.sessions.values()
+            if s.target_id == target_id and s.session_id != ignore
         }
         if limit is not None and source_eni not in sources and len(sources) >= limit:
             raise error(
