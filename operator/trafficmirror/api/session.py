@@ -88,10 +88,11 @@ class MirrorSessionSpec(
     target_ref: LocalObjectReference | None = Field(default=None, description="The MirrorTarget to send to.")
     target_selector: TargetSelector | None = Field(
         default=None,
-        description="A pool: the MirrorTargets with these labels. The operator picks one per source: a Ready "
-        "target in the source's Availability Zone first, then the least loaded, never above AWS's "
-        "sources-per-target quota of its instance type, then a load-balancer target; status.targetName says "
-        "which and the TargetChosen condition why.",
+        description="A pool: the MirrorTargets with these labels (a label selector, not a pool kind: members "
+        "are MirrorTargets already and join or leave by label). Per source the operator picks a Ready ENI "
+        "target in the source's Availability Zone first, the least loaded, never above AWS's sources-per-target "
+        "quota of its instance type; then a load-balancer target; then another zone. status.targetName says "
+        "which, the TargetChosen condition why.",
     )
     filter_ref: LocalObjectReference = Field(description="The MirrorFilter that selects packets.")
     session_number: int = Field(
