@@ -253,6 +253,7 @@ class FakeRegion:
         replayed: AwsSession | None = self._replay("create_session", client_token, self.sessions)
         if replayed is not None:
             return replayed
+        self._check_target_type("CreateTrafficMirrorSession", params.target_id)
         if sum(s.network_interface_id == params.network_interface_id for s in self.sessions.values()) >= 3:
             raise error("CreateTrafficMirrorSession", "TrafficMirrorSessionsPerInterfaceLimitExceeded")
         target = self.targets[params.target_id]
@@ -290,8 +291,17 @@ class FakeRegion:
             found = [s for s in found if s.target_id == target_id]
         return found
 
+    def _check_target_type(self, operation: str, target_id: str) -> None:
+        """The field report: a session to a target on a t2 instance is refused, naming the target ENI."""
+        eni = self.targets[target_id].network_interface_id
+        interface = self.interfaces.get(eni or "")
+        if interface and interface.instance_id and self.instances[interface.instance_id].startswith("t2."):
+            raise error(operation, "NetworkInterfaceNotSupported", f"{eni} must be attached to a supported instance")
+
     def modify_session(self, session_id: str, changes: SessionChanges) -> AwsSession:
         self._count("modify_session")
+        if changes.target_id:
+            self._check_target_type("ModifyTrafficMirrorSession", changes.target_id)
         session = self.sessions[session_id]
         if changes.target_id is not None:
             self._check_sources_per_target(changes.target_id, session.network_interface_id, ignore=session_id)

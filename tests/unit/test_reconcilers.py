@@ -331,6 +331,31 @@ def test_a_replaced_target_that_sessions_cannot_leave_is_never_deleted_in_a_loop
     assert outcome.retry_after is None
 
 
+def test_a_session_aws_refused_to_move_to_a_t2_target_asks_again_only_when_the_type_changes() -> None:
+    world = World()
+    world.converge()
+    _, t2_eni = world.region.add_instance("t2.micro")
+    world.target.spec = {"networkInterfaceId": t2_eni}
+    world.target.reconcile(world.ctx)
+    world.session.facts = world.dependencies()
+    world.session.reconcile(world.ctx)
+    assert world.session.reason == "UnsupportedInstanceType"
+    assert world.session.status["rejectedNetworkInterfaceId"] == t2_eni
+    modifies = world.region.calls["modify_session"]
+    for _ in range(5):  # the resync looks again: no modify AWS already refused
+        world.session.reconcile(world.ctx)
+    assert world.region.calls["modify_session"] == modifies and world.session.reason == "UnsupportedInstanceType"
+    t2_instance = world.region.interfaces[t2_eni].instance_id
+    assert t2_instance is not None
+    world.region.instances[t2_instance] = "c5.large"  # stopped, resized, started
+    world.session.reconcile(world.ctx)
+    assert world.session.status["phase"] == "Ready"
+    assert (
+        world.region.sessions[world.session.status["trafficMirrorSessionId"]].target_id
+        == (world.target.status["trafficMirrorTargetId"])
+    )
+
+
 def test_the_replaced_condition_is_cleared_once_the_old_target_is_gone() -> None:
     world = World()
     world.converge()

@@ -65,8 +65,11 @@ class Request(Generic[SpecT, StatusT]):
 class Reconciler(Protocol[SpecT, StatusT, ObservedT]):
     """One kind's decisions. `ObservedT` is what the shared Describe returns for one resource."""
 
-    kind: str  # MirrorTarget | MirrorFilter | MirrorSession
-    snapshot_kind: str  # targets | filters | sessions: the shared Describe that observes it
+    @property
+    def kind(self) -> str: ...  # MirrorTarget | MirrorFilter | MirrorSession
+
+    @property
+    def snapshot_kind(self) -> str: ...  # targets | filters | sessions: the shared Describe that observes it
 
     @property
     def spec_model(self) -> type[SpecT]: ...
@@ -76,7 +79,7 @@ class Reconciler(Protocol[SpecT, StatusT, ObservedT]):
 
     def observed_id(self, status: StatusT) -> str | None: ...
 
-    def in_sync(self, spec: SpecT, status: StatusT, observed: ObservedT | None) -> bool: ...
+    def in_sync(self, request: Request[SpecT, StatusT], observed: ObservedT | None) -> bool: ...
 
     def reconcile(self, request: Request[SpecT, StatusT], ctx: ReconcileContext) -> Outcome: ...
 

@@ -297,6 +297,9 @@ def _apply_session(
             **source_fields,
         )
     changes = session_modifications(actual, desired, target.endpoint_type)
+    if changes.target_id and _still_refused(aws, ctx, status, target.network_interface_id):
+        # AWS refused this move already, and the target's instance type has not changed since.
+        raise Decided(failed(UNSUPPORTED, status_message(status), **_refusal_fields(status), **source_fields))
     if not changes.empty:
         actual = aws.modify_session(actual.session_id, changes)
         events.append(Event("Normal", "Updated", f"modified {', '.join(changes.names)}"))
