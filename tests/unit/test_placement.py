@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+import threading
 from collections import Counter
 
 import pytest
@@ -290,3 +292,30 @@ def test_the_book_skips_a_target_aws_refused_for_a_while() -> None:
     book.refused("tmt-a", "uid-1")
     choice = book.choose("uid-1", "eni-1", AZ_A, pool, QUOTAS)
     assert choice.target is not None and choice.target.name == "b" and choice.reason == OTHER_ZONE
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_threads_choosing_at_once_never_exceed_a_quota(seed: int) -> None:
+    """The reconcilers run in threads: choices made at the same moment still respect every quota."""
+    rng = random.Random(seed)
+    pool = [eni_target(f"t{i}", rng.choice([AZ_A, AZ_B]), rng.choice(["c5.large", "t3.small"])) for i in range(3)]
+    book = PlacementBook()
+    start = threading.Barrier(8)
+    chosen: list[str | None] = []
+    lock = threading.Lock()
+
+    def worker(offset: int) -> None:
+        start.wait()
+        for i in range(offset, 40, 8):
+            choice = book.choose(f"uid-{i}", f"eni-{i}", rng.choice([AZ_A, AZ_B]), pool, QUOTAS)
+            with lock:
+                chosen.append(choice.target.target_id if choice.target else None)
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    counts = Counter(chosen)
+    assert counts[None] == 40 - 30  # three targets of 10: 30 placed, the other 10 told there is no room
+    assert all(counts[c.target_id] == 10 for c in pool)
