@@ -121,6 +121,7 @@ def test_no_target_with_room_is_pending_and_names_the_targets_then_recovers() ->
     session = world.session("web", AZ_A)
     assert world.reconcile(session) == "Pending"
     assert session.reason == "WaitingForTarget"
+    assert [e.reason for o in session.outcomes for e in o.events if e.reason.startswith("Target")] == ["TargetFull"]
     chosen = session.condition("TargetChosen")
     assert chosen is not None and chosen["status"] == "False" and chosen["reason"] == "NoTargetWithRoom"
     assert not [s for s in world.region.sessions.values() if s.description != "other"]
@@ -176,3 +177,14 @@ def test_a_session_with_a_target_ref_keeps_its_one_target_and_no_target_chosen_c
     assert session.status["targetName"] == "capture-a"
     assert session.status["trafficMirrorTargetId"] == target.status["trafficMirrorTargetId"]
     assert session.condition("TargetChosen") is None
+
+
+def test_a_target_aws_refuses_for_its_instance_type_moves_the_source_on() -> None:
+    world = PoolWorld()
+    world.add_target("capture-t2", AZ_A, "t2.micro")  # AWS accepts the target, then refuses sessions to it
+    world.add_target("capture-b", AZ_B)
+    session = world.session("web", AZ_A)
+    assert world.reconcile(session) == "Ready"
+    assert session.status["targetName"] == "capture-b"
+    assert "rejectedNetworkInterfaceId" not in session.status
+    assert [e.reason for o in session.outcomes for e in o.events if e.reason.startswith("Target")] == ["TargetRefused"]

@@ -197,11 +197,12 @@ def reconcile_session(request: SessionRequest, ctx: ReconcileContext) -> Outcome
     events: list[Event] = []
     choice: Choice | None = None
     refused_full: frozenset[str] = frozenset()
+    moved_on: list[Event] = []  # the targets of the pool AWS refused this time
     while True:
         if spec.target_selector is not None:
             choice = _choose_target(request, ctx, source_eni, support.availability_zone, refused_full)
             if choice.target is None:
-                return _no_target(choice, source_fields)
+                return _no_target(choice, source_fields, moved_on)
             target = _chosen_dependency(request, choice.target)
             target_name = choice.target.name
         else:
@@ -226,16 +227,24 @@ def reconcile_session(request: SessionRequest, ctx: ReconcileContext) -> Outcome
         try:
             actual = _apply_session(request, ctx, aws, current_id, source_eni, desired, target, events, source_fields)
         except AwsError as error:
-            if error.error_class is ErrorClass.UNSUPPORTED_INSTANCE:
-                return _rejected_instance(aws, ctx, error, support, source_fields)
-            if choice is not None and error.code == SOURCES_PER_TARGET_EXCEEDED and target.aws_id not in refused_full:
-                # A full target is no failure when the pool has another: the next choice skips it.
+            # A full target, or one AWS refuses for its instance type, is no failure when the pool has
+            # another: the next choice skips it.
+            full = error.code == SOURCES_PER_TARGET_EXCEEDED
+            if (
+                choice is not None
+                and (full or _refuses_target(error, source_eni))
+                and target.aws_id not in refused_full
+            ):
                 ctx.placements.refused(target.aws_id, owner.uid)
                 refused_full |= {target.aws_id}
-                events.append(Event("Normal", "TargetFull", f"{target_name} ({target.aws_id}): {error.message}"))
+                reason = "TargetFull" if full else "TargetRefused"
+                moved_on.append(Event("Warning", reason, f"{target_name} ({target.aws_id}): {error.message}"))
                 continue
+            if error.error_class is ErrorClass.UNSUPPORTED_INSTANCE:
+                return _rejected_instance(aws, ctx, error, support, source_fields)
             return outcome_for_aws_error(error, **source_fields)
         except Decided as decided:
+            decided.outcome.events += moved_on  # said once: the next round chooses without asking AWS
             return decided.outcome
         break
 
@@ -255,7 +264,7 @@ def reconcile_session(request: SessionRequest, ctx: ReconcileContext) -> Outcome
         outcome.conditions.append(ConditionUpdate(TARGET_CHOSEN, "True", choice.reason, choice.message))
     else:
         outcome.clear_conditions.append(TARGET_CHOSEN)
-    outcome.events += events
+    outcome.events += events + moved_on
     outcome.annotations.update({AWS_ID_ANNOTATION: actual.session_id, CREATE_INTENT_ANNOTATION: None})
     return outcome
 
@@ -307,6 +316,12 @@ def _apply_session(
     return actual
 
 
+def _refuses_target(error: AwsError, source_eni: str) -> bool:
+    """NetworkInterfaceNotSupported naming an ENI other than the source's: the target's instance type."""
+    match = _ENI_IN_MESSAGE.search(error.message)
+    return error.error_class is ErrorClass.UNSUPPORTED_INSTANCE and match is not None and match.group(1) != source_eni
+
+
 def _choose_target(
     request: SessionRequest, ctx: ReconcileContext, source_eni: str, source_az: str | None, refused: frozenset[str]
 ) -> Choice:
@@ -337,8 +352,9 @@ def _chosen_dependency(request: SessionRequest, chosen: Candidate) -> Dependency
     return next(m for m in request.facts.pool or () if m.name == chosen.name)
 
 
-def _no_target(choice: Choice, source_fields: dict[str, Any]) -> Outcome:
+def _no_target(choice: Choice, source_fields: dict[str, Any], moved_on: list[Event]) -> Outcome:
     outcome = pending(WAITING_FOR_TARGET, choice.message, retry_after=POOL_RETRY_SECONDS, **source_fields)
+    outcome.events += moved_on
     outcome.conditions.append(ConditionUpdate(TARGET_CHOSEN, "False", choice.reason, choice.message))
     return outcome
 
