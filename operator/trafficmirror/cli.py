@@ -35,7 +35,9 @@ def _run_operator(args: argparse.Namespace) -> int:
 
     # JSON lines by default (one object per record, with the resource's namespace/name): what log
     # pipelines index; `--log-format full` for reading by eye.
-    kopf.configure(log_format=kopf.LogFormat[args.log_format.upper()], log_refkey="object")
+    log_format = kopf.LogFormat[args.log_format.upper()]
+    # Text lines name their object ("[namespace/name]"); JSON carries it under "object".
+    kopf.configure(log_format=log_format, log_prefix=log_format is not kopf.LogFormat.JSON, log_refkey="object")
     logging.getLogger().setLevel(args.log_level)
     asyncio.run(
         kopf.operator(

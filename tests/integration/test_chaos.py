@@ -66,6 +66,13 @@ REGRESSION_SEEDS: dict[str, tuple[int, int, int]] = {
     # sessions whose target was deleted in AWS backing off 10 s+ instead of following it. (The default run,
     # DEFAULT_SEED in bursts of 25, also found a session modified while deleted in AWS backing off 10 s+.)
     "status-maps-resizes-and-deleted-targets": (DEFAULT_SEED, 20, 10),
+    # A spec edit back to the last handled spec while the change handler waited to retry (s3's packetLength
+    # 189 then None, its target t0 deleted in AWS): kopf saw no difference, the retry was never run, the
+    # session stayed WaitingForTarget on the deleted target's ID.
+    "spec-reverted-while-a-retry-waits": (2, 75, 25),
+    # The same with a stale status (s7's targetRef t0 -> t1 -> t0 while target t2 was replaced):
+    # observedGeneration stayed behind for good.
+    "spec-reverted-stale-generation": (3, 125, 25),
 }
 
 SESSIONS, TARGETS, FILTERS = 8, 3, 3
@@ -699,7 +706,12 @@ def check(chaos: Chaos, view: AwsView, cluster: dict[str, dict[str, Any]], names
             continue
         resources = owned.get(declared.uid, [])
         if not resources:
-            problems.append(f"{declared.name}: no AWS resource")
+            status = obj.get("status") or {}
+            ready = next((c for c in status.get("conditions") or [] if c.get("type") == "Ready"), {})
+            problems.append(
+                f"{declared.name}: no AWS resource "
+                f"({status.get('phase')}: {ready.get('reason')}: {ready.get('message')})"
+            )
             continue
         problems += [f"{declared.name}: {p}" for p in _check_object(chaos, declared, obj, resources[0][1], view)]
         problems += [f"{declared.name}: {p}" for p in _check_status(obj, resources[0][1], id_keys[declared.kind])]

@@ -13,13 +13,14 @@ import logging
 import random
 import time
 from dataclasses import replace
+from datetime import datetime
 from typing import Any
 
 import pytest
 
 from trafficmirror.aws.ec2 import AwsSession
 from trafficmirror.handlers import session as session_handlers
-from trafficmirror.handlers.registration import Binding, Tracked
+from trafficmirror.handlers.registration import Binding, Tracked, promised_retry
 from trafficmirror.handlers.resync import ResyncLoop
 from trafficmirror.reconcile.common import Owner, owner_description, owner_tags
 from trafficmirror.reconcile.kinds import SESSION
@@ -203,3 +204,40 @@ def test_random_worlds_nudge_exactly_the_objects_out_of_sync(seed: int) -> None:
     assert dict(nudged) == drifted
     assert len(nudged) == len(drifted)
     assert snapshot.calls == 2
+
+
+def test_a_retry_kopf_dropped_or_a_stale_generation_is_nudged_and_a_pending_backoff_is_not() -> None:
+    """kopf runs a change handler only for a difference from the last spec it handled: an edit back to
+    that spec while a handler waits to retry leaves the retry (and a stale status) behind for good."""
+    indexes, snapshot, objects = _world(6)
+    key = session_handlers.BINDING.index_name
+    now = time.time()
+    cases = {
+        "s0": {"phase": "Pending", "retry_at": now - 10},  # a retry due 10 s ago, no event since: dropped
+        "s1": {"observed_generation": 7, "generation": 9},  # edits after the last status, nobody at work
+        "s2": {"phase": "Pending", "retry_at": now + 60},  # a backoff still to come: kopf's
+        "s3": {"observed_generation": 7, "generation": 9, "retry_at": now + 60},  # kopf retries it
+        "s4": {"phase": "Pending", "retry_at": now - 10, "seen_at": now - 1},  # just changed: at work
+        "s5": {"observed_generation": 3, "generation": 3},  # settled
+    }
+    for name, changes in cases.items():
+        i = int(name[1:])
+        indexes[key][("ns", name)] = [replace(objects[i], **changes)]
+    nudged: list[tuple[str, str]] = []
+    asyncio.run(_loop(indexes, snapshot, nudged).tick(compare=False))
+    assert sorted(nudged) == [("s0", "stalled"), ("s1", "stalled")]
+
+
+def test_kopf_progress_records_give_the_promised_retry() -> None:
+    delayed = "2026-11-30T06:35:04.987000+00:00"
+    annotations = {
+        "trafficmirror.io/mirrorsession-reconcile.spec": (
+            f'{{"started":"2026-11-30T06:35:01.790819+00:00","delayed":"{delayed}","purpose":"update","retries":1}}'
+        ),
+        "trafficmirror.io/mirrorsession-nudge.x": '{"started":"2026-11-30T06:35:01+00:00","success":true}',
+        "trafficmirror.io/last-handled-configuration": '{"spec":{}}',
+        "trafficmirror.io/aws-id": "tms-1",
+        "other.io/x": '{"delayed":"2000-01-01T00:00:00+00:00"}',
+    }
+    assert promised_retry(annotations) == datetime.fromisoformat(delayed).timestamp()
+    assert promised_retry({"trafficmirror.io/aws-id": "tms-1"}) is None

@@ -11,13 +11,14 @@ from typing import Any
 import kopf
 
 from trafficmirror.api import ready_condition
-from trafficmirror.aws.errors import AwsError
+from trafficmirror.aws.errors import AwsError, ErrorClass
 from trafficmirror.metrics import RECONCILES, RESOURCES
 from trafficmirror.reconcile.common import RECHECKED_AT_RESYNC, Outcome, Owner, merge_conditions, transition_events
 from trafficmirror.reconcile.context import ReconcileContext, RetryLater
 from trafficmirror.reconcile.seam import ClusterFacts, Reconciler, Request, parse_request
 
 MAX_BACKOFF_SECONDS = 300.0
+NOT_FOUND_RETRY_SECONDS = 2.0
 _phases: dict[str, tuple[str, str]] = {}  # uid → (kind, phase), for the resources gauge
 
 
@@ -110,6 +111,11 @@ async def run(
         if from_timer:
             logger.warning(f"the next resync tries again: {error}")
             return None
+        if isinstance(error, AwsError) and error.error_class is ErrorClass.NOT_FOUND:
+            # A resource deleted outside while it was being changed: the world moved, not a failure
+            # to back off from; the next run sees it gone. (kopf's retry count also counts waits, so
+            # a backoff here grows past the resync bound, and the spec edits that follow wait behind it.)
+            raise kopf.TemporaryError(str(error), delay=NOT_FOUND_RETRY_SECONDS) from error
         delay = error.delay if isinstance(error, RetryLater) else None
         raise kopf.TemporaryError(str(error), delay=backoff(retry, base=delay or 2.0)) from error
     if outcome is None:

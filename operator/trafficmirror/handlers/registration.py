@@ -11,6 +11,7 @@ the objects that need a reconcile.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -24,7 +25,7 @@ from trafficmirror.api import GROUP, VERSION, Kind, Phase, ready_condition
 from trafficmirror.config import RESYNC_SECONDS
 from trafficmirror.handlers import apply
 from trafficmirror.handlers.patching import patch_annotations
-from trafficmirror.reconcile.common import CREATE_INTENT_ANNOTATION, Outcome
+from trafficmirror.reconcile.common import ANNOTATION_PREFIX, CREATE_INTENT_ANNOTATION, Outcome
 from trafficmirror.reconcile.context import ReconcileContext
 from trafficmirror.reconcile.seam import ClusterFacts, Reconciler, Request
 
@@ -51,6 +52,9 @@ class Tracked:
     ready_reason: str | None
     deleting: bool
     seen_at: float  # wall clock of the watch event this was built from
+    generation: int = 1
+    observed_generation: int | None = None  # the generation the status was written for
+    retry_at: float | None = None  # wall clock of the earliest retry kopf's progress records promise
 
     @property
     def region(self) -> str | None:
@@ -107,7 +111,33 @@ def track(binding: Binding, body: kopf.Body, context: ReconcileContext) -> Track
         ready_reason=ready.reason if ready is not None else None,
         deleting=bool(meta.get("deletionTimestamp")),
         seen_at=time.time(),
+        generation=int(meta.get("generation", 1)),
+        observed_generation=status.get("observedGeneration"),
+        retry_at=promised_retry(meta.get("annotations") or {}),
     )
+
+
+def promised_retry(annotations: Mapping[str, str]) -> float | None:
+    """When kopf's progress records (one annotation per handler under our prefix) say that a handler
+    that failed temporarily runs again: the earliest such time, None when no handler waits."""
+    times = []
+    for key, value in annotations.items():
+        if not key.startswith(f"{ANNOTATION_PREFIX}/") or key.endswith("/last-handled-configuration"):
+            continue
+        if not isinstance(value, str) or not value.startswith("{"):
+            continue
+        try:
+            record = json.loads(value)
+        except ValueError:
+            continue
+        delayed = record.get("delayed") if isinstance(record, dict) else None
+        if not delayed or record.get("success") or record.get("failure"):
+            continue
+        try:
+            times.append(datetime.fromisoformat(delayed).timestamp())
+        except (TypeError, ValueError):
+            continue
+    return min(times, default=None)
 
 
 def is_create_intent(outcome: Outcome | None) -> bool:

@@ -4,7 +4,8 @@ Each period the loop compares every Ready object kopf's index holds with the Des
 (`Binding.in_sync`, no call per object). Only the
 objects that need work are handed to kopf's change handler, by a nudge annotation, so every status
 write and Event still goes through one path. Between periods, a session that must follow its
-target or filter (a new AWS ID in kopf's in-memory index) is nudged at once, at no AWS cost.
+target or filter (a new AWS ID in kopf's in-memory index) is nudged at once, at no AWS cost; so is
+an object whose work nobody carries on (a retry kopf dropped, a status of an older generation).
 """
 
 from __future__ import annotations
@@ -68,7 +69,8 @@ class ResyncLoop:
     async def run(self) -> None:
         next_compare = time.monotonic() + self.period
         while True:
-            await asyncio.sleep(self.follow_period if self.binding.follows else self.period)
+            # Between Describes a pass costs no call: following (sessions) and stalled work, in memory.
+            await asyncio.sleep(self.follow_period)
             compare = time.monotonic() >= next_compare - 0.5
             if compare:
                 next_compare = time.monotonic() + self.period
@@ -78,13 +80,16 @@ class ResyncLoop:
                 self.logger.warning(f"resync of {self.binding.api.plural} failed, next period tries again: {error!r}")
 
     async def tick(self, compare: bool) -> list[tuple[Tracked, str]]:
-        """One pass: the objects nudged and why ('drift', 'missing', 'follow')."""
+        """One pass: the objects nudged and why ('drift', 'missing', 'follow', 'stalled')."""
         objects = [t for t in tracked_objects(self.indexes[self.binding.index_name]) if not t.deleting and t.request]
         due: list[tuple[Tracked, str]] = []
         if self.binding.follows is not None:
             due += [(t, "follow") for t in objects if t.phase == "Ready" and self.binding.follows(t, self.indexes)]
+        now_wall = time.time()
+        due += [(t, "stalled") for t in objects if self.stalled(t, now_wall)]
         if compare:
-            due += await self._compare([t for t in objects if (t, "follow") not in due])
+            taken = {t.uid for t, _ in due}
+            due += await self._compare([t for t in objects if t.uid not in taken])
         now = time.monotonic()
         # One nudge per object per follow period: a reconcile that raced with a change of its target
         # (a replacement) is asked again soon, and nothing is nudged twice while its reconcile runs.
@@ -95,9 +100,29 @@ class ResyncLoop:
                 continue
             self._nudged[tracked.uid] = now
             RESYNC_NUDGES.labels(self.binding.api.kind, why).inc()
+            if why == "stalled":
+                self.logger.info(
+                    f"stalled: {self.binding.api.kind} {tracked.namespace}/{tracked.name} (generation "
+                    f"{tracked.generation}, status of {tracked.observed_generation}) has a retry nobody runs"
+                )
             nudged.append((tracked, why))
         await asyncio.gather(*(self.nudge(self.binding, t, why) for t, why in nudged), return_exceptions=True)
         return nudged
+
+    def stalled(self, tracked: Tracked, now: float) -> bool:
+        """Work that nobody carries on: no watch event for a follow period, and either a retry kopf
+        promised is overdue, or the status is for an older generation.
+
+        kopf runs a change handler only for a difference from the last spec it handled: an edit that
+        goes back to that spec while the handler waits to retry (A → B, failed, → A) leaves the retry
+        and a stale status behind for good. A nudge is a difference of its own: the reconcile runs,
+        the status is written, and kopf forgets the dead retry.
+        """
+        if now - tracked.seen_at < self.follow_period:
+            return False
+        if tracked.retry_at is not None:  # a retry still to come is kopf's (a backoff is kept)
+            return now - tracked.retry_at >= self.follow_period
+        return tracked.observed_generation is not None and tracked.observed_generation != tracked.generation
 
     async def _compare(self, objects: list[Tracked]) -> list[tuple[Tracked, str]]:
         due: list[tuple[Tracked, str]] = []
