@@ -66,6 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     operator.add_argument("--log-level", default="INFO")
     operator.add_argument("--log-format", choices=["json", "full", "plain"], default="json")
     operator.set_defaults(func=_run_operator)
+    from trafficmirror.doctor import add_doctor_command
+
+    add_doctor_command(commands)
     try:
         from trafficmirror.capture.cli import add_capture_commands
     except ImportError:  # the capture package is optional in a minimal install

@@ -48,6 +48,8 @@ from moto.ec2.responses import EC2Response
 from moto.ec2.utils import EC2_PREFIX_TO_RESOURCE, EC2_RESOURCE_TO_PREFIX, random_id, simple_aws_filter_to_re
 from moto.moto_api._internal import mock_random
 
+from trafficmirror.aws.target_quotas import TargetQuotas
+
 CONTROL_PATH = "/_trafficmirror/config"
 RESET_PATH = "/_trafficmirror/reset"
 READY_MARKER = "trafficmirror emulator ready on "
@@ -70,8 +72,10 @@ class EmulatorConfig:
     # The field report saw a session refused for a t2.micro *target*; AWS documents the limit for sources
     # only. On by default (what was observed); off models the documented behaviour.
     target_type_check: bool = True
-    # "about 10 sources per ENI target (100 on the largest sizes)" - one number is enough for tests.
-    sources_per_target_limit: int = 10
+    # Sources per ENI target: None follows AWS's quota of the target's instance type (the operator's
+    # cited table, aws/target_quotas.yaml: 100 on the listed large types, 10 on all others); a number
+    # overrides it for every ENI target.
+    sources_per_target_limit: int | None = None
     # fnmatch patterns of instance types that override the built-in rule set (supported wins), so a test can
     # make "AWS" disagree with the operator's table.
     supported_types: list[str] = field(default_factory=list)
@@ -84,7 +88,10 @@ class EmulatorConfig:
             raise ValueError(f"unknown setting(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}")
         for name, value in changes.items():
             current = getattr(self, name)
-            if isinstance(current, bool):
+            if name == "sources_per_target_limit":
+                if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                    raise ValueError(f"{name} must be a positive integer, or null to follow the quota table")
+            elif isinstance(current, bool):
                 if not isinstance(value, bool):
                     raise ValueError(f"{name} must be true or false")
             elif isinstance(current, int):
@@ -594,6 +601,14 @@ def _check_target_usable(backend: Any, target: MirrorTarget) -> None:
         )
 
 
+def _sources_per_target_quota(backend: Any, target: MirrorTarget) -> int:
+    eni = backend.enis.get(target.network_interface_id) if target.network_interface_id else None
+    instance_type = eni.instance.instance_type if eni is not None and eni.instance is not None else None
+    limit = TargetQuotas.packaged().sources_per_target("network-interface", instance_type).limit
+    assert limit is not None  # an ENI target always has one
+    return limit
+
+
 def _check_target_capacity(backend: Any, target: MirrorTarget, source_eni: str, ignore: str | None) -> None:
     # NLB and GWLB endpoint targets take any number of sources; an ENI target only a few.
     if target.type != "network-interface":
@@ -603,7 +618,7 @@ def _check_target_capacity(backend: Any, target: MirrorTarget, source_eni: str, 
         for s in backend.traffic_mirror_sessions.values()
         if s.traffic_mirror_target_id == target.id and s.id != ignore
     }
-    limit = CONFIG.sources_per_target_limit
+    limit = CONFIG.sources_per_target_limit or _sources_per_target_quota(backend, target)
     if source_eni not in sources and len(sources) >= limit:
         raise _error(
             "TrafficMirrorSourcesPerTargetLimitExceeded",

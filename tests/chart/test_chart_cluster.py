@@ -145,6 +145,7 @@ def test_operator_rbac_is_exactly_what_kopf_needs(
 ) -> None:
     assert rules_of(control_plane, release, OPERATOR_SA, namespace) == {
         "events": {"create"},
+        "services": {"list", "watch"},
         "nodes": {"list", "watch"},
         "customresourcedefinitions.apiextensions.k8s.io": {"list", "watch"},
         "clusterkopfpeerings.kopf.dev": {"list", "watch"},

@@ -215,3 +215,23 @@ def test_instance_support_overrides_reach_the_configmap(bin_dir: Path) -> None:
     )
     (config,) = by_kind(docs, "ConfigMap")
     assert yaml.safe_load(config["data"]["instance-support.yaml"]) == {"allow": ["c6i"], "deny": ["c5.large"]}
+
+
+def test_capture_load_balancer_service_fronts_every_agent_on_udp_with_the_agents_readiness_as_health_check(
+    bin_dir: Path,
+) -> None:
+    assert not [s for s in by_kind(render(bin_dir), "Service") if s["spec"].get("type") == "LoadBalancer"]
+    docs = render(bin_dir, "--set", "capture.loadBalancer.enabled=true")
+    (service,) = [s for s in by_kind(docs, "Service") if s["spec"].get("type") == "LoadBalancer"]
+    daemonset = one(docs, "DaemonSet")
+    assert service["spec"]["selector"] == daemonset["spec"]["selector"]["matchLabels"]
+    assert service["spec"]["ports"] == [{"name": "vxlan", "port": 4789, "targetPort": 4789, "protocol": "UDP"}]
+    assert service["spec"]["loadBalancerClass"] == "service.k8s.aws/nlb"
+    annotations = service["metadata"]["annotations"]
+    metrics = next(p for p in container(daemonset)["ports"] if p["name"] == "metrics")
+    assert annotations["service.beta.kubernetes.io/aws-load-balancer-healthcheck-port"] == str(metrics["containerPort"])
+    probe_path = container(daemonset)["readinessProbe"]["httpGet"]["path"]
+    assert annotations["service.beta.kubernetes.io/aws-load-balancer-healthcheck-path"] == probe_path
+    moved = render(bin_dir, "--set", "capture.loadBalancer.enabled=true", "--set", "capture.metricsPort=9191")
+    (service,) = [s for s in by_kind(moved, "Service") if s["spec"].get("type") == "LoadBalancer"]
+    assert service["metadata"]["annotations"]["service.beta.kubernetes.io/aws-load-balancer-healthcheck-port"] == "9191"

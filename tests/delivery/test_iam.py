@@ -34,6 +34,8 @@ POLICY_OF_MODULE = {
     "aws/ec2.py": "operator-policy.json",
     "capture/ship.py": "capture-agent-policy.json",
     "capture/fetch.py": "pcap-reader-policy.json",
+    "aws/inventory.py": "doctor-policy.json",
+    "aws/elbv2.py": "operator-policy.json",
 }
 
 # boto3's managed transfers, as the API calls s3transfer makes for them.
@@ -73,6 +75,9 @@ S3_IAM_ACTION = {
 # and for reading it back. kms:Encrypt is never called by S3.
 KMS_FOR_SSE_WRITE = {"kms:GenerateDataKey", "kms:Decrypt"}
 KMS_FOR_SSE_READ = {"kms:Decrypt"}
+
+# boto3 service names whose IAM action prefix differs.
+IAM_PREFIX = {"elbv2": "elasticloadbalancing"}
 
 # Global condition keys that every action supports (those we could plausibly use).
 GLOBAL_KEYS = {"aws:RequestedRegion", "aws:SourceVpc", "aws:SourceVpce", "aws:PrincipalTag/${TagKey}"}
@@ -186,7 +191,7 @@ def iam_actions(service: str, snake_ops: set[str]) -> set[str]:
         missing = apis - S3_IAM_ACTION.keys()
         assert not missing, f"add the IAM action of {sorted(missing)} to S3_IAM_ACTION"
         return {S3_IAM_ACTION[a] for a in apis}
-    return {f"{service}:{a}" for a in apis}
+    return {f"{IAM_PREFIX.get(service, service)}:{a}" for a in apis}
 
 
 def load_policy(name: str) -> dict[str, Any]:
@@ -377,12 +382,12 @@ def test_required_resource_types_of_each_operator_action_are_granted_somewhere()
     the filter and the new session each allowed by some statement."""
     statements = load_policy("operator-policy.json")["Statement"]
     for action in sorted(allowed_actions(load_policy("operator-policy.json"))):
-        name = action.split(":")[1]
-        for rt, facts in AUTHZ["ec2"]["actions"][name]["resource_types"].items():
+        service, name = action.split(":")
+        for rt, facts in AUTHZ[service]["actions"][name]["resource_types"].items():
             if not rt or not facts["required"]:
                 continue
             assert any(
-                action in listed(s["Action"]) and any(rt in _resource_types("ec2", r) for r in listed(s["Resource"]))
+                action in listed(s["Action"]) and any(rt in _resource_types(service, r) for r in listed(s["Resource"]))
                 for s in statements
             ), f"{action} needs {rt} granted"
 

@@ -15,7 +15,7 @@ pytestmark = pytest.mark.emulator
 
 DEFAULTS = {
     "target_type_check": True,
-    "sources_per_target_limit": 10,
+    "sources_per_target_limit": None,
     "supported_types": [],
     "unsupported_types": [],
 }
@@ -45,6 +45,7 @@ def test_control_endpoint_is_plain_http_json(emulator: Emulator) -> None:
         {"no_such_switch": True},
         {"target_type_check": "yes"},
         {"sources_per_target_limit": 0},
+        {"sources_per_target_limit": "10"},
         {"supported_types": 1},
     ],
 )

@@ -338,6 +338,25 @@ def test_ten_sources_per_eni_target(mirror: Any, expect_error: Any) -> None:
     assert mirror.session(sources[0], target, SessionNumber=2)["NetworkInterfaceId"] == sources[0]
 
 
+def test_sources_per_target_follow_the_quota_of_the_targets_instance_type(mirror: Any, expect_error: Any) -> None:
+    """AWS's sources-per-target quota depends on the target's type: 100 on the listed large types, 10 on others."""
+    [(_, large_eni)] = mirror.launch("m5.24xlarge")
+    [(_, small_eni)] = mirror.launch("c5.large")
+    large, small, filter_id = mirror.target(large_eni), mirror.target(small_eni), mirror.filter()
+    sources = [eni for _, eni in mirror.launch("t3.small", count=12)]
+    for eni in sources[:10]:
+        mirror.session(eni, small, TrafficMirrorFilterId=filter_id)
+        mirror.session(eni, large, TrafficMirrorFilterId=filter_id, SessionNumber=2)
+    message = expect_error(
+        "TrafficMirrorSourcesPerTargetLimitExceeded", mirror.session, source=sources[10], target=small
+    )
+    assert "(10)" in message and small in message
+    for eni in sources[10:]:
+        mirror.session(eni, large, TrafficMirrorFilterId=filter_id)
+    sessions = mirror.ec2.describe_traffic_mirror_sessions()["TrafficMirrorSessions"]
+    assert len({s["NetworkInterfaceId"] for s in sessions if s["TrafficMirrorTargetId"] == large}) == 12
+
+
 def test_sources_per_target_limit_is_configurable(emulator: Emulator, mirror: Any, expect_error: Any) -> None:
     emulator.configure(sources_per_target_limit=1)
     target = mirror.target("capture")

@@ -3,7 +3,8 @@
 It keeps the AWS behaviours that matter to the decisions: idempotency by ClientToken (a token
 already used answers with what it made, even if that was deleted since, as EC2 does), the values
 AWS normalises (CIDR network addresses, 8500 bytes to an NLB), InUse on deleting what sessions
-use, three sessions per source ENI. Every call is counted, by region, so tables can assert that a
+use, three sessions per source ENI, the sources-per-target quota of an ENI target's instance type
+(the packaged quota table, as AWS applies it). Every call is counted, by region, so tables can assert that a
 loop makes no mutating call.
 """
 
@@ -29,6 +30,7 @@ from trafficmirror.aws.ec2 import (
 )
 from trafficmirror.aws.errors import AwsError, classify
 from trafficmirror.aws.instance_support import InstanceTypeFacts
+from trafficmirror.aws.target_quotas import TargetQuotas
 
 MUTATING_PREFIXES = ("create", "modify", "delete", "set_")
 _ids = itertools.count(0x1000)
@@ -58,12 +60,32 @@ class FakeRegion:
     fail: dict[str, AwsError] = field(default_factory=dict)  # operation → error it raises once armed
 
     # --- the world -------------------------------------------------------------------------------
-    def add_instance(self, instance_type: str) -> tuple[str, str]:
+    def add_instance(self, instance_type: str, availability_zone: str = "us-east-1a") -> tuple[str, str]:
         instance_id, eni = _new_id("i"), _new_id("eni")
         self.instances[instance_id] = instance_type
         self.primary[instance_id] = eni
-        self.interfaces[eni] = NetworkInterface(eni, instance_id, "10.0.0.1", "interface")
+        self.interfaces[eni] = NetworkInterface(eni, instance_id, "10.0.0.1", "interface", availability_zone)
         return instance_id, eni
+
+    def _check_sources_per_target(self, target_id: str, source_eni: str, ignore: str | None = None) -> None:
+        target = self.targets[target_id]
+        if target.network_interface_id is None:
+            return  # NLB and GWLB endpoint targets: no per-target quota
+        interface = self.interfaces.get(target.network_interface_id)
+        instance_type = self.instances.get(interface.instance_id or "") if interface else None
+        limit = TargetQuotas.packaged().sources_per_target("network-interface", instance_type).limit
+        sources = {
+            s.network_interface_id
+            for s in self.sessions.values()
+            if s.target_id == target_id and s.session_id != ignore
+        }
+        if limit is not None and source_eni not in sources and len(sources) >= limit:
+            raise error(
+                "CreateTrafficMirrorSession",
+                "TrafficMirrorSourcesPerTargetLimitExceeded",
+                f"The maximum number of traffic mirror sources ({limit}) for traffic mirror target "
+                f"'{target_id}' has been exceeded.",
+            )
 
     def mutating_calls(self) -> int:
         return sum(n for op, n in self.calls.items() if op.startswith(MUTATING_PREFIXES))
@@ -235,6 +257,7 @@ class FakeRegion:
         if sum(s.network_interface_id == params.network_interface_id for s in self.sessions.values()) >= 3:
             raise error("CreateTrafficMirrorSession", "TrafficMirrorSessionsPerInterfaceLimitExceeded")
         target = self.targets[params.target_id]
+        self._check_sources_per_target(params.target_id, params.network_interface_id)
         session = AwsSession(
             _new_id("tms"),
             params.network_interface_id,
@@ -280,6 +303,8 @@ class FakeRegion:
         if changes.target_id:
             self._check_target_type("ModifyTrafficMirrorSession", changes.target_id)
         session = self.sessions[session_id]
+        if changes.target_id is not None:
+            self._check_sources_per_target(changes.target_id, session.network_interface_id, ignore=session_id)
         values: dict[str, Any] = {
             "target_id": changes.target_id,
             "filter_id": changes.filter_id,

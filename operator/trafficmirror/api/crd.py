@@ -77,6 +77,8 @@ def _printer_columns(kind: Kind) -> list[dict[str, Any]]:
     ]
     if kind is MIRROR_SESSION:
         columns.append({"name": "VNI", "type": "integer", "jsonPath": ".status.virtualNetworkId"})
+        # -o wide: the MirrorTarget (with targetSelector: the one chosen from the pool).
+        columns.append({"name": "Target", "type": "string", "jsonPath": ".status.targetName", "priority": 1})
     columns += [
         {"name": "Reason", "type": "string", "jsonPath": '.status.conditions[?(@.type=="Ready")].reason'},
         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},

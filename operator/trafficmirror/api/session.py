@@ -44,12 +44,56 @@ class LocalObjectReference(CamelModel):
     name: ObjectName = Field(description="Name of the object in the session's namespace.")
 
 
+_LABEL_NAME = r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?"
+_LABEL_KEY = rf"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?{_LABEL_NAME}$"
+MatchLabels = Annotated[
+    dict[str, Annotated[str, Field(max_length=63)]],
+    Field(
+        min_length=1,
+        description="Labels every MirrorTarget of the pool carries (in the session's namespace).",
+        json_schema_extra={
+            "maxProperties": 20,
+            "x-kubernetes-validations": [
+                {
+                    "rule": f"self.all(k, size(k) <= 317 && k.matches('{_LABEL_KEY}'))",
+                    "message": "label keys are [prefix/]name: a DNS subdomain prefix and a name of at most 63 "
+                    "characters (A-Z, a-z, 0-9, -, _, .)",
+                },
+                {
+                    "rule": f"self.all(k, self[k] == '' || self[k].matches('^{_LABEL_NAME}$'))",
+                    "message": "label values are at most 63 characters (A-Z, a-z, 0-9, -, _, .), "
+                    "beginning and ending with a letter or digit",
+                },
+            ],
+        },
+    ),
+]
+
+
+class TargetSelector(CamelModel):
+    match_labels: MatchLabels
+
+
 class MirrorSessionSpec(
     CommonSpec,
-    json_schema_extra={"x-kubernetes-validations": [immutable_once_set("region"), immutable_once_set("adoptId")]},
+    json_schema_extra={
+        "x-kubernetes-validations": [
+            exactly_one_of("targetRef", "targetSelector", what="a MirrorSession"),
+            immutable_once_set("region"),
+            immutable_once_set("adoptId"),
+        ]
+    },
 ):
     source: MirrorSource
-    target_ref: LocalObjectReference = Field(description="The MirrorTarget to send to.")
+    target_ref: LocalObjectReference | None = Field(default=None, description="The MirrorTarget to send to.")
+    target_selector: TargetSelector | None = Field(
+        default=None,
+        description="A pool: the MirrorTargets with these labels (a label selector, not a pool kind: members "
+        "are MirrorTargets already and join or leave by label). Per source the operator picks a Ready ENI "
+        "target in the source's Availability Zone first, the least loaded, never above AWS's sources-per-target "
+        "quota of its instance type; then a load-balancer target; then another zone. status.targetName says "
+        "which, the TargetChosen condition why.",
+    )
     filter_ref: LocalObjectReference = Field(description="The MirrorFilter that selects packets.")
     session_number: int = Field(
         default=1, ge=1, le=32766, description="Order among the sessions of one source ENI, lowest first."
@@ -70,6 +114,12 @@ class MirrorSessionSpec(
         default=None,
         description="An existing TrafficMirrorSession (tms-…) to manage instead of creating one.",
     )
+
+    @model_validator(mode="after")
+    def _one_target(self) -> MirrorSessionSpec:
+        if (self.target_ref is None) == (self.target_selector is None):
+            raise ValueError("set exactly one of targetRef, targetSelector")
+        return self
 
 
 class CaptureDrops(CamelModel):
@@ -110,6 +160,9 @@ class MirrorSessionStatus(CommonStatus):
         "VNI only from these. Unset for a load balancer target, whose datagrams may come from the load balancer.",
     )
     traffic_mirror_target_id: str | None = None
+    target_name: str | None = Field(
+        default=None, description="The MirrorTarget the session sends to (with targetSelector: the one chosen)."
+    )
     traffic_mirror_filter_id: str | None = None
     packet_length: int | None = Field(
         default=None,

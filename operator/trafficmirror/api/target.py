@@ -7,6 +7,7 @@ from typing import Annotated, Literal
 from pydantic import Field, model_validator
 
 from trafficmirror.api.common import (
+    CamelModel,
     CommonSpec,
     CommonStatus,
     InstanceId,
@@ -22,6 +23,7 @@ TARGET_KINDS = (
     "nodeName",
     "networkLoadBalancerArn",
     "gatewayLoadBalancerEndpointId",
+    "serviceRef",
 )
 
 NetworkLoadBalancerArn = Annotated[
@@ -34,6 +36,15 @@ NetworkLoadBalancerArn = Annotated[
 GatewayLoadBalancerEndpointId = Annotated[
     str, Field(pattern=r"^vpce-[0-9a-f]{8,17}$", description="A Gateway Load Balancer endpoint ID, vpce-….")
 ]
+
+
+ServiceName = Annotated[str, Field(min_length=1, max_length=63, pattern=r"^[a-z]([-a-z0-9]*[a-z0-9])?$")]
+
+
+class ServiceReference(CamelModel):
+    name: ServiceName = Field(description="Name of the Service in the target's namespace.")
+
+
 TrafficMirrorTargetId = Annotated[str, Field(pattern=r"^tmt-[0-9a-f]{8,17}$")]
 
 
@@ -52,6 +63,11 @@ class MirrorTargetSpec(
     node_name: NodeName | None = None
     network_load_balancer_arn: NetworkLoadBalancerArn | None = None
     gateway_load_balancer_endpoint_id: GatewayLoadBalancerEndpointId | None = None
+    service_ref: ServiceReference | None = Field(
+        default=None,
+        description="A Service of type LoadBalancer in front of the capture agents (an NLB with a UDP 4789 "
+        "listener); the target is created on its Network Load Balancer and DataPathReady says what is missing.",
+    )
     adopt_id: TrafficMirrorTargetId | None = Field(
         default=None, description="An existing TrafficMirrorTarget (tmt-…) to manage instead of creating one."
     )
@@ -69,6 +85,7 @@ TARGET_FIELDS = (
     "node_name",
     "network_load_balancer_arn",
     "gateway_load_balancer_endpoint_id",
+    "service_ref",
 )
 
 
@@ -79,6 +96,9 @@ class MirrorTargetStatus(CommonStatus):
         default=None, description="What the target sends to."
     )
     instance_type: str | None = Field(default=None, description="Instance type behind the target ENI, if any.")
+    availability_zone: str | None = Field(
+        default=None, description="Availability Zone of the target ENI; sessions choosing from a pool prefer their own."
+    )
     previous_target_ids: list[str] | None = Field(
         default=None, description="Replaced targets, deleted as soon as no session uses them."
     )

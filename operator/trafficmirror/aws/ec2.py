@@ -126,6 +126,7 @@ class NetworkInterface:
     instance_id: str | None  # None for ENIs of ALB, RDS, Fargate, …: their type is unknown until tried
     private_ip_address: str | None
     interface_type: str
+    availability_zone: str | None = None
 
 
 @dataclass(frozen=True)
@@ -531,6 +532,7 @@ class Ec2Mirror:
                 instance_id=(raw.get("Attachment") or {}).get("InstanceId"),
                 private_ip_address=raw.get("PrivateIpAddress"),
                 interface_type=raw.get("InterfaceType", "interface"),
+                availability_zone=raw.get("AvailabilityZone"),
             )
 
         return self._interfaces.get_or_load(network_interface_id, load)

@@ -70,7 +70,8 @@ def live_owners_of(*indexes: kopf.Index[str, str]) -> Callable[[str], str | None
 
 
 def context_for(context: ReconcileContext, indexes: Mapping[str, Any]) -> ReconcileContext:
-    """The context with what kopf's indexes know now: nodes' provider IDs, the live owners."""
+    """The context with what kopf's indexes know now: nodes' provider IDs, the live owners, Services'
+    load-balancer hostnames."""
     changes: dict[str, Any] = {}
     node_provider_ids = indexes.get("node_provider_ids")
     if node_provider_ids is not None:
@@ -78,6 +79,9 @@ def context_for(context: ReconcileContext, indexes: Mapping[str, Any]) -> Reconc
     owners = [indexes[name] for name in ("target_owners", "filter_owners", "session_owners") if name in indexes]
     if owners:
         changes["live_owners"] = live_owners_of(*owners)
+    service_load_balancers = indexes.get("service_load_balancers")
+    if service_load_balancers is not None:
+        changes["service_hostnames"] = {key: next(iter(store), "") for key, store in service_load_balancers.items()}
     return dataclasses.replace(context, **changes) if changes else context
 
 

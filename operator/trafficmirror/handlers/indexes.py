@@ -3,6 +3,7 @@ and which sessions use which target or filter. kopf keeps them current from its 
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -21,7 +22,14 @@ def node_provider_ids(name: str, spec: kopf.Spec, **_: Any) -> dict[str, str]:
     return {name: spec.get("providerID", "")}
 
 
-def _dependency(name: str, status: kopf.Status, id_field: str) -> Dependency:
+@kopf.index("services", when=lambda spec, **_: spec.get("type") == "LoadBalancer")
+def service_load_balancers(namespace: str, name: str, status: kopf.Status, **_: Any) -> dict[tuple[str, str], str]:
+    """(namespace, name) of a Service of type LoadBalancer → its load balancer's hostname ("" until known)."""
+    ingress = (status.get("loadBalancer") or {}).get("ingress") or [{}]
+    return {(namespace, name): str(ingress[0].get("hostname") or "")}
+
+
+def _dependency(name: str, status: kopf.Status, id_field: str, labels: kopf.Labels | None = None) -> Dependency:
     ready = ready_condition(status)
     return Dependency(
         name=name,
@@ -30,12 +38,20 @@ def _dependency(name: str, status: kopf.Status, id_field: str) -> Dependency:
         reason=ready.reason if ready is not None else None,
         network_interface_id=status.get("networkInterfaceId"),
         endpoint_type=status.get("endpointType"),
+        instance_type=status.get("instanceType"),
+        availability_zone=status.get("availabilityZone"),
+        labels=tuple(sorted((labels or {}).items())),
     )
 
 
 @kopf.index(*TARGETS)
-def target_states(namespace: str, name: str, status: kopf.Status, **_: Any) -> dict[tuple[str, str], Dependency]:
-    return {(namespace, name): _dependency(name, status, "trafficMirrorTargetId")}
+def target_states(
+    namespace: str, name: str, status: kopf.Status, labels: kopf.Labels, meta: kopf.Meta, **_: Any
+) -> dict[tuple[str, str], Dependency]:
+    dependency = _dependency(name, status, "trafficMirrorTargetId", labels)
+    if meta.get("deletionTimestamp"):  # a target being deleted takes no new sources; its own move away
+        dependency = dataclasses.replace(dependency, phase="Deleting")
+    return {(namespace, name): dependency}
 
 
 @kopf.index(*FILTERS)
@@ -50,6 +66,33 @@ def session_users(namespace: str, name: str, spec: kopf.Spec, **_: Any) -> dict[
         (namespace, "target", spec.get("targetRef", {}).get("name", "")): name,
         (namespace, "filter", spec.get("filterRef", {}).get("name", "")): name,
     }
+
+
+@kopf.index(*SESSIONS)
+def session_placements(uid: str, namespace: str, status: kopf.Status, **_: Any) -> dict[str, tuple[str, str]]:
+    """Session UID → (target ID, source ENI) as its status says: the load of each target, for pools."""
+    return {uid: (str(status.get("trafficMirrorTargetId") or ""), str(status.get("sourceNetworkInterfaceId") or ""))}
+
+
+@kopf.index(*SESSIONS)
+def session_choices(
+    uid: str, namespace: str, name: str, status: kopf.Status, **_: Any
+) -> dict[tuple[str, str], tuple[str, str]]:
+    """(namespace, name) → (UID, status.targetName): the target a pooled session chose last time."""
+    return {(namespace, name): (uid, str(status.get("targetName") or ""))}
+
+
+def pool_of(index: kopf.Index[Any, Any], namespace: str, match_labels: dict[str, str]) -> tuple[Dependency, ...]:
+    """The MirrorTargets of `namespace` that carry every label of `match_labels`."""
+    members = []
+    for (target_namespace, _name), store in index.items():
+        dependency = next(iter(store), None)
+        if target_namespace != namespace or dependency is None:
+            continue
+        labels = dict(dependency.labels)
+        if all(labels.get(key) == value for key, value in match_labels.items()):
+            members.append(dependency)
+    return tuple(sorted(members, key=lambda d: d.name))
 
 
 # UID → "Kind namespace/name": whether the owner an AWS resource's tags name is alive (adoption).

@@ -12,6 +12,7 @@ import kopf
 import prometheus_client
 
 from trafficmirror.aws.ec2 import INSTANCE_TYPE_TTL_SECONDS, Ec2Mirror
+from trafficmirror.aws.elbv2 import LoadBalancers
 from trafficmirror.aws.instance_support import load_support_table
 from trafficmirror.config import OperatorConfig
 from trafficmirror.handlers.patching import patch_annotations
@@ -67,6 +68,14 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: lo
             )
         return clients[name]
 
+    balancers: dict[str, LoadBalancers] = {}
+
+    def load_balancers_for_region(region: str | None) -> LoadBalancers:
+        name = region or config.region
+        if name not in balancers:
+            balancers[name] = LoadBalancers.connect(name, max_attempts=config.aws_max_attempts)
+        return balancers[name]
+
     aws_for_region(None)  # fail at start, not at the first object, if AWS settings are broken
     memo.config = config
     # Reconciles in progress at once (the others wait here, holding nothing but kopf's own state): a
@@ -77,6 +86,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: lo
         aws_for_region=aws_for_region,
         support_table=load_support_table(overrides),
         cluster=config.cluster_name,
+        load_balancers_for_region=load_balancers_for_region,
     )
     memo.resync_tasks = [
         asyncio.create_task(

@@ -7,4 +7,7 @@ from trafficmirror.handlers.indexes import users_facts
 from trafficmirror.handlers.registration import Binding, register
 from trafficmirror.reconcile.kinds import TARGET
 
-BINDING = register(Binding(MIRROR_TARGET, TARGET, users_facts("target"), uses_indexes=("session_users",)))
+# service_load_balancers: a serviceRef target's load-balancer hostname (apply.context_for).
+BINDING = register(
+    Binding(MIRROR_TARGET, TARGET, users_facts("target"), uses_indexes=("session_users", "service_load_balancers"))
+)

@@ -7,8 +7,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
+from trafficmirror.aws.elbv2 import LoadBalancers
 from trafficmirror.aws.errors import AwsError, ErrorClass
 from trafficmirror.aws.instance_support import SupportTable
+from trafficmirror.aws.target_quotas import TargetQuotas
 from trafficmirror.reconcile.common import (
     CLUSTER_TAG,
     CREATE_INTENT_ANNOTATION,
@@ -24,6 +26,7 @@ from trafficmirror.reconcile.common import (
     pending,
     tag_changes,
 )
+from trafficmirror.reconcile.placement import PlacementBook
 from trafficmirror.reconcile.ports import MirrorAws, Tagging
 
 AWS_RETRY_SECONDS = 10.0
@@ -52,6 +55,12 @@ class ReconcileContext:
     remembered_rejections: set[str] = field(default_factory=set)
     # UID → "Kind namespace/name" of a live MirrorTarget/Filter/Session; None when not known.
     live_owners: LiveOwners | None = None
+    # MirrorTargets with serviceRef: the load balancers, and each Service's load-balancer hostname.
+    load_balancers_for_region: Callable[[str | None], LoadBalancers] | None = None
+    service_hostnames: dict[tuple[str, str], str] = field(default_factory=dict)
+    # Sessions with targetSelector: AWS's sources-per-target quotas and this operator's recent choices.
+    target_quotas: TargetQuotas = field(default_factory=TargetQuotas.packaged)
+    placements: PlacementBook = field(default_factory=PlacementBook)
 
 
 def outcome_for_aws_error(error: AwsError, **status_fields: Any) -> Outcome:

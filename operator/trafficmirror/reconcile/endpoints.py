@@ -66,6 +66,7 @@ class SupportCheck:
     instance_type: str | None
     decision: SupportDecision | None  # None: not attached to an instance, unknown until tried
     private_ip_address: str | None = None  # the ENI's primary private address
+    availability_zone: str | None = None
 
     @property
     def unsupported(self) -> bool:
@@ -77,7 +78,9 @@ def check_support(
 ) -> SupportCheck:
     interface = aws.network_interface(network_interface_id)
     if interface.instance_id is None:
-        return SupportCheck(network_interface_id, None, None, None, interface.private_ip_address)
+        return SupportCheck(
+            network_interface_id, None, None, None, interface.private_ip_address, interface.availability_zone
+        )
     instance_type = aws.instance_types([interface.instance_id])[interface.instance_id]
     facts = aws.instance_type_facts(instance_type)
     return SupportCheck(
@@ -86,4 +89,5 @@ def check_support(
         instance_type,
         decide_support(facts, table, remembered_rejections),
         interface.private_ip_address,
+        interface.availability_zone,
     )

@@ -35,6 +35,9 @@ class Dependency:
     reason: str | None = None
     network_interface_id: str | None = None
     endpoint_type: str | None = None  # targets: NetworkInterface | NetworkLoadBalancer | GatewayLoadBalancerEndpoint
+    instance_type: str | None = None  # targets: the instance type behind the ENI
+    availability_zone: str | None = None  # targets: the ENI's Availability Zone
+    labels: tuple[tuple[str, str], ...] = ()  # targets: the labels a session's targetSelector matches
 
 
 @dataclass(frozen=True)
@@ -44,6 +47,10 @@ class ClusterFacts:
     target: Dependency | None = None  # a session's MirrorTarget
     mirror_filter: Dependency | None = None  # a session's MirrorFilter
     users: tuple[str, ...] = ()  # the sessions that reference a target or filter
+    # A session with targetSelector: the MirrorTargets its labels select, and the source ENIs the
+    # cluster's sessions (other than this one) mirror to each target ID.
+    pool: tuple[Dependency, ...] | None = None
+    pool_sources: Mapping[str, frozenset[str]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

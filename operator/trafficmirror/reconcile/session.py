@@ -20,6 +20,7 @@ from trafficmirror.reconcile.common import (
     CREATE_INTENT_ANNOTATION,
     QUOTA_EXCEEDED,
     UNSUPPORTED_INSTANCE_TYPE,
+    ConditionUpdate,
     Event,
     Outcome,
     Owner,
@@ -49,10 +50,15 @@ from trafficmirror.reconcile.endpoints import (
     resolve_network_interface,
 )
 from trafficmirror.reconcile.observed import Observed
+from trafficmirror.reconcile.placement import NETWORK_INTERFACE, Candidate, Choice
 from trafficmirror.reconcile.ports import SessionAws
 from trafficmirror.reconcile.seam import Dependency, Request
 
 AWS_KIND = "TrafficMirrorSession"
+TARGET_CHOSEN = "TargetChosen"  # sessions with targetSelector: which target of the pool, and why
+WAITING_FOR_TARGET = "WaitingForTarget"
+SOURCES_PER_TARGET_EXCEEDED = "TrafficMirrorSourcesPerTargetLimitExceeded"
+POOL_RETRY_SECONDS = 15.0
 UNSUPPORTED = UNSUPPORTED_INSTANCE_TYPE
 DEPENDENCY_RETRY_SECONDS = 3.0
 SESSIONS_PER_INTERFACE = 3  # AWS quota, not adjustable
@@ -199,66 +205,65 @@ def reconcile_session(request: SessionRequest, ctx: ReconcileContext) -> Outcome
             source_eni, support.instance_id or "", support.instance_type or "", support.decision
         )
         return failed(UNSUPPORTED, message, **source_fields)
-    waiting = _waiting_for("Target", target, spec.target_ref.name) or _waiting_for(
-        "Filter", mirror_filter, spec.filter_ref.name
-    )
-    if waiting is not None:
-        waiting.status_fields.update(source_fields)
-        return waiting
-    assert target is not None and target.aws_id and mirror_filter is not None and mirror_filter.aws_id
-    desired = SessionParams(
-        network_interface_id=source_eni,
-        target_id=target.aws_id,
-        filter_id=mirror_filter.aws_id,
-        session_number=spec.session_number,
-        virtual_network_id=spec.virtual_network_id,
-        packet_length=spec.packet_length,
-        description=owner_description(owner, spec.description),
-    )
     current_id = status.traffic_mirror_session_id or annotations.get(AWS_ID_ANNOTATION) or spec.adopt_id
     events: list[Event] = []
-    try:
-        actual = recorded_resource(current_id, spec.adopt_id, AWS_KIND, aws.describe_sessions, events).resource
-        if actual is not None:
-            refuse_foreign(AWS_KIND, actual.session_id, actual.tags, owner, ctx.live_owners)
-        if actual is not None and actual.network_interface_id != source_eni:
-            # AWS cannot move a session to another source ENI: delete and create anew.
-            _delete_quietly(aws, actual.session_id)
-            events.append(Event("Normal", "Recreating", f"source changed to {source_eni}; replacing {current_id}"))
-            actual = None
-        if actual is None:
-            if _still_refused(aws, ctx, status, target.network_interface_id):
-                return failed(UNSUPPORTED, status_message(status), **_refusal_fields(status), **source_fields)
-            if _quota_still_reached(aws, status, source_eni):
-                return failed(QUOTA_EXCEEDED, status_message(status), **source_fields)
-            actual = create_once(
-                aws_kind=AWS_KIND,
-                token=client_token(owner.uid, {"params": asdict(desired), "replaces": current_id}),
-                annotations=annotations,
-                find_orphan=lambda: _find_orphan(aws, owner, source_eni),
-                create=lambda token: aws.create_session(desired, client_token=token, tags=owner_tags(owner, spec.tags)),
-                id_of=lambda session: session.session_id,
-                events=events,
-                **source_fields,
-            )
-        changes = session_modifications(actual, desired, target.endpoint_type)
-        if changes.target_id and _still_refused(aws, ctx, status, target.network_interface_id):
-            # AWS refused this move already, and the target's instance type has not changed since.
-            return failed(UNSUPPORTED, status_message(status), **_refusal_fields(status), **source_fields)
-        if not changes.empty:
-            actual = aws.modify_session(actual.session_id, changes)
-            events.append(Event("Normal", "Updated", f"modified {', '.join(changes.names)}"))
-        sync_tags(aws, actual.session_id, owner_tags(owner, spec.tags), actual.tags, events)
-    except AwsError as error:
-        if error.error_class is ErrorClass.UNSUPPORTED_INSTANCE:
-            return _rejected_instance(aws, ctx, error, support, source_fields)
-        gone = _dependency_gone(error, spec.target_ref.name, spec.filter_ref.name)
-        if gone is not None:
-            gone.status_fields.update(source_fields)
-            return gone
-        return outcome_for_aws_error(error, **source_fields)
-    except Decided as decided:
-        return decided.outcome
+    choice: Choice | None = None
+    refused_full: frozenset[str] = frozenset()
+    moved_on: list[Event] = []  # the targets of the pool AWS refused this time
+    while True:
+        if spec.target_selector is not None:
+            choice = _choose_target(request, ctx, source_eni, support.availability_zone, refused_full)
+            if choice.target is None:
+                return _no_target(choice, source_fields, moved_on)
+            target = _chosen_dependency(request, choice.target)
+            target_name = choice.target.name
+        else:
+            assert spec.target_ref is not None
+            target_name = spec.target_ref.name
+        waiting = _waiting_for("Target", target, target_name) or _waiting_for(
+            "Filter", mirror_filter, spec.filter_ref.name
+        )
+        if waiting is not None:
+            waiting.status_fields.update(source_fields)
+            return waiting
+        assert target is not None and target.aws_id and mirror_filter is not None and mirror_filter.aws_id
+        desired = SessionParams(
+            network_interface_id=source_eni,
+            target_id=target.aws_id,
+            filter_id=mirror_filter.aws_id,
+            session_number=spec.session_number,
+            virtual_network_id=spec.virtual_network_id,
+            packet_length=spec.packet_length,
+            description=owner_description(owner, spec.description),
+        )
+        try:
+            actual = _apply_session(request, ctx, aws, current_id, source_eni, desired, target, events, source_fields)
+        except AwsError as error:
+            # A full target, or one AWS refuses for its instance type, is no failure when the pool has
+            # another: the next choice skips it.
+            full = error.code == SOURCES_PER_TARGET_EXCEEDED
+            if (
+                choice is not None
+                and (full or _refuses_target(error, source_eni))
+                and target.aws_id not in refused_full
+            ):
+                ctx.placements.refused(target.aws_id, owner.uid)
+                refused_full |= {target.aws_id}
+                reason = "TargetFull" if full else "TargetRefused"
+                moved_on.append(Event("Warning", reason, f"{target_name} ({target.aws_id}): {error.message}"))
+                continue
+            if error.error_class is ErrorClass.UNSUPPORTED_INSTANCE:
+                return _rejected_instance(aws, ctx, error, support, source_fields)
+            gone = _dependency_gone(error, target_name, spec.filter_ref.name)
+            if gone is not None:
+                gone.status_fields.update(source_fields)
+                gone.events += moved_on
+                return gone
+            return outcome_for_aws_error(error, **source_fields)
+        except Decided as decided:
+            decided.outcome.events += moved_on  # said once: the next round chooses without asking AWS
+            return decided.outcome
+        break
 
     # An ENI target receives the datagrams from the source ENI's primary address; behind a load
     # balancer the outer source may be the balancer's, so the capture agent cannot check it.
@@ -273,10 +278,105 @@ def reconcile_session(request: SessionRequest, ctx: ReconcileContext) -> Outcome
         packetLength=actual.packet_length,
         rejectedNetworkInterfaceId=None,
         rejectedInstanceType=None,
+        targetName=target_name,
         **source_fields,
     )
-    outcome.events += events
+    if choice is not None:
+        outcome.conditions.append(ConditionUpdate(TARGET_CHOSEN, "True", choice.reason, choice.message))
+    else:
+        outcome.clear_conditions.append(TARGET_CHOSEN)
+    outcome.events += events + moved_on
     outcome.annotations.update({AWS_ID_ANNOTATION: actual.session_id, CREATE_INTENT_ANNOTATION: None})
+    return outcome
+
+
+def _apply_session(
+    request: SessionRequest,
+    ctx: ReconcileContext,
+    aws: SessionAws,
+    current_id: str | None,
+    source_eni: str,
+    desired: SessionParams,
+    target: Dependency,
+    events: list[Event],
+    source_fields: dict[str, Any],
+) -> AwsSession:
+    """The recorded session brought to `desired`: found, created once, or modified; raises AwsError or Decided."""
+    owner, spec, status, annotations = request.owner, request.spec, request.status, dict(request.annotations)
+    actual = recorded_resource(current_id, spec.adopt_id, AWS_KIND, aws.describe_sessions, events).resource
+    if actual is not None:
+        refuse_foreign(AWS_KIND, actual.session_id, actual.tags, owner, ctx.live_owners)
+    if actual is not None and actual.network_interface_id != source_eni:
+        # AWS cannot move a session to another source ENI: delete and create anew.
+        _delete_quietly(aws, actual.session_id)
+        events.append(Event("Normal", "Recreating", f"source changed to {source_eni}; replacing {current_id}"))
+        actual = None
+    if actual is None:
+        if _still_refused(aws, ctx, status, target.network_interface_id):
+            raise Decided(failed(UNSUPPORTED, status_message(status), **_refusal_fields(status), **source_fields))
+        if _quota_still_reached(aws, status, source_eni):
+            raise Decided(failed(QUOTA_EXCEEDED, status_message(status), **source_fields))
+        actual = create_once(
+            aws_kind=AWS_KIND,
+            token=client_token(owner.uid, {"params": asdict(desired), "replaces": current_id}),
+            annotations=annotations,
+            find_orphan=lambda: _find_orphan(aws, owner, source_eni),
+            create=lambda token: aws.create_session(desired, client_token=token, tags=owner_tags(owner, spec.tags)),
+            id_of=lambda session: session.session_id,
+            events=events,
+            **source_fields,
+        )
+    changes = session_modifications(actual, desired, target.endpoint_type)
+    if changes.target_id and _still_refused(aws, ctx, status, target.network_interface_id):
+        # AWS refused this move already, and the target's instance type has not changed since.
+        raise Decided(failed(UNSUPPORTED, status_message(status), **_refusal_fields(status), **source_fields))
+    if not changes.empty:
+        actual = aws.modify_session(actual.session_id, changes)
+        events.append(Event("Normal", "Updated", f"modified {', '.join(changes.names)}"))
+    sync_tags(aws, actual.session_id, owner_tags(owner, spec.tags), actual.tags, events)
+    return actual
+
+
+def _refuses_target(error: AwsError, source_eni: str) -> bool:
+    """NetworkInterfaceNotSupported naming an ENI other than the source's: the target's instance type."""
+    match = _ENI_IN_MESSAGE.search(error.message)
+    return error.error_class is ErrorClass.UNSUPPORTED_INSTANCE and match is not None and match.group(1) != source_eni
+
+
+def _choose_target(
+    request: SessionRequest, ctx: ReconcileContext, source_eni: str, source_az: str | None, refused: frozenset[str]
+) -> Choice:
+    candidates = [
+        Candidate(
+            name=member.name,
+            target_id=member.aws_id,
+            endpoint_type=member.endpoint_type or NETWORK_INTERFACE,
+            instance_type=member.instance_type,
+            availability_zone=member.availability_zone,
+            sources=request.facts.pool_sources.get(member.aws_id, frozenset()),
+        )
+        for member in request.facts.pool or ()
+        if member.phase == "Ready" and member.aws_id
+    ]
+    return ctx.placements.choose(
+        request.owner.uid,
+        source_eni,
+        source_az,
+        candidates,
+        ctx.target_quotas,
+        current=request.status.traffic_mirror_target_id,
+        exclude=refused,
+    )
+
+
+def _chosen_dependency(request: SessionRequest, chosen: Candidate) -> Dependency:
+    return next(m for m in request.facts.pool or () if m.name == chosen.name)
+
+
+def _no_target(choice: Choice, source_fields: dict[str, Any], moved_on: list[Event]) -> Outcome:
+    outcome = pending(WAITING_FOR_TARGET, choice.message, retry_after=POOL_RETRY_SECONDS, **source_fields)
+    outcome.events += moved_on
+    outcome.conditions.append(ConditionUpdate(TARGET_CHOSEN, "False", choice.reason, choice.message))
     return outcome
 
 
@@ -346,6 +446,7 @@ def _delete_quietly(aws: SessionAws, session_id: str) -> None:
 
 def delete_session(request: SessionRequest, ctx: ReconcileContext) -> Outcome | None:
     spec, session_id = request.spec, request.status.traffic_mirror_session_id
+    ctx.placements.release(request.owner.uid)
     if spec.deletion_policy == "Orphan" or not session_id:
         return None
     try:

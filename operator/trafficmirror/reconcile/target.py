@@ -36,7 +36,8 @@ from trafficmirror.reconcile.context import (
     refuse_foreign,
     sync_tags,
 )
-from trafficmirror.reconcile.endpoints import Unresolvable, check_support, resolve_network_interface
+from trafficmirror.reconcile.datapath import check_service, condition_of
+from trafficmirror.reconcile.endpoints import SupportCheck, Unresolvable, check_support, resolve_network_interface
 from trafficmirror.reconcile.observed import Observed
 from trafficmirror.reconcile.ports import TargetAws
 from trafficmirror.reconcile.seam import Request
@@ -45,6 +46,7 @@ AWS_KIND = "TrafficMirrorTarget"
 INSTANCE_TYPE_CONDITION = "InstanceTypeSupported"
 REPLACED_CONDITION = "Replaced"
 REPLACEMENT_RETRY_SECONDS = 3.0
+DATA_PATH_RETRY_SECONDS = 15.0
 # A replaced target still used after this long waits for sessions that cannot move (e.g. AWS refuses
 # the new target): it is looked at once a resync period, not every few seconds.
 REPLACEMENT_PATIENCE_SECONDS = 30.0
@@ -90,8 +92,14 @@ class TargetReconciler:
         # No endpointType yet: written by an older version; one reconcile records it for the sessions.
         if observed is None or status.previous_target_ids or status.endpoint_type is None:
             return False
+        # A target on a Service's NLB is looked at every period: listeners and target health change
+        # outside Kubernetes, and DataPathReady must follow them.
+        if spec.service_ref is not None:
+            return False
         target = observed.resource
         network_interface_id = spec.network_interface_id or status.network_interface_id
+        if status.endpoint_type == "NetworkInterface" and status.availability_zone is None:
+            return False  # recorded by an older version: one reconcile records the zone for pools
         if target.endpoint != desired_endpoint(spec, network_interface_id):
             return False
         if observed.instance_type_known and observed.instance_type != status.instance_type:
@@ -111,6 +119,18 @@ def reconcile_target(request: TargetRequest, ctx: ReconcileContext) -> Outcome:
     current_id = status.traffic_mirror_target_id or annotations.get(AWS_ID_ANNOTATION) or spec.adopt_id
     previous_ids: list[str] = list(status.previous_target_ids or [])
     events: list[Event] = []
+    data_path = None
+    if spec.service_ref is not None:
+        try:
+            data_path = check_service(owner.namespace, spec.service_ref.name, spec.region, ctx)
+        except AwsError as error:
+            return outcome_for_aws_error(error)
+        if data_path.load_balancer_arn is None:
+            waiting = pending(data_path.reason, data_path.message, retry_after=DATA_PATH_RETRY_SECONDS)
+            waiting.conditions.append(condition_of(data_path))
+            return waiting
+        # From here on the target is the Service's NLB.
+        spec = spec.model_copy(update={"network_load_balancer_arn": data_path.load_balancer_arn})
     network_interface_id: str | None = None
     try:
         if not (spec.network_load_balancer_arn or spec.gateway_load_balancer_endpoint_id):
@@ -127,7 +147,9 @@ def reconcile_target(request: TargetRequest, ctx: ReconcileContext) -> Outcome:
                     return failed(problem.reason, problem.message)
                 return pending(problem.reason, problem.message, retry_after=10)
         endpoint = desired_endpoint(spec, network_interface_id)
-        type_conditions, type_events, instance_type = _instance_type_check(aws, network_interface_id, status, ctx)
+        type_conditions, type_events, support = _instance_type_check(aws, network_interface_id, status, ctx)
+        instance_type = support.instance_type if support is not None else None
+        availability_zone = support.availability_zone if support is not None else None
         events += type_events
         recorded = recorded_resource(current_id, spec.adopt_id, AWS_KIND, aws.describe_targets, events)
         found, gone_id = recorded.resource, recorded.gone_id
@@ -174,12 +196,18 @@ def reconcile_target(request: TargetRequest, ctx: ReconcileContext) -> Outcome:
         outcome.conditions += type_conditions
     else:
         outcome.clear_conditions.append(INSTANCE_TYPE_CONDITION)
+    if data_path is not None:
+        outcome.conditions.append(condition_of(data_path))
+        if not data_path.ready:
+            retry = outcome.retry_after
+            outcome.retry_after = min(retry, DATA_PATH_RETRY_SECONDS) if retry is not None else DATA_PATH_RETRY_SECONDS
     outcome.events += events
     outcome.status_fields.update(
         trafficMirrorTargetId=current_id,
         endpointType=endpoint_type(endpoint),
         networkInterfaceId=network_interface_id,
         instanceType=instance_type,
+        availabilityZone=availability_zone,
         previousTargetIds=remaining or None,
     )
     outcome.annotations.update({AWS_ID_ANNOTATION: current_id, CREATE_INTENT_ANNOTATION: None})
@@ -196,7 +224,7 @@ def _waited_long(status: MirrorTargetStatus, now: datetime | None = None) -> boo
 
 def _instance_type_check(
     aws: TargetAws, network_interface_id: str | None, status: MirrorTargetStatus, ctx: ReconcileContext
-) -> tuple[list[ConditionUpdate], list[Event], str | None]:
+) -> tuple[list[ConditionUpdate], list[Event], SupportCheck | None]:
     """AWS accepts a target on any instance, but the field report saw sessions to a t2 target refused."""
     if network_interface_id is None:
         return [], [], None
@@ -208,12 +236,12 @@ def _instance_type_check(
             "NotAnInstance",
             f"{network_interface_id} is not attached to an instance",
         )
-        return [condition], [], None
+        return [condition], [], check
     if not check.unsupported:
         return (
             [ConditionUpdate(INSTANCE_TYPE_CONDITION, "True", "Supported", f"{check.instance_type} is supported")],
             [],
-            check.instance_type,
+            check,
         )
     message = (
         f"target {network_interface_id} is on instance {check.instance_id} of type {check.instance_type}: "
@@ -226,7 +254,7 @@ def _instance_type_check(
     return (
         [ConditionUpdate(INSTANCE_TYPE_CONDITION, "False", "DoubtfulInstanceType", message)],
         events,
-        check.instance_type,
+        check,
     )
 
 
