@@ -208,7 +208,7 @@ class EstimatedCost(CamelModel):
         "(while running) or to its deletion.",
     )
     usd_per_eni_hour: float = Field(ge=0, description="The price used.")
-    usd: float = Field(ge=0, description="eniHours × usdPerEniHour (data transfer across zones not included).")
+    usd: float = Field(ge=0, description="eniHours times usdPerEniHour (data transfer across zones not included).")
     price_source: str = Field(description="Where the price comes from: AWS's published page, or configured.")
     as_of: str | None = Field(default=None, description="When this was computed (RFC 3339).")
 
