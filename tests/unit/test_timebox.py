@@ -20,6 +20,7 @@ from trafficmirror.api import MirrorSessionSpec
 from trafficmirror.api.duration import GO_DURATION_PATTERN, format_duration, parse_go_duration
 from trafficmirror.aws.ec2 import Endpoint
 from trafficmirror.aws.target_quotas import Price, TargetQuotas
+from trafficmirror.handlers.indexes import session_placements, session_users
 from trafficmirror.handlers.timebox import refreshed_status, stop_of
 from trafficmirror.reconcile import timebox
 from trafficmirror.reconcile.common import AWS_ID_ANNOTATION
@@ -522,3 +523,13 @@ def test_the_refresh_rewrites_only_the_time_left_and_the_cost_so_far() -> None:
     assert [c["type"] for c in patch["conditions"]] == [c["type"] for c in world.session.status["conditions"]]
     assert patch["estimatedCost"]["eniHours"] == pytest.approx(238 / 3600, abs=1e-6)
     assert refreshed_status({"status": {}}, T0, T0, PUBLISHED) is None  # nothing written yet: nothing to refresh
+
+
+def test_a_completed_session_neither_holds_its_target_and_filter_nor_counts_on_a_pool_target() -> None:
+    spec: Any = {"targetRef": {"name": "capture"}, "filterRef": {"name": "https"}}
+    running: Any = {"phase": "Ready", "trafficMirrorTargetId": "tmt-1", "sourceNetworkInterfaceId": "eni-1"}
+    completed: Any = {**running, "phase": "Completed"}
+    assert len(session_users(namespace="ns", name="web", spec=spec, status=running)) == 2
+    assert session_users(namespace="ns", name="web", spec=spec, status=completed) == {}
+    assert session_placements(uid="u", namespace="ns", status=running) == {"u": ("tmt-1", "eni-1")}
+    assert session_placements(uid="u", namespace="ns", status=completed) == {}

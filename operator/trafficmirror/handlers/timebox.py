@@ -4,7 +4,7 @@ The daemon sleeps until the end, or until the next refresh of the time left, whi
 no call is made while it sleeps. At the end it nudges the session, so that its change handler ends
 it through the one path every status write takes (`reconcile.session.end_session`: the AWS session
 deleted, phase Completed, the cost). A watch event that changes the end wakes the daemon at once
-(an edited duration); a Completed or deleted session has no daemon (kopf stops it as the filter
+(an edited duration: `session_end_changes`); a Completed or deleted session has no daemon (kopf stops it as the filter
 stops matching), so nothing wakes it again.
 
 Between wake-ups the daemon refreshes the Completed=False condition's "… left" and the cost so far
@@ -57,28 +57,32 @@ def running_with_end(spec: kopf.Spec, status: kopf.Status, meta: kopf.Meta, **_:
     )
 
 
-@kopf.on.event(*RESOURCE, id="mirrorsession-timebox-watch")
-def on_event(body: kopf.Body, **_: Any) -> None:
-    """Wake a sleeping daemon when the end may have moved (no state is kept for kopf: an event handler)."""
-    uid = body["metadata"].get("uid")
+def _ends_of(body: Mapping[str, Any]) -> tuple[Any, Any]:
     spec = body.get("spec") or {}
-    ends = (spec.get("duration"), spec.get("stopAt"))
-    if uid and _ends.get(uid) != ends:
+    return spec.get("duration"), spec.get("stopAt")
+
+
+@kopf.index(*RESOURCE)
+def session_end_changes(uid: str, body: kopf.Body, **_: Any) -> None:
+    """Wakes a sleeping daemon when a watch event moves its session's end. kopf calls indexers for
+    every event before any handler, quietly and without state on the object; nothing is indexed."""
+    wake = _wakes.get(uid)
+    if wake is not None and _ends.get(uid) != (ends := _ends_of(body)):
         _ends[uid] = ends
-        wake = _wakes.get(uid)
-        if wake is not None:
-            wake.set()
+        wake.set()
 
 
-async def _sleep(stopped: kopf.DaemonStopped, wake: asyncio.Event, seconds: float) -> None:
-    """Until `seconds` pass, the daemon is stopped, or a watch event moves the end."""
+async def _sleep(stopped: kopf.DaemonStopped, wake: asyncio.Event, seconds: float) -> bool:
+    """Until `seconds` pass, the daemon is stopped, or a watch event moves the end; True when the
+    full time passed."""
     waiters = [asyncio.ensure_future(stopped.wait()), asyncio.ensure_future(wake.wait())]
     try:
-        await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+        done, _ = await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
     finally:
         for waiter in waiters:
             waiter.cancel()
     wake.clear()
+    return not done
 
 
 @kopf.daemon(*RESOURCE, id="mirrorsession-timebox", when=running_with_end, cancellation_timeout=5.0)
@@ -88,6 +92,7 @@ async def time_box(
     meta = body["metadata"]
     uid, namespace, name = meta["uid"], meta["namespace"], meta["name"]
     wake = _wakes.setdefault(uid, asyncio.Event())
+    _ends[uid] = _ends_of(body)
     refresh = float(getattr(memo.config, "timebox_refresh_seconds", 60.0))
     try:
         while not stopped:
@@ -101,9 +106,9 @@ async def time_box(
                 await patch_annotations(memo.settings, MIRROR_SESSION, namespace, name, annotations, logger)
                 await _sleep(stopped, wake, RENUDGE_SECONDS)
                 continue
-            await _sleep(stopped, wake, timebox.next_wake(stop, now, refresh) or 0.0)
+            slept = await _sleep(stopped, wake, timebox.next_wake(stop, now, refresh) or 0.0)
             stop, now = stop_of(body), datetime.now(UTC)
-            if not stopped and stop is not None and not timebox.is_over(stop, now):
+            if slept and not stopped and stop is not None and not timebox.is_over(stop, now):
                 await _refresh(body, memo, stop, now, logger)
     finally:
         if _wakes.get(uid) is wake:

@@ -1,0 +1,206 @@
+"""Time-boxed captures against the real apiserver and the AWS emulator: at the end the AWS session is
+deleted, the phase is Completed with the cost, and nothing brings it back (resyncs, an operator
+restart, a spec edit); a stop time already past at creation creates nothing at all.
+
+Figures printed (run with -s): how long after status.stopAt the session was Completed.
+"""
+
+from __future__ import annotations
+
+import time
+import urllib.error
+import urllib.request
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from tests.integration.conftest import RESYNC_SECONDS, Cluster, OperatorProcess, condition, fresh_instance
+from trafficmirror_testbed.seed import World
+
+MUTATING_SESSION = ("CreateTrafficMirrorSession", "ModifyTrafficMirrorSession", "DeleteTrafficMirrorSession")
+STEADY_SECONDS = 3 * RESYNC_SECONDS  # three resync periods
+
+
+def _filter() -> dict[str, Any]:
+    return {
+        "kind": "MirrorFilter",
+        "metadata": {"name": "https"},
+        "spec": {"ingressRules": [{"ruleNumber": 10, "protocol": 6}]},
+    }
+
+
+def _target(eni: str) -> dict[str, Any]:
+    return {"kind": "MirrorTarget", "metadata": {"name": "capture"}, "spec": {"networkInterfaceId": eni}}
+
+
+def _session(name: str, source_eni: str, **time_box: Any) -> dict[str, Any]:
+    return {
+        "kind": "MirrorSession",
+        "metadata": {"name": name},
+        "spec": {
+            "source": {"networkInterfaceId": source_eni},
+            "targetRef": {"name": "capture"},
+            "filterRef": {"name": "https"},
+            **time_box,
+        },
+    }
+
+
+def _aws_sessions(ec2: Any, uid: str) -> list[str]:
+    """The AWS sessions that carry this object's owner tag."""
+    return [
+        s["TrafficMirrorSessionId"]
+        for s in ec2.describe_traffic_mirror_sessions()["TrafficMirrorSessions"]
+        if {"Key": "trafficmirror.io/owner-uid", "Value": uid} in s.get("Tags", [])
+    ]
+
+
+def _mutating(operator: OperatorProcess) -> float:
+    return sum(operator.aws_calls(op) for op in MUTATING_SESSION)
+
+
+def _time(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def _wait_metrics(operator: OperatorProcess, timeout: float = 120) -> None:
+    """The operator's startup handler has run once its metrics endpoint answers."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{operator.metrics_port}/metrics", timeout=2):
+                return
+        except (urllib.error.URLError, OSError):
+            time.sleep(0.3)
+    raise AssertionError(f"the operator did not start:\n{operator.log_tail()}")
+
+
+@pytest.fixture
+def ready_dependencies(cluster: Cluster, world: World) -> None:
+    cluster.apply(_filter())
+    cluster.apply(_target(world.eni("capture")))
+    cluster.wait_phase("mirrorfilter", "https", "Ready")
+    cluster.wait_phase("mirrortarget", "capture", "Ready")
+
+
+def _completed(cluster: Cluster, name: str, timeout: float = 120) -> dict[str, Any]:
+    return cluster.wait_phase("mirrorsession", name, "Completed", timeout=timeout)
+
+
+def _assert_completed_status(session: dict[str, Any]) -> None:
+    status = session["status"]
+    assert status["completedAt"] and status["stopAt"]
+    assert _time(status["completedAt"]) >= _time(status["stopAt"]), "ended before its time"
+    assert "trafficMirrorSessionId" not in status
+    cost = status["estimatedCost"]
+    assert cost["usdPerEniHour"] == 0.015 and "aws.amazon.com/vpc/pricing" in cost["priceSource"]
+    assert cost["usd"] == pytest.approx(cost["eniHours"] * cost["usdPerEniHour"], abs=1e-6)
+    done = condition(session, "Completed")
+    assert done is not None and done["status"] == "True" and done["reason"] == "TimeUp"
+
+
+@pytest.mark.testbed
+def test_a_five_second_capture_is_completed_soon_after_with_nothing_left_in_aws_and_no_call_after(
+    cluster: Cluster, ready_dependencies: None, world: World, ec2: Any
+) -> None:
+    _, source_eni = fresh_instance(ec2, world)
+    cluster.apply(_session("five-seconds", source_eni, duration="5s"))
+
+    session = _completed(cluster, "five-seconds")
+
+    _assert_completed_status(session)
+    uid = session["metadata"]["uid"]
+    assert _aws_sessions(ec2, uid) == []
+    created = _time(session["metadata"]["creationTimestamp"])
+    assert _time(session["status"]["stopAt"]) == created + timedelta(seconds=5)
+    lag = (_time(session["status"]["completedAt"]) - _time(session["status"]["stopAt"])).total_seconds()
+    print(f"\n5 s capture: Completed {lag:.0f} s after stopAt (second resolution; shared, loaded machine)")
+    assert lag <= 30, f"ended {lag} s after its time: the end is not being woken up for"
+    before = _mutating(cluster.operator)
+    time.sleep(STEADY_SECONDS)
+    assert _mutating(cluster.operator) == before, "mutating session calls after completion"
+    assert _aws_sessions(ec2, uid) == []
+    assert cluster.get("mirrorsession", "five-seconds")["status"]["phase"] == "Completed"  # type: ignore[index]
+
+    # a Completed session uses no target or filter: both may go while it stays to be read
+    cluster.delete("mirrortarget", "capture")
+    cluster.delete("mirrorfilter", "https")
+    assert cluster.get("mirrortarget", "capture") is None and cluster.get("mirrorfilter", "https") is None
+    assert cluster.get("mirrorsession", "five-seconds")["status"]["phase"] == "Completed"  # type: ignore[index]
+
+
+@pytest.mark.testbed
+def test_a_capture_mirrors_until_its_end_and_no_restart_edit_or_delete_brings_it_back(
+    cluster: Cluster, ready_dependencies: None, world: World, ec2: Any
+) -> None:
+    _, source_eni = fresh_instance(ec2, world)
+    cluster.apply(_session("quarter-minute", source_eni, duration="15s"))
+    ready = cluster.wait_phase("mirrorsession", "quarter-minute", "Ready", timeout=15)
+    uid = ready["metadata"]["uid"]
+    mirroring = ready["status"]["trafficMirrorSessionId"]
+    assert _aws_sessions(ec2, uid) == [mirroring]
+    running = condition(ready, "Completed")
+    assert running is not None and running["status"] == "False" and "left at" in running["message"]
+    assert ready["status"]["stopAt"]
+
+    session = _completed(cluster, "quarter-minute")
+
+    _assert_completed_status(session)
+    assert _aws_sessions(ec2, uid) == [], "the AWS session outlived the capture"
+    assert mirroring in condition(session, "Completed")["message"]  # type: ignore[index]
+    assert session["status"]["estimatedCost"]["eniHours"] > 0
+    reasons = [e["reason"] for e in cluster.events("quarter-minute")]
+    assert "Created" in reasons and "Completed" in reasons
+
+    # an operator restart: the Completed session is resumed without a call, nothing is re-created
+    operator = cluster.operator
+    operator.stop()
+    operator.start()
+    _wait_metrics(operator)
+    time.sleep(STEADY_SECONDS)
+    assert _mutating(operator) == 0, "the restarted operator changed AWS"
+    assert _aws_sessions(ec2, uid) == []
+
+    # an edit of the spec does not restart it, and an Event says so
+    cluster.apply(_session("quarter-minute", source_eni, duration="1h"))
+    cluster.wait_for(
+        "mirrorsession",
+        "quarter-minute",
+        lambda o: "AlreadyCompleted" in [e["reason"] for e in cluster.events(o["metadata"]["name"])],
+    )
+    edited = cluster.wait_for("mirrorsession", "quarter-minute", lambda o: o["status"]["observedGeneration"] == 2)
+    assert (
+        edited["status"]["phase"] == "Completed" and edited["status"]["completedAt"] == session["status"]["completedAt"]
+    )
+    time.sleep(STEADY_SECONDS)
+    assert _aws_sessions(ec2, uid) == [] and _mutating(operator) == 0
+
+    # deleting it leaves nothing in AWS and asks AWS for nothing
+    cluster.delete("mirrorsession", "quarter-minute")
+    assert cluster.get("mirrorsession", "quarter-minute") is None
+    assert _aws_sessions(ec2, uid) == [] and _mutating(operator) == 0
+
+
+@pytest.mark.testbed
+def test_a_stop_time_already_past_at_creation_completes_without_creating_an_aws_session(
+    cluster: Cluster, ready_dependencies: None, world: World, ec2: Any
+) -> None:
+    _, source_eni = fresh_instance(ec2, world)
+    creates = cluster.operator.aws_calls("CreateTrafficMirrorSession")
+    past = (datetime.now(UTC) - timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    cluster.apply(_session("too-late", source_eni, stopAt=past))
+
+    session = _completed(cluster, "too-late")
+
+    assert session["status"]["stopAt"] == past
+    assert session["status"]["estimatedCost"]["eniHours"] == 0
+    assert "nothing was left in AWS" in condition(session, "Completed")["message"]  # type: ignore[index]
+    assert _aws_sessions(ec2, session["metadata"]["uid"]) == []
+    assert (
+        ec2.describe_traffic_mirror_sessions(Filters=[{"Name": "network-interface-id", "Values": [source_eni]}])[
+            "TrafficMirrorSessions"
+        ]
+        == []
+    )
+    assert cluster.operator.aws_calls("CreateTrafficMirrorSession") == creates
