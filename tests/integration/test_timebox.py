@@ -7,6 +7,7 @@ Figures printed (run with -s): how long after status.stopAt the session was Comp
 
 from __future__ import annotations
 
+import re
 import time
 import urllib.error
 import urllib.request
@@ -15,7 +16,14 @@ from typing import Any
 
 import pytest
 
-from tests.integration.conftest import RESYNC_SECONDS, Cluster, OperatorProcess, condition, fresh_instance
+from tests.integration.conftest import (
+    RESYNC_SECONDS,
+    TIMEBOX_REFRESH_SECONDS,
+    Cluster,
+    OperatorProcess,
+    condition,
+    fresh_instance,
+)
 from trafficmirror_testbed.seed import World
 
 MUTATING_SESSION = ("CreateTrafficMirrorSession", "ModifyTrafficMirrorSession", "DeleteTrafficMirrorSession")
@@ -204,3 +212,42 @@ def test_a_stop_time_already_past_at_creation_completes_without_creating_an_aws_
         == []
     )
     assert cluster.operator.aws_calls("CreateTrafficMirrorSession") == creates
+
+
+def _left_seconds(message: str) -> int:
+    """Seconds in "…: 1m5s left at …"."""
+    left = message.rsplit(": ", 1)[1].split(" left at ")[0]
+    parts = dict((unit, int(n)) for n, unit in re.findall(r"(\d+)([hms])", left))
+    return parts.get("h", 0) * 3600 + parts.get("m", 0) * 60 + parts.get("s", 0)
+
+
+@pytest.mark.testbed
+def test_a_running_capture_says_how_long_it_has_left_and_its_cost_so_far_as_time_passes(
+    cluster: Cluster, ready_dependencies: None, world: World, ec2: Any
+) -> None:
+    _, source_eni = fresh_instance(ec2, world)
+    cluster.apply(_session("two-minutes", source_eni, duration="2m"))
+    first = cluster.wait_phase("mirrorsession", "two-minutes", "Ready")
+    said = condition(first, "Completed")
+    assert said is not None and said["status"] == "False" and said["reason"] == "Running"
+
+    later = cluster.wait_for(
+        "mirrorsession",
+        "two-minutes",
+        lambda o: _left_seconds(condition(o, "Completed")["message"]) < _left_seconds(said["message"]),  # type: ignore[index]
+        timeout=10 * TIMEBOX_REFRESH_SECONDS,
+    )
+
+    assert later["status"]["phase"] == "Ready"
+    assert [c["type"] for c in later["status"]["conditions"]] == [c["type"] for c in first["status"]["conditions"]]
+    stop = _time(later["status"]["stopAt"])
+    message = condition(later, "Completed")["message"]  # type: ignore[index]
+    as_of = _time(message.rsplit(" left at ", 1)[1])
+    assert as_of + timedelta(seconds=_left_seconds(message)) == stop  # the time left adds up to the end
+    cost = later["status"]["estimatedCost"]
+    assert _time(cost["asOf"]) == as_of and cost["eniHours"] > 0
+    hours = (as_of - _time(later["status"]["mirroringSince"])).total_seconds() / 3600
+    assert cost["eniHours"] == pytest.approx(hours, abs=1 / 3600)  # times in status are to the second
+    uid = later["metadata"]["uid"]
+    cluster.delete("mirrorsession", "two-minutes")  # before its end: the ordinary delete
+    assert _aws_sessions(ec2, uid) == []

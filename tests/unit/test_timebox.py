@@ -186,6 +186,11 @@ def test_over_exactly_from_the_end_on_and_time_left_adds_up(
     assert timebox.is_over(stop, now) is (now_after_end >= 0)
     if now_after_end < 0:
         assert now + left == stop
+    if now_after_end < 0:  # the message's two times and the time left add up to the end, to the second
+        said = timebox.running_message(stop, now + timedelta(microseconds=created_after % 10**6))
+        ends, rest = said.removeprefix("ends at ").split(": ", 1)
+        left_text, at = rest.split(" left at ")
+        assert timebox.parse_time(at) + parse_go_duration(left_text) == timebox.parse_time(ends)  # type: ignore[operator]
     wake = timebox.next_wake(stop, now, refresh)
     assert wake is not None and 0 <= wake <= refresh
     # the daemon never sleeps past the end

@@ -102,7 +102,9 @@ def cost_words(cost: dict[str, Any]) -> str:
 
 
 def running_message(stop: datetime, now: datetime) -> str:
-    """The Completed=False condition's message: when it ends and how long was left when written."""
+    """The Completed=False condition's message: when it ends and how long was left when written
+    (both times to the second, so that the time left adds up to the end)."""
+    stop, now = stop.replace(microsecond=0), now.replace(microsecond=0)
     left = remaining(stop, now) or timedelta(0)
     return f"{ENDS_AT} {format_time(stop)}: {format_duration(left)} left at {format_time(now)}"
 
