@@ -538,3 +538,23 @@ def test_a_completed_session_neither_holds_its_target_and_filter_nor_counts_on_a
     assert session_users(namespace="ns", name="web", spec=spec, status=completed) == {}
     assert session_placements(uid="u", namespace="ns", status=running) == {"u": ("tmt-1", "eni-1")}
     assert session_placements(uid="u", namespace="ns", status=completed) == {}
+
+
+def test_a_selector_session_ends_by_deleting_every_child_with_the_cost_of_all() -> None:
+    stop = T0 + timedelta(hours=1)
+    children = [
+        timebox.ChildMirror("web-b2", T0 + timedelta(minutes=30)),
+        timebox.ChildMirror("web-a1", T0),
+        timebox.ChildMirror("web-c3", None),  # never mirrored (a branch ENI, a conflict)
+        timebox.ChildMirror("web-d4", T0, completed_at=T0 + timedelta(minutes=6)),
+    ]
+    assert timebox.end_parent(stop, stop - timedelta(seconds=1), children, PUBLISHED) is None
+    ended = timebox.end_parent(stop, stop, children, PUBLISHED)
+    assert ended is not None
+    assert ended.delete_children == ("web-a1", "web-b2", "web-c3", "web-d4")
+    assert ended.completion.status_fields["estimatedCost"]["eniHours"] == pytest.approx(1.6)
+    assert "deleted 4 child sessions (one per ENI)" in ended.completion.message
+    nothing = timebox.end_parent(stop, stop, [], PUBLISHED)
+    assert nothing is not None and nothing.delete_children == ()
+    assert nothing.completion.status_fields["estimatedCost"]["eniHours"] == 0
+    assert timebox.end_parent(None, stop, children, PUBLISHED) is None  # no end: never

@@ -1,9 +1,10 @@
 """Time-boxed captures: when a session ends, how long it has left, and what its mirroring cost.
 
 Pure: the clock is always an argument. The session reconciler ends a plain session with these
-functions; a selector session's parent, which mirrors through one child session per ENI, ends by
-deleting its children and sums their intervals with the same `eni_hours` (`completion` does both
-sums and the status fields in one call).
+functions (`reconcile.session.end_session`); a selector session, which mirrors through one child
+MirrorSession per ENI, ends with `end_parent`: the children to delete (their finalizers delete
+their AWS sessions) and the parent's Completed status, its cost summed over the children's
+intervals with the same `eni_hours`.
 
 AWS bills mirroring per hour for each ENI with a session: an ENI's interval runs from the creation
 of its AWS session to its deletion (or to now, while it still mirrors).
@@ -141,6 +142,38 @@ def completion(
         "estimatedCost": cost,
     }
     return Completion(fields, completed_message(stop, now, deleted, cost))
+
+
+@dataclass(frozen=True)
+class ChildMirror:
+    """What a selector session knows of one child MirrorSession (one per mirrored ENI)."""
+
+    name: str
+    mirroring_since: datetime | None  # the child's status.mirroringSince; None if it never mirrored
+    completed_at: datetime | None = None  # set if the child ended on its own
+
+
+@dataclass(frozen=True)
+class ParentEnd:
+    """How a selector session ends: the children to delete (their finalizers delete their AWS
+    sessions) and the parent's own Completed status."""
+
+    delete_children: tuple[str, ...]
+    completion: Completion
+
+
+def end_parent(stop: datetime | None, now: datetime, children: Iterable[ChildMirror], price: Price) -> ParentEnd | None:
+    """For a selector session's reconcile: None while its time runs (go on following pods and
+    nodes); once over, every child to delete and the status to write (phase Completed, with
+    `completed_outcome` of `reconcile.session`). The cost sums the children's intervals, each open
+    one closed now. A parent already Completed must not be reconciled into new children at all."""
+    if not is_over(stop, now):
+        return None
+    children = sorted(children, key=lambda child: child.name)
+    intervals = [Interval(c.mirroring_since, c.completed_at) for c in children if c.mirroring_since is not None]
+    count = len(children)
+    deleted = f"{count} child session{'s' if count != 1 else ''} (one per ENI)" if count else None
+    return ParentEnd(tuple(c.name for c in children), completion(stop, now, intervals, price, deleted=deleted))
 
 
 def next_wake(stop: datetime | None, now: datetime, refresh_seconds: float) -> float | None:
