@@ -75,6 +75,8 @@ def _spec(**time: Any) -> dict[str, Any]:
         ({"duration": "0s"}, "more than zero"),
         ({"duration": "0h0m0s"}, "more than zero"),
         ({"duration": "8785h"}, "at most 8784h"),
+        ({"duration": "99999999999999h"}, "at most 8784h"),
+        ({"duration": "9" * 32 + "h"}, "duration"),  # longer than 32 characters
         ({"duration": "5 minutes"}, "duration"),
         ({"duration": "5m", "stopAt": "2030-01-01T00:00:00Z"}, "at most one of duration, stopAt"),
         ({"stopAt": "2030-01-01T00:00:00"}, "timezone"),
@@ -121,6 +123,16 @@ def test_the_crd_pattern_and_the_operator_agree_on_every_string(text: str) -> No
     except ValueError:
         parsed = False
     assert matches == parsed
+
+
+@settings(max_examples=400, deadline=None, derandomize=True)
+@given(st.from_regex(GO_DURATION_PATTERN, fullmatch=True).filter(lambda t: len(t) <= 40))
+def test_every_duration_admission_lets_through_is_read_or_refused_by_name_never_a_crash(text: str) -> None:
+    assert parse_go_duration(text) >= timedelta(0)
+    try:
+        MirrorSessionSpec.model_validate(_spec(duration=text))
+    except ValidationError as refused:
+        assert "duration" in str(refused)
 
 
 # --- when it ends, and what is left ----------------------------------------------------------------

@@ -25,9 +25,9 @@ def parse_go_duration(text: str) -> timedelta:
     seconds = 0.0
     for match in _PART.finditer(text):
         seconds += float(match.group(1)) * _UNIT_SECONDS[match.group(3)]
-        if seconds > MAX_DURATION.total_seconds():
-            break
-    return timedelta(seconds=seconds)
+    # Longer than any time box is read as just over the longest one: the caller refuses it by name
+    # (timedelta itself overflows at about 2.7 million years).
+    return min(timedelta(seconds=min(seconds, 2 * MAX_DURATION.total_seconds())), 2 * MAX_DURATION)
 
 
 def format_duration(delta: timedelta) -> str:
