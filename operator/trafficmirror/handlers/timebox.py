@@ -30,6 +30,7 @@ from trafficmirror.reconcile import timebox
 from trafficmirror.reconcile.common import ConditionUpdate, merge_conditions
 
 RENUDGE_SECONDS = 30.0  # a nudge whose reconcile did not end the session (AWS trouble) is repeated
+RETRY_SECONDS = 2.0  # a nudge the apiserver refused
 _wakes: dict[str, asyncio.Event] = {}  # uid → set when a watch event may have moved the end
 _ends: dict[str, tuple[Any, Any]] = {}  # uid → (spec.duration, spec.stopAt) as last seen
 
@@ -103,7 +104,12 @@ async def time_box(
             if timebox.is_over(stop, now):
                 logger.info(f"the time is over at {timebox.format_time(stop)}: ending the capture")
                 annotations = {NUDGE_ANNOTATION: nudge_value("time-up")}
-                await patch_annotations(memo.settings, MIRROR_SESSION, namespace, name, annotations, logger)
+                try:
+                    await patch_annotations(memo.settings, MIRROR_SESSION, namespace, name, annotations, logger)
+                except errors.APIError as error:  # kopf's own retries are spent: try again soon, not after a backoff
+                    logger.warning(f"could not ask for the end of the capture, trying again: {error}")
+                    await _sleep(stopped, wake, RETRY_SECONDS)
+                    continue
                 await _sleep(stopped, wake, RENUDGE_SECONDS)
                 continue
             slept = await _sleep(stopped, wake, timebox.next_wake(stop, now, refresh) or 0.0)
@@ -160,4 +166,6 @@ async def _refresh(body: kopf.Body, memo: kopf.Memo, stop: datetime, now: dateti
             logger=logger,
         )
     except (errors.APIConflictError, errors.APINotFoundError):
-        return
+        return  # a newer write won, or the session is gone: nothing to refresh
+    except errors.APIError as error:  # only a refresh: the next one tries again
+        logger.warning(f"could not refresh the time left: {error}")
