@@ -193,7 +193,8 @@ def resync_action(phase: str | None, reason: str | None) -> str:
     """What the resync does with an object: 'skip', 'compare' (Ready: against the snapshot) or 'reconcile'.
 
     Pending and Deleting objects belong to the change and delete handlers, which kopf retries
-    until they are done; a Failed object waits for a spec change, unless the world can fix it.
+    until they are done; a Failed object waits for a spec change, unless the world can fix it. A
+    Completed session (its time is over) has nothing in AWS to compare and must never be re-created.
     """
     if phase == "Ready":
         return "compare"
