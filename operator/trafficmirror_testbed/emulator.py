@@ -44,7 +44,7 @@ from moto.core.responses import ActionResult
 from moto.core.utils import get_service_model
 from moto.ec2.exceptions import EC2ClientError
 from moto.ec2.models import EC2Backend, ec2_backends
-from moto.ec2.models.elastic_network_interfaces import NetworkInterface
+from moto.ec2.models.elastic_network_interfaces import NetworkInterfaceBackend
 from moto.ec2.responses import EC2Response
 from moto.ec2.utils import EC2_PREFIX_TO_RESOURCE, EC2_RESOURCE_TO_PREFIX, random_id, simple_aws_filter_to_re
 from moto.moto_api._internal import mock_random
@@ -1187,17 +1187,31 @@ _installed = False
 _INTERFACE_TYPES = ("interface", "efa", "efa-only", "branch", "trunk")
 
 
-def _interface_filter_value(moto_get_filter_value: Callable[..., Any]) -> Callable[..., Any]:
-    """AWS's `addresses.private-ip-address` matches any private address of the ENI, secondary ones
-    included (moto matches the primary only); with the VPC CNI a pod's IP is a secondary address."""
+def _addresses_filter(moto_get_all: Callable[..., Any]) -> Callable[..., Any]:
+    """AWS's `addresses.private-ip-address` matches an ENI holding any of the values among any of its
+    private addresses, secondary ones included (moto compares the primary address only, and a list of
+    values as a set); with the VPC CNI a pod's IP is a secondary address."""
 
-    def get_filter_value(eni: Any, filter_name: str, method_name: str | None = None) -> Any:
-        if filter_name == "addresses.private-ip-address":
-            addresses = [a.get("PrivateIpAddress") for a in eni.private_ip_addresses if isinstance(a, dict)]
-            return [a for a in [eni.private_ip_address, *addresses] if a]
-        return moto_get_filter_value(eni, filter_name, method_name)
+    def get_all_network_interfaces(backend: Any, eni_ids: list[str] | None = None, filters: Any = None) -> Any:
+        wanted = None
+        if filters and "addresses.private-ip-address" in filters:
+            filters = dict(filters)
+            values = filters.pop("addresses.private-ip-address")
+            wanted = {values} if isinstance(values, str) else set(values)
+        found = moto_get_all(backend, eni_ids, filters or None)
+        if wanted is None:
+            return found
+        return [
+            eni
+            for eni in found
+            if wanted
+            & {
+                eni.private_ip_address,
+                *(a.get("PrivateIpAddress") for a in eni.private_ip_addresses if isinstance(a, dict)),
+            }
+        ]
 
-    return get_filter_value
+    return get_all_network_interfaces
 
 
 def _create_network_interface(moto_create: Callable[[Any], ActionResult]) -> Callable[[Any], ActionResult]:
@@ -1224,7 +1238,9 @@ def install() -> None:
     if _installed:
         return
     setattr(  # noqa: B010  (a patch, said plainly)
-        NetworkInterface, "get_filter_value", _interface_filter_value(NetworkInterface.get_filter_value)
+        NetworkInterfaceBackend,
+        "get_all_network_interfaces",
+        _addresses_filter(NetworkInterfaceBackend.get_all_network_interfaces),
     )
     setattr(  # noqa: B010
         EC2Response, "create_network_interface", _create_network_interface(EC2Response.create_network_interface)
