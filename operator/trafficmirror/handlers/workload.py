@@ -218,12 +218,17 @@ class WorkloadLoop:
         while not hasattr(self.memo, "context") or not hasattr(self.memo, "config"):
             await asyncio.sleep(0.1)  # the startup handler that makes them may run after this one
         period = float(self.memo.config.resync_seconds)
+        loop = asyncio.get_running_loop()
+        cleared = loop.time()
         while True:
-            try:
-                await asyncio.wait_for(self._event.wait(), timeout=period)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._event.wait(), timeout=max(0.1, cleared + period - loop.time()))
                 await asyncio.sleep(DEBOUNCE_SECONDS)
-            except TimeoutError:
-                self._done.clear()  # once a period everything is looked at again (conflicts may have cleared)
+            if loop.time() >= cleared + period:
+                # Once a period every session is looked at again, however busy the watches: a conflict
+                # clears when another owner's session goes, which no watch of ours sees.
+                self._done.clear()
+                cleared = loop.time()
             self._event.clear()
             await self.pass_once()
 
