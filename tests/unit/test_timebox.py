@@ -570,3 +570,49 @@ def test_a_selector_session_ends_by_deleting_every_child_with_the_cost_of_all() 
     assert nothing is not None and nothing.delete_children == ()
     assert nothing.completion.status_fields["estimatedCost"]["eniHours"] == 0
     assert timebox.end_parent(None, stop, children, PUBLISHED) is None  # no end: never
+
+
+# --- a time-boxed selector session (reconcile.workload) ------------------------------------------
+
+
+def test_a_time_boxed_selector_session_drops_every_child_at_its_end_and_never_gets_one_again() -> None:
+    from dataclasses import replace as copy_with
+
+    from tests.unit.test_workload import ACCEPT_ALL, FakeWorkloadAws, node, parent, pod, ready_children
+    from trafficmirror.reconcile.workload import plan
+
+    aws = FakeWorkloadAws()
+    (eni_a,) = aws.add_instance("i-0000000000000000a")
+    (eni_b,) = aws.add_instance("i-0000000000000000b")
+    aws.add_address(eni_a, "10.1.0.11")
+    aws.add_address(eni_b, "10.1.0.21")
+    nodes = {"a": node("a", "i-0000000000000000a"), "b": node("b", "i-0000000000000000b")}
+    pods = [pod("web-1", "10.1.0.11", "a"), pod("web-2", "10.1.0.21", "b")]
+    web = copy_with(parent({"podSelector": {"matchLabels": {"app": "web"}}}, duration="1h"), created_at=T0)
+    args: Any = {"pods": pods, "nodes": nodes, "namespace_labels": {}, "parent_filter": ACCEPT_ALL, "aws": aws}
+
+    running = plan(web, children={}, now=T0 + timedelta(minutes=1), price=PUBLISHED, **args)
+    assert len(running.children) == 2 and running.status["stopAt"] == "2026-11-30T09:00:00Z"
+    children = {
+        name: copy_with(child, mirroring_since=f"2026-11-30T08:{minute:02d}:00Z")
+        for (name, child), minute in zip(sorted(ready_children(running.children).items()), (0, 30), strict=True)
+    }
+    assert len(plan(web, children=children, now=T0 + timedelta(minutes=59), price=PUBLISHED, **args).children) == 2
+
+    ended = plan(web, children=children, now=T0 + timedelta(hours=1), price=PUBLISHED, **args)
+
+    assert ended.children == {} and ended.filters == {}  # every child is deleted: their finalizers clear AWS
+    assert ended.status["phase"] == "Completed" and ended.status["sources"] == []
+    assert ended.status["estimatedCost"]["eniHours"] == pytest.approx(1.5)
+    assert ended.status["completedAt"] == "2026-11-30T09:00:00Z"
+    assert "deleted 2 child sessions" in ended.status["conditions"][0]["message"]
+    assert [(c["type"], c["status"], c["reason"]) for c in ended.status["conditions"]] == [
+        ("Ready", "False", "Completed"),
+        ("Completed", "True", "TimeUp"),
+    ]
+    done = copy_with(web, phase="Completed")
+    later = plan(done, children={}, now=T0 + timedelta(hours=5), price=PUBLISHED, **args)
+    assert later.children == {} and later.status["conditions"] == [] and "completedAt" not in later.status
+    # a selector session without an end never ends
+    endless = copy_with(parent({"podSelector": {"matchLabels": {"app": "web"}}}), created_at=T0)
+    assert len(plan(endless, children={}, now=T0 + timedelta(days=400), price=PUBLISHED, **args).children) == 2

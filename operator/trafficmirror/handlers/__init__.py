@@ -6,3 +6,4 @@ from trafficmirror.handlers import session as session
 from trafficmirror.handlers import startup as startup
 from trafficmirror.handlers import target as target
 from trafficmirror.handlers import timebox as timebox
+from trafficmirror.handlers import workload as workload
