@@ -251,3 +251,58 @@ def test_a_running_capture_says_how_long_it_has_left_and_its_cost_so_far_as_time
     uid = later["metadata"]["uid"]
     cluster.delete("mirrorsession", "two-minutes")  # before its end: the ordinary delete
     assert _aws_sessions(ec2, uid) == []
+
+
+@pytest.mark.testbed
+def test_a_time_boxed_pod_selector_session_ends_with_every_child_and_aws_session_gone(
+    cluster: Cluster, world: World, ec2: Any
+) -> None:
+    """Two pods on two nodes (the test writes each pod's status.podIP, standing in for the kubelet),
+    mirrored through two child sessions until the parent's time is over; then no child, no AWS session,
+    the cost of both ENIs on the parent, and a pod added later gets nothing."""
+    from tests.integration.test_workload_sources import Workload
+
+    workload = Workload(cluster, ec2, world)
+    nodes = [workload.add_node("time-a"), workload.add_node("time-b")]
+    enis = {workload.nodes[n][1] for n in nodes}
+    for index, node in enumerate(nodes):
+        workload.add_pod(f"web-{index}", node)
+    cluster.apply(_filter())
+    cluster.apply(_target(fresh_instance(ec2, world, "c5.large")[1]))
+    cluster.apply(
+        {
+            "kind": "MirrorSession",
+            "metadata": {"name": "web"},
+            "spec": {
+                "source": {"podSelector": {"matchLabels": {"app": "web"}}},
+                "targetRef": {"name": "capture"},
+                "filterRef": {"name": "https"},
+                "duration": "40s",
+            },
+        }
+    )
+    mirroring = cluster.wait_for(
+        "mirrorsession",
+        "web",
+        lambda o: [s.get("state") for s in o.get("status", {}).get("sources", [])] == ["Mirroring"] * 2,
+    )
+    assert set(workload.aws_sessions(enis)) == enis and mirroring["status"]["stopAt"]
+
+    ended = _completed(cluster, "web")
+
+    status = ended["status"]
+    assert _time(status["completedAt"]) >= _time(status["stopAt"])
+    assert status["estimatedCost"]["eniHours"] > 0 and "2 child sessions" in condition(ended, "Completed")["message"]  # type: ignore[index]
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline and workload.aws_sessions(enis):
+        time.sleep(0.5)
+    assert workload.aws_sessions(enis) == {}, "an AWS session outlived the capture"
+    children = cluster.control_plane.kubectl(
+        "get", "mirrorsessions", "-n", cluster.namespace, "-l", "trafficmirror.io/parent-session=web", "-o", "name"
+    )
+    assert children.stdout.strip() == ""
+    # churn after the end: a new pod gets no child and no AWS session
+    workload.add_pod("web-late", nodes[0])
+    time.sleep(STEADY_SECONDS)
+    assert workload.aws_sessions(enis) == {}
+    assert cluster.get("mirrorsession", "web")["status"]["phase"] == "Completed"  # type: ignore[index]
