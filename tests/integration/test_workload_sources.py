@@ -340,3 +340,47 @@ def test_seeded_random_pod_churn_keeps_aws_equal_to_the_pods_enis_and_quiet_at_s
     while time.monotonic() < deadline and (load.aws_sessions(enis) or _children(cluster)):
         time.sleep(0.5)
     assert load.aws_sessions(enis) == {} and _children(cluster) == []
+
+
+def test_a_node_selector_follows_node_labels_and_takes_all_enis_when_asked(
+    cluster: Cluster, ec2: Any, world: World
+) -> None:
+    load = Workload(cluster, ec2, world)
+    first, second = load.add_node("na"), load.add_node("nb")
+    instance = load.nodes[first][0]
+    subnet = ec2.describe_instances(InstanceIds=[instance])["Reservations"][0]["Instances"][0]["SubnetId"]
+    extra = ec2.create_network_interface(SubnetId=subnet)["NetworkInterface"]["NetworkInterfaceId"]
+    ec2.attach_network_interface(NetworkInterfaceId=extra, InstanceId=instance, DeviceIndex=1)
+    enis = {load.nodes[first][1], load.nodes[second][1], extra}
+    role = f"web-{load.suffix}"
+    kubectl = cluster.control_plane.kubectl
+    kubectl("label", "node", first, f"role={role}")
+    _setup(cluster, ec2, world)
+    cluster.apply({
+        "kind": "MirrorSession", "metadata": {"name": "web"},
+        "spec": {"source": {"nodeSelector": {"matchLabels": {"role": role}}},
+                 "targetRef": {"name": "capture"}, "filterRef": {"name": "all"}},
+    })  # fmt: skip
+
+    def wait_sources(expected: set[str]) -> None:
+        deadline = time.monotonic() + TIMEOUT
+        while time.monotonic() < deadline and set(load.aws_sessions(enis)) != expected:
+            time.sleep(0.3)
+        assert set(load.aws_sessions(enis)) == expected, cluster.operator.log_tail()
+
+    wait_sources({load.nodes[first][1]})  # the primary ENI only
+    kubectl("label", "node", second, f"role={role}")
+    wait_sources({load.nodes[first][1], load.nodes[second][1]})
+    kubectl("label", "node", first, "role-")
+    wait_sources({load.nodes[second][1]})
+    kubectl("label", "node", first, f"role={role}")
+    spec = cluster.get("mirrorsession", "web")["spec"]  # type: ignore[index]
+    spec["source"]["interfaces"] = "all"
+    cluster.apply({"kind": "MirrorSession", "metadata": {"name": "web"}, "spec": spec})
+    wait_sources(enis)
+    for session in load.aws_sessions(enis).values():  # a node source mirrors the whole ENI: the filter as it is
+        assert session["TrafficMirrorFilterId"] == cluster.get("mirrorfilter", "all")["status"]["trafficMirrorFilterId"]  # type: ignore[index]
+    cluster.delete("mirrorsession", "web")
+    wait_sources(set())
+    for name in (first, second):
+        kubectl("delete", "node", name)
