@@ -404,3 +404,15 @@ def test_children_follow_random_pod_and_node_churn(seed: int, steps: int) -> Non
         assert all(
             ipaddress.ip_network(r["sourceCidrBlock"]) for f in decided.filters.values() for r in f["egressRules"]
         )
+
+
+def test_a_completed_session_has_no_children_and_leaves_its_phase_alone() -> None:
+    aws = FakeWorkloadAws()
+    (eni,) = aws.add_instance("i-0000000000000000a")
+    aws.add_address(eni, "10.1.0.11")
+    done = replace(parent({"podSelector": {}}), phase="Completed")
+    decided = plan(
+        done, pods=[pod("web-1", "10.1.0.11", "a")], nodes={"a": node("a", "i-0000000000000000a")},
+        namespace_labels={}, children={}, parent_filter=ACCEPT_ALL, aws=aws,
+    )  # fmt: skip
+    assert decided.children == {} and decided.status == {"sources": [], "skippedPods": []}

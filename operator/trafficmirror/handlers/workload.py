@@ -341,10 +341,11 @@ class WorkloadLoop:
                 eni = children[name].fact.network_interface_id
                 self.logger.info(f"selector session {ns}/{parent.name}: deleted {name} ({eni} no longer selected)")
         status = {k: v for k, v in decided.status.items() if k != "conditions"}
-        status["observedGeneration"] = parent.generation
-        status["conditions"] = _merged_conditions(
-            record.raw_status.get("conditions") or [], decided.status["conditions"], parent.generation
-        )
+        if "conditions" in decided.status:
+            status["observedGeneration"] = parent.generation
+            status["conditions"] = _merged_conditions(
+                record.raw_status.get("conditions") or [], decided.status["conditions"], parent.generation
+            )
         changed = {k: v for k, v in status.items() if record.raw_status.get(k) != v}
         if changed:
             await self._patch(_SESSION_RESOURCE, ns, parent.name, {"status": changed})

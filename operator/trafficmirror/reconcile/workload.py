@@ -441,8 +441,9 @@ def _status(parent: Parent, entries: list[dict[str, Any]], skipped: list[dict[st
     mirroring = states.count("Mirroring")
     kind = "pods" if parent.spec.source.pod_selector is not None else "nodes"
     if parent.phase == COMPLETED:
-        phase, reason, message = COMPLETED, COMPLETED, "the capture is over"
-    elif not entries:
+        # The phase and its conditions belong to whoever completed the capture; only the sources go.
+        return {"sources": entries, "skippedPods": skipped}
+    if not entries:
         phase, reason, message = Phase.READY.value, "NoMatch", f"the selector matches no {kind} AWS can mirror"
     elif mirroring:
         phase, reason = Phase.READY.value, "Mirroring"
