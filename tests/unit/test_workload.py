@@ -277,11 +277,19 @@ def test_narrowing_keeps_rule_order_and_drops_rules_that_cannot_match_the_pod() 
     )
     narrowed = narrow_rules(spec, ["10.1.0.11"])
     assert narrowed is not None
-    assert [(r.rule_number, r.action, r.destination_cidr_block) for r in narrowed["ingress"]] == [
-        (1, "reject", "10.1.0.11/32"),
-        (2, "accept", "10.1.0.11/32"),
+    ordered = sorted(narrowed["ingress"], key=lambda r: r.rule_number)
+    assert [(r.action, r.destination_cidr_block) for r in ordered] == [
+        ("reject", "10.1.0.11/32"),
+        ("accept", "10.1.0.11/32"),
     ]
     assert narrowed["egress"] == []
+    # Another pod adds its own rules and leaves the first pod's numbers as they were.
+    more = narrow_rules(spec, ["10.1.0.11", "10.1.0.7"])
+    assert more is not None
+    numbers = {r.rule_number for r in narrowed["ingress"]}
+    assert numbers < {r.rule_number for r in more["ingress"]} and len(more["ingress"]) == 4
+    by_number = {r.rule_number: r for r in more["ingress"]}
+    assert [by_number[n].action for n in sorted(by_number)] == ["reject", "reject", "accept", "accept"]
 
 
 # --- property: random pod and node churn ---------------------------------------------------------------
