@@ -10,13 +10,15 @@ names an emulator instance.
 from __future__ import annotations
 
 import json
+import os
+import random
 import secrets
 import time
 from typing import Any
 
 from trafficmirror_testbed.seed import World
 
-from .conftest import Cluster, condition, fresh_instance
+from .conftest import RESYNC_SECONDS, Cluster, condition, fresh_instance
 
 TIMEOUT = 90.0
 
@@ -265,3 +267,120 @@ def test_a_mix_of_supported_t2_micro_and_branch_eni_pods_says_which_are_mirrored
     assert skipped == {"web-branch": "BranchNetworkInterface", "web-sgp": "BranchNetworkInterface"}
     assert parent["status"]["phase"] == "Ready"
     assert set(load.aws_sessions({load.nodes[good][1], load.nodes[legacy][1]})) == {load.nodes[good][1]}
+
+
+CHURN_SEED = int(os.environ.get("TRAFFICMIRROR_WORKLOAD_SEED", "20261130"))
+CHURN_STEPS = int(os.environ.get("TRAFFICMIRROR_WORKLOAD_STEPS", "12"))
+
+
+def test_seeded_random_pod_churn_keeps_aws_equal_to_the_pods_enis_and_quiet_at_steady_state(
+    cluster: Cluster, ec2: Any, world: World
+) -> None:
+    """Random pod additions, deletions and moves over three nodes (one of them with a second ENI): after
+    each step AWS mirrors exactly the ENIs holding a selected pod, narrowed to their addresses; once
+    settled, a resync period passes without a mutating EC2 call; deleting the session leaves nothing.
+    Replay with TRAFFICMIRROR_WORKLOAD_SEED=N."""
+    rng = random.Random(CHURN_SEED)
+    load = Workload(cluster, ec2, world)
+    names = [load.add_node(f"c{n}") for n in range(3)]
+    node_enis = {name: [load.nodes[name][1]] for name in names}
+    instance = load.nodes[names[0]][0]
+    subnet = ec2.describe_instances(InstanceIds=[instance])["Reservations"][0]["Instances"][0]["SubnetId"]
+    second = ec2.create_network_interface(SubnetId=subnet)["NetworkInterface"]["NetworkInterfaceId"]
+    ec2.attach_network_interface(NetworkInterfaceId=second, InstanceId=instance, DeviceIndex=1)
+    node_enis[names[0]].append(second)
+    enis = {e for found in node_enis.values() for e in found}
+    _setup(cluster, ec2, world)
+    pods: dict[str, tuple[str, str, bool]] = {}  # name → (address, ENI, selected)
+    serial = 0
+
+    def add() -> None:
+        nonlocal serial
+        serial += 1
+        node = rng.choice(names)
+        eni = rng.choice(node_enis[node])
+        selected = rng.random() < 0.8
+        name = f"p{serial}"
+        labels = {"app": "web" if selected else "db"}
+        pods[name] = (load.add_pod(name, node, eni=eni, labels=labels), eni, selected)
+
+    def remove() -> None:
+        name = rng.choice(sorted(pods))
+        address, eni, _selected = pods.pop(name)
+        load.delete_pod(name, address, eni)
+
+    def expected() -> dict[str, set[str]]:
+        by_eni: dict[str, set[str]] = {}
+        for address, eni, selected in pods.values():
+            if selected:
+                by_eni.setdefault(eni, set()).add(address)
+        return by_eni
+
+    for _ in range(3):
+        add()
+    load.wait_aws(enis, expected(), timeout=180)
+    steps = []
+    for _ in range(CHURN_STEPS):
+        move = rng.choice(["add", "add", "remove", "move"]) if pods else "add"
+        if move == "add":
+            add()
+        elif move == "remove":
+            remove()
+        else:
+            remove()
+            add()
+        steps.append(move)
+        load.wait_aws(enis, expected())
+    time.sleep(2.0)  # the last status writes
+    before = _mutating_calls(cluster)
+    time.sleep(RESYNC_SECONDS + 2.0)
+    assert _mutating_calls(cluster) == before, f"mutating calls at steady state after {steps}"
+    cluster.delete("mirrorsession", "web")
+    deadline = time.monotonic() + TIMEOUT
+    while time.monotonic() < deadline and (load.aws_sessions(enis) or _children(cluster)):
+        time.sleep(0.5)
+    assert load.aws_sessions(enis) == {} and _children(cluster) == []
+
+
+def test_a_node_selector_follows_node_labels_and_takes_all_enis_when_asked(
+    cluster: Cluster, ec2: Any, world: World
+) -> None:
+    load = Workload(cluster, ec2, world)
+    first, second = load.add_node("na"), load.add_node("nb")
+    instance = load.nodes[first][0]
+    subnet = ec2.describe_instances(InstanceIds=[instance])["Reservations"][0]["Instances"][0]["SubnetId"]
+    extra = ec2.create_network_interface(SubnetId=subnet)["NetworkInterface"]["NetworkInterfaceId"]
+    ec2.attach_network_interface(NetworkInterfaceId=extra, InstanceId=instance, DeviceIndex=1)
+    enis = {load.nodes[first][1], load.nodes[second][1], extra}
+    role = f"web-{load.suffix}"
+    kubectl = cluster.control_plane.kubectl
+    kubectl("label", "node", first, f"role={role}")
+    _setup(cluster, ec2, world)
+    cluster.apply({
+        "kind": "MirrorSession", "metadata": {"name": "web"},
+        "spec": {"source": {"nodeSelector": {"matchLabels": {"role": role}}},
+                 "targetRef": {"name": "capture"}, "filterRef": {"name": "all"}},
+    })  # fmt: skip
+
+    def wait_sources(expected: set[str]) -> None:
+        deadline = time.monotonic() + TIMEOUT
+        while time.monotonic() < deadline and set(load.aws_sessions(enis)) != expected:
+            time.sleep(0.3)
+        assert set(load.aws_sessions(enis)) == expected, cluster.operator.log_tail()
+
+    wait_sources({load.nodes[first][1]})  # the primary ENI only
+    kubectl("label", "node", second, f"role={role}")
+    wait_sources({load.nodes[first][1], load.nodes[second][1]})
+    kubectl("label", "node", first, "role-")
+    wait_sources({load.nodes[second][1]})
+    kubectl("label", "node", first, f"role={role}")
+    spec = cluster.get("mirrorsession", "web")["spec"]  # type: ignore[index]
+    spec["source"]["interfaces"] = "all"
+    cluster.apply({"kind": "MirrorSession", "metadata": {"name": "web"}, "spec": spec})
+    wait_sources(enis)
+    for session in load.aws_sessions(enis).values():  # a node source mirrors the whole ENI: the filter as it is
+        assert session["TrafficMirrorFilterId"] == cluster.get("mirrorfilter", "all")["status"]["trafficMirrorFilterId"]  # type: ignore[index]
+    cluster.delete("mirrorsession", "web")
+    wait_sources(set())
+    for name in (first, second):
+        kubectl("delete", "node", name)

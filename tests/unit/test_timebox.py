@@ -612,7 +612,8 @@ def test_a_time_boxed_selector_session_drops_every_child_at_its_end_and_never_ge
     ]
     done = copy_with(web, phase="Completed")
     later = plan(done, children={}, now=T0 + timedelta(hours=5), price=PUBLISHED, **args)
-    assert later.children == {} and later.status["conditions"] == [] and "completedAt" not in later.status
+    assert later.children == {} and "conditions" not in later.status and "phase" not in later.status
+    assert "completedAt" not in later.status and "estimatedCost" not in later.status  # as written when it ended
     # a selector session without an end never ends
     endless = copy_with(parent({"podSelector": {"matchLabels": {"app": "web"}}}), created_at=T0)
     assert len(plan(endless, children={}, now=T0 + timedelta(days=400), price=PUBLISHED, **args).children) == 2

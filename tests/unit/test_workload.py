@@ -5,7 +5,6 @@ AWS is an in-memory stand-in of the three lookups a selector session makes (pure
 
 from __future__ import annotations
 
-import ipaddress
 import random
 from dataclasses import dataclass, field, replace
 
@@ -278,11 +277,19 @@ def test_narrowing_keeps_rule_order_and_drops_rules_that_cannot_match_the_pod() 
     )
     narrowed = narrow_rules(spec, ["10.1.0.11"])
     assert narrowed is not None
-    assert [(r.rule_number, r.action, r.destination_cidr_block) for r in narrowed["ingress"]] == [
-        (1, "reject", "10.1.0.11/32"),
-        (2, "accept", "10.1.0.11/32"),
+    ordered = sorted(narrowed["ingress"], key=lambda r: r.rule_number)
+    assert [(r.action, r.destination_cidr_block) for r in ordered] == [
+        ("reject", "10.1.0.11/32"),
+        ("accept", "10.1.0.11/32"),
     ]
     assert narrowed["egress"] == []
+    # Another pod adds its own rules and leaves the first pod's numbers as they were.
+    more = narrow_rules(spec, ["10.1.0.11", "10.1.0.7"])
+    assert more is not None
+    numbers = {r.rule_number for r in narrowed["ingress"]}
+    assert numbers < {r.rule_number for r in more["ingress"]} and len(more["ingress"]) == 4
+    by_number = {r.rule_number: r for r in more["ingress"]}
+    assert [by_number[n].action for n in sorted(by_number)] == ["reject", "reject", "accept", "accept"]
 
 
 # --- property: random pod and node churn ---------------------------------------------------------------
@@ -390,8 +397,7 @@ def test_children_follow_random_pod_and_node_churn(seed: int, steps: int) -> Non
         # Narrowed rules stay within AWS's budget and cover exactly the ENI's pods.
         for name, spec in decided.filters.items():
             eni = decided.children[name]["source"]["networkInterfaceId"]
-            pod_ips = {f"{world.pods[n].ip}/32" for n in expected[eni] if not world.pods[n].host_network}
-            pod_ips |= {f"{world.pods[n].ip}/32" for n in expected[eni] if world.pods[n].host_network}
+            pod_ips = {f"{world.pods[n].ip}/32" for n in expected[eni]}
             for rules, side in (
                 (spec["ingressRules"], "destinationCidrBlock"),
                 (spec["egressRules"], "sourceCidrBlock"),
@@ -399,8 +405,18 @@ def test_children_follow_random_pod_and_node_churn(seed: int, steps: int) -> Non
                 assert len(rules) <= RULES_PER_DIRECTION
                 assert {r[side] for r in rules} == pod_ips
         for source in decided.status["sources"]:
-            if not source["narrowed"] and source["state"] != "Conflict":
-                assert len(source["pods"]) > RULES_PER_DIRECTION or source["hostNetwork"] is False
-        assert all(
-            ipaddress.ip_network(r["sourceCidrBlock"]) for f in decided.filters.values() for r in f["egressRules"]
-        )
+            # One accept-all rule per direction: narrowed exactly when the ENI's pods fit the budget.
+            if source["state"] != "Conflict":
+                assert source["narrowed"] is (len({p["ip"] for p in source["pods"]}) <= RULES_PER_DIRECTION)
+
+
+def test_a_completed_session_has_no_children_and_leaves_its_phase_alone() -> None:
+    aws = FakeWorkloadAws()
+    (eni,) = aws.add_instance("i-0000000000000000a")
+    aws.add_address(eni, "10.1.0.11")
+    done = replace(parent({"podSelector": {}}), phase="Completed")
+    decided = plan(
+        done, pods=[pod("web-1", "10.1.0.11", "a")], nodes={"a": node("a", "i-0000000000000000a")},
+        namespace_labels={}, children={}, parent_filter=ACCEPT_ALL, aws=aws,
+    )  # fmt: skip
+    assert decided.children == {} and decided.status == {"sources": [], "skippedPods": []}

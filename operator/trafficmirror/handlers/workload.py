@@ -170,34 +170,49 @@ def filter_specs(namespace: str, name: str, spec: kopf.Spec, labels: kopf.Labels
 
 
 # --- triggers: every change that may move a selector session wakes the loop ---------------------------
+TRIGGER_ID = "workload-trigger"
+
+
+class _QuietTriggers(logging.Filter):
+    """kopf logs every handler's success at INFO: for a trigger that runs on every pod event of the
+    cluster that would be one line per event, and says nothing (the loop logs what it does)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not (TRIGGER_ID in message and message.endswith("succeeded."))
+
+
+logging.getLogger("kopf.objects").addFilter(_QuietTriggers())
+
+
 def _wake(memo: kopf.Memo) -> None:
     loop: WorkloadLoop | None = getattr(memo, "workload", None)
     if loop is not None:
         loop.wake()
 
 
-@kopf.on.event("pods")
+@kopf.on.event("pods", id=TRIGGER_ID)
 def pod_changed(memo: kopf.Memo, **_: Any) -> None:
     _wake(memo)
 
 
-@kopf.on.event("nodes")
+@kopf.on.event("nodes", id=TRIGGER_ID)
 def node_changed(memo: kopf.Memo, **_: Any) -> None:
     _wake(memo)
 
 
-@kopf.on.event("namespaces")
+@kopf.on.event("namespaces", id=TRIGGER_ID)
 def namespace_changed(memo: kopf.Memo, **_: Any) -> None:
     _wake(memo)
 
 
-@kopf.on.event(*SESSIONS)
+@kopf.on.event(*SESSIONS, id=TRIGGER_ID)
 def session_changed(memo: kopf.Memo, spec: kopf.Spec, labels: kopf.Labels, **_: Any) -> None:
     if is_selector(spec) or is_child(labels):
         _wake(memo)
 
 
-@kopf.on.event(*FILTERS)
+@kopf.on.event(*FILTERS, id=TRIGGER_ID)
 def filter_changed(memo: kopf.Memo, **_: Any) -> None:
     _wake(memo)
 
@@ -322,6 +337,8 @@ class WorkloadLoop:
             current = children.get(name)
             if current is None:
                 uid = await self._create_child(parent, name, spec)
+                eni = spec["source"]["networkInterfaceId"]
+                self.logger.info(f"selector session {ns}/{parent.name}: created {name} for {eni}")
             else:
                 uid = current.fact.uid
                 if _differs(spec, current.raw_spec):
@@ -337,11 +354,14 @@ class WorkloadLoop:
         for name in children:
             if name not in decided.children:
                 await self._delete(_SESSION_RESOURCE, ns, name)  # its generated filter goes with it (owned)
+                eni = children[name].fact.network_interface_id
+                self.logger.info(f"selector session {ns}/{parent.name}: deleted {name} ({eni} no longer selected)")
         status = {k: v for k, v in decided.status.items() if k != "conditions"}
-        status["observedGeneration"] = parent.generation
-        status["conditions"] = _merged_conditions(
-            record.raw_status.get("conditions") or [], decided.status["conditions"], parent.generation
-        )
+        if "conditions" in decided.status:
+            status["observedGeneration"] = parent.generation
+            status["conditions"] = _merged_conditions(
+                record.raw_status.get("conditions") or [], decided.status["conditions"], parent.generation
+            )
         changed = {k: v for k, v in status.items() if record.raw_status.get(k) != v}
         if changed:
             await self._patch(_SESSION_RESOURCE, ns, parent.name, {"status": changed})

@@ -178,6 +178,20 @@ def _pod_field(direction: str) -> str:
     return "destination_cidr_block" if direction == "ingress" else "source_cidr_block"
 
 
+RANK_STRIDE = 1000  # rule numbers of the filter's n-th rule: n*1000+1 ... n*1000+999
+
+
+def _stable_number(rank: int, host: ipaddress.IPv4Address | ipaddress.IPv6Address, used: set[int]) -> int:
+    """A rule number that depends on the pod's address, not on the other pods: a pod coming or going
+    creates or deletes its own rules and renumbers no other (AWS rules are changed one by one). The
+    filter's order is kept: all numbers of its n-th rule come before those of the next."""
+    slot = int(host) % (RANK_STRIDE - 3)
+    number = rank * RANK_STRIDE + 1 + slot
+    while number in used:  # two addresses on one slot: the next free number (at most 10 rules per direction)
+        number += 1
+    return number
+
+
 def narrow_rules(mirror_filter: MirrorFilterSpec, addresses: Iterable[str]) -> dict[str, list[FilterRule]] | None:
     """The filter's rules per direction, each repeated for every address it can match with the address's
     /32 (/128) on the pod's side, in the filter's order; None when a direction would exceed AWS's 10 rules."""
@@ -185,7 +199,7 @@ def narrow_rules(mirror_filter: MirrorFilterSpec, addresses: Iterable[str]) -> d
     narrowed: dict[str, list[FilterRule]] = {}
     for direction, rules in (("ingress", mirror_filter.ingress_rules), ("egress", mirror_filter.egress_rules)):
         out: list[FilterRule] = []
-        for rule in sorted(rules or [], key=lambda r: r.rule_number):
+        for rank, rule in enumerate(sorted(rules or [], key=lambda r: r.rule_number)):
             block = ipaddress.ip_network(getattr(rule, _pod_field(direction)))
             for host in hosts:
                 if host.version != block.version or host not in block:
@@ -196,7 +210,8 @@ def narrow_rules(mirror_filter: MirrorFilterSpec, addresses: Iterable[str]) -> d
                 if other.version != host.version:
                     continue  # AWS refuses a rule mixing address families
                 cidr = f"{host}/{host.max_prefixlen}"
-                out.append(rule.model_copy(update={"rule_number": len(out) + 1, _pod_field(direction): cidr}))
+                number = _stable_number(rank, host, {r.rule_number for r in out})
+                out.append(rule.model_copy(update={"rule_number": number, _pod_field(direction): cidr}))
         if len(out) > RULES_PER_DIRECTION:
             return None
         narrowed[direction] = out
@@ -452,9 +467,7 @@ def plan(
             {"type": "Ready", "status": "False", "reason": COMPLETED, "message": message},
             {"type": COMPLETED, "status": "True", "reason": timebox.TIME_UP, "message": message},
         ]
-    elif parent.phase == COMPLETED:
-        result.status["conditions"] = []  # as written when it ended
-    elif stop is not None:
+    elif stop is not None and parent.phase != COMPLETED:
         result.status["stopAt"] = timebox.format_time(stop)  # the time left: the time-box daemon's
     return result
 
@@ -478,8 +491,9 @@ def _status(parent: Parent, entries: list[dict[str, Any]], skipped: list[dict[st
     mirroring = states.count("Mirroring")
     kind = "pods" if parent.spec.source.pod_selector is not None else "nodes"
     if parent.phase == COMPLETED:
-        phase, reason, message = COMPLETED, COMPLETED, "the capture is over"
-    elif not entries:
+        # The phase and its conditions belong to whoever completed the capture; only the sources go.
+        return {"sources": entries, "skippedPods": skipped}
+    if not entries:
         phase, reason, message = Phase.READY.value, "NoMatch", f"the selector matches no {kind} AWS can mirror"
     elif mirroring:
         phase, reason = Phase.READY.value, "Mirroring"
