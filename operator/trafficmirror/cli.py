@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 
@@ -32,6 +33,8 @@ def _run_operator(args: argparse.Namespace) -> int:
     import trafficmirror.handlers  # noqa: F401  (registers the handlers)
 
     _limit_malloc_arenas()
+    if args.usd_per_eni_hour is not None:  # read with the other settings (OperatorConfig) at startup
+        os.environ["TRAFFICMIRROR_USD_PER_ENI_HOUR"] = str(args.usd_per_eni_hour)
 
     # JSON lines by default (one object per record, with the resource's namespace/name): what log
     # pipelines index; `--log-format full` for reading by eye.
@@ -51,6 +54,16 @@ def _run_operator(args: argparse.Namespace) -> int:
     return 0
 
 
+def _price(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"a price per ENI-hour is a number of USD, 0 or more, not {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="trafficmirror", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -65,6 +78,12 @@ def build_parser() -> argparse.ArgumentParser:
     operator.add_argument("--standalone", action="store_true", help="no peering (development only)")
     operator.add_argument("--log-level", default="INFO")
     operator.add_argument("--log-format", choices=["json", "full", "plain"], default="json")
+    operator.add_argument(
+        "--usd-per-eni-hour",
+        type=_price,
+        help="price of mirroring per ENI-hour for status.estimatedCost (TRAFFICMIRROR_USD_PER_ENI_HOUR); "
+        "AWS's published price when omitted",
+    )
     operator.set_defaults(func=_run_operator)
     from trafficmirror.doctor import add_doctor_command
 

@@ -44,6 +44,7 @@ from moto.core.responses import ActionResult
 from moto.core.utils import get_service_model
 from moto.ec2.exceptions import EC2ClientError
 from moto.ec2.models import EC2Backend, ec2_backends
+from moto.ec2.models.elastic_network_interfaces import NetworkInterfaceBackend
 from moto.ec2.responses import EC2Response
 from moto.ec2.utils import EC2_PREFIX_TO_RESOURCE, EC2_RESOURCE_TO_PREFIX, random_id, simple_aws_filter_to_re
 from moto.moto_api._internal import mock_random
@@ -1180,11 +1181,70 @@ _PREFIXES = {
 _installed = False
 
 
+# ---------------------------------------------------------------------------------------------------------
+# Network interfaces: what the operator asks of them for pod and node sources.
+# ---------------------------------------------------------------------------------------------------------
+_INTERFACE_TYPES = ("interface", "efa", "efa-only", "branch", "trunk")
+
+
+def _addresses_filter(moto_get_all: Callable[..., Any]) -> Callable[..., Any]:
+    """AWS's `addresses.private-ip-address` matches an ENI holding any of the values among any of its
+    private addresses, secondary ones included (moto compares the primary address only, and a list of
+    values as a set); with the VPC CNI a pod's IP is a secondary address."""
+
+    def get_all_network_interfaces(backend: Any, eni_ids: list[str] | None = None, filters: Any = None) -> Any:
+        wanted = None
+        if filters and "addresses.private-ip-address" in filters:
+            filters = dict(filters)
+            values = filters.pop("addresses.private-ip-address")
+            wanted = {values} if isinstance(values, str) else set(values)
+        found = moto_get_all(backend, eni_ids, filters or None)
+        if wanted is None:
+            return found
+        return [
+            eni
+            for eni in found
+            if wanted
+            & {
+                eni.private_ip_address,
+                *(a.get("PrivateIpAddress") for a in eni.private_ip_addresses if isinstance(a, dict)),
+            }
+        ]
+
+    return get_all_network_interfaces
+
+
+def _create_network_interface(moto_create: Callable[[Any], ActionResult]) -> Callable[[Any], ActionResult]:
+    """InterfaceType (branch, trunk, efa, ...) as AWS takes it; moto makes every ENI an `interface`."""
+
+    def create_network_interface(self: Any) -> ActionResult:
+        interface_type = self._get_param("InterfaceType") or "interface"
+        if interface_type not in _INTERFACE_TYPES:
+            raise _error("InvalidParameterValue", f"Value ({interface_type}) for parameter InterfaceType is invalid")
+        result = moto_create(self)
+        payload: Any = result.result
+        eni = payload.get("NetworkInterface") if isinstance(payload, dict) else None
+        if eni is not None:
+            eni.interface_type = interface_type
+        return result
+
+    create_network_interface.__name__ = "create_network_interface"
+    return create_network_interface
+
+
 def install() -> None:
     """Install the extension into moto's EC2 backend. Idempotent."""
     global _installed
     if _installed:
         return
+    setattr(  # noqa: B010  (a patch, said plainly)
+        NetworkInterfaceBackend,
+        "get_all_network_interfaces",
+        _addresses_filter(NetworkInterfaceBackend.get_all_network_interfaces),
+    )
+    setattr(  # noqa: B010
+        EC2Response, "create_network_interface", _create_network_interface(EC2Response.create_network_interface)
+    )
     for handler in _HANDLERS:
         setattr(EC2Response, handler.__name__, handler)
     _correct_instance_type_data()

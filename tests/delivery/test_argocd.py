@@ -73,7 +73,7 @@ def test_every_phase_and_sample_is_covered() -> None:
     phases = {
         (yaml.safe_load((HEALTH / k / c["inputPath"]).read_text()).get("status") or {}).get("phase") for k, c in cases()
     }
-    assert phases == {None, "Pending", "Ready", "Failed", "Deleting"}
+    assert phases == {None, "Pending", "Ready", "Failed", "Deleting", "Completed"}
 
 
 def test_the_three_kinds_share_one_script() -> None:

@@ -19,6 +19,7 @@ from trafficmirror_testbed.kube import ControlPlane, free_port
 from trafficmirror_testbed.seed import World, seed_world
 
 RESYNC_SECONDS = 4
+TIMEBOX_REFRESH_SECONDS = 3  # how often a time-boxed session's status says anew how long it has left
 
 
 @pytest.fixture(scope="session")
@@ -64,6 +65,7 @@ class OperatorProcess:
             "TRAFFICMIRROR_RESYNC_SECONDS": str(RESYNC_SECONDS),
             "TRAFFICMIRROR_METRICS_PORT": str(self.metrics_port),
             "TRAFFICMIRROR_CLUSTER_NAME": "testbed",
+            "TRAFFICMIRROR_TIMEBOX_REFRESH_SECONDS": str(TIMEBOX_REFRESH_SECONDS),
         }
         self.process = subprocess.Popen(
             [

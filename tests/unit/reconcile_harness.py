@@ -4,6 +4,7 @@ write the outcome into status and annotations, and go again while it asks to com
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from tests.unit.fake_aws import FakeAws
@@ -31,10 +32,12 @@ class Obj:
     annotations: dict[str, str] = field(default_factory=dict)
     facts: ClusterFacts = field(default_factory=ClusterFacts)
     outcomes: list[Outcome] = field(default_factory=list)
+    generation: int = 1
+    created_at: datetime | None = None  # metadata.creationTimestamp
 
     @property
     def owner(self) -> Owner:
-        return Owner(self.reconciler.kind, "default", self.name, self.uid, 1, CLUSTER)
+        return Owner(self.reconciler.kind, "default", self.name, self.uid, self.generation, CLUSTER, self.created_at)
 
     def request(self) -> Request[Any, Any]:
         parsed = parse_request(self.reconciler, self.owner, self.spec, self.status, self.annotations, self.facts)
@@ -44,6 +47,7 @@ class Obj:
     def write(self, outcome: Outcome) -> Outcome:
         self.outcomes.append(outcome)
         self.status["phase"] = outcome.phase.value
+        self.status["observedGeneration"] = self.generation
         self.status["conditions"] = merge_conditions(
             self.status.get("conditions", []), outcome.conditions, 1, clear=outcome.clear_conditions
         )

@@ -18,6 +18,7 @@ from trafficmirror.handlers.apply import resync_action
         ("Pending", "Creating", "skip"),
         ("Pending", "WaitingForTarget", "skip"),
         ("Deleting", "WaitingForSessions", "skip"),
+        ("Completed", "Completed", "skip"),
         (None, None, "skip"),
     ],
     ids=[
@@ -29,6 +30,7 @@ from trafficmirror.handlers.apply import resync_action
         "a create in progress: kopf retries it",
         "waiting for a dependency: kopf retries it",
         "being deleted: the delete handler's",
+        "a time-boxed session whose time is over: never compared, never re-created",
         "never handled yet: the change handler's",
     ],
 )

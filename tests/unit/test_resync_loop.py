@@ -168,6 +168,24 @@ def test_an_object_changed_after_the_describe_started_waits_for_the_next_period(
     assert nudged == []
 
 
+def test_completed_sessions_are_never_compared_followed_or_nudged_though_aws_has_nothing() -> None:
+    """A time-boxed session whose time is over: its AWS session is gone on purpose."""
+    indexes, snapshot, objects = _world(6)
+    key = session_handlers.BINDING.index_name
+    for tracked in objects[:3]:
+        completed = _status(
+            replace(tracked, phase="Completed", ready_reason="Completed"), traffic_mirror_target_id="tmt-old"
+        )
+        indexes[key][(tracked.namespace, tracked.name)] = [completed]
+        del snapshot.sessions[_sid(tracked)]
+    nudged: list[tuple[str, str]] = []
+    loop = _loop(indexes, snapshot, nudged)
+    for _ in range(3):
+        asyncio.run(loop.tick(compare=True))
+        asyncio.run(loop.tick(compare=False))
+    assert nudged == []
+
+
 @pytest.mark.parametrize("seed", [1, 2, 3, 4, 5])
 def test_random_worlds_nudge_exactly_the_objects_out_of_sync(seed: int) -> None:
     """Seeded: random drift over random objects; the nudged set is exactly the drifted set, each once."""

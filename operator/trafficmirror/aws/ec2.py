@@ -127,6 +127,13 @@ class NetworkInterface:
     private_ip_address: str | None
     interface_type: str
     availability_zone: str | None = None
+    private_ip_addresses: tuple[str, ...] = ()  # every private address, the primary first
+    device_index: int | None = None  # its attachment's device index: 0 is the instance's primary ENI
+
+    @property
+    def is_branch(self) -> bool:
+        """A branch or trunk ENI (security groups for pods): AWS cannot mirror it."""
+        return self.interface_type in ("branch", "trunk")
 
 
 @dataclass(frozen=True)
@@ -319,6 +326,21 @@ INSTANCE_TYPE_TTL_SECONDS = 15.0
 FILTER_VALUES_PER_CALL = 200  # values of one Describe filter, kept well under EC2's limits
 
 
+def _interface_from_aws(raw: dict[str, Any]) -> NetworkInterface:
+    attachment = raw.get("Attachment") or {}
+    addresses = [a["PrivateIpAddress"] for a in raw.get("PrivateIpAddresses") or [] if a.get("PrivateIpAddress")]
+    primary = raw.get("PrivateIpAddress")
+    return NetworkInterface(
+        network_interface_id=raw["NetworkInterfaceId"],
+        instance_id=attachment.get("InstanceId"),
+        private_ip_address=primary,
+        interface_type=raw.get("InterfaceType", "interface"),
+        availability_zone=raw.get("AvailabilityZone"),
+        private_ip_addresses=tuple(dict.fromkeys([a for a in [primary, *addresses] if a])),
+        device_index=attachment.get("DeviceIndex"),
+    )
+
+
 @dataclass
 class Ec2Mirror:
     """Traffic Mirroring, ENI and instance lookups in one region."""
@@ -331,6 +353,14 @@ class Ec2Mirror:
     )
     _instance_types: TtlCache[str, str] = field(default_factory=lambda: TtlCache(INSTANCE_TYPE_TTL_SECONDS))
     pacer: Pacer | None = None
+    # Pod IP → the ENI holding it; a stale entry (the IP now on another node) is noticed by the caller
+    # comparing the ENI's instance with the pod's node, and looked up again.
+    _by_address: TtlCache[str, NetworkInterface] = field(
+        default_factory=lambda: TtlCache(NETWORK_INTERFACE_TTL_SECONDS)
+    )
+    _instance_interfaces: TtlCache[str, tuple[NetworkInterface, ...]] = field(
+        default_factory=lambda: TtlCache(NETWORK_INTERFACE_TTL_SECONDS)
+    )
 
     @classmethod
     def connect(
@@ -596,6 +626,65 @@ class Ec2Mirror:
             eni: (self._instance_types.get(instance_id) if instance_id else None)
             for eni, instance_id in attached.items()
         }
+
+    def interfaces_by_address(
+        self, addresses: list[str], refresh: frozenset[str] = frozenset()
+    ) -> dict[str, NetworkInterface]:
+        """The ENI holding each private address (primary or secondary), from the cache or by
+        DescribeNetworkInterfaces filtered by `addresses.private-ip-address`, many addresses per call.
+        Addresses in `refresh` are looked up again; an address no ENI holds is left out."""
+        found: dict[str, NetworkInterface] = {}
+        missing = []
+        for address in dict.fromkeys(addresses):
+            cached = None if address in refresh else self._by_address.get(address)
+            if cached is not None:
+                found[address] = cached
+            else:
+                missing.append(address)
+        for start in range(0, len(missing), FILTER_VALUES_PER_CALL):
+            chunk = missing[start : start + FILTER_VALUES_PER_CALL]
+            wanted = set(chunk)
+            for raw in self._pages(
+                "describe_network_interfaces",
+                "NetworkInterfaces",
+                Filters=[{"Name": "addresses.private-ip-address", "Values": chunk}],
+            ):
+                interface = self._interfaces.put(raw["NetworkInterfaceId"], _interface_from_aws(raw))
+                for address in interface.private_ip_addresses:
+                    if address in wanted:
+                        found[address] = self._by_address.put(address, interface)
+        return found
+
+    def instance_network_interfaces(self, instance_id: str) -> tuple[NetworkInterface, ...]:
+        """The ENIs attached to an instance, the primary (device index 0) first; cached."""
+
+        def load() -> tuple[NetworkInterface, ...]:
+            interfaces = [
+                _interface_from_aws(raw)
+                for raw in self._pages(
+                    "describe_network_interfaces",
+                    "NetworkInterfaces",
+                    Filters=[{"Name": "attachment.instance-id", "Values": [instance_id]}],
+                )
+            ]
+            return tuple(sorted(interfaces, key=lambda i: (i.device_index is None, i.device_index or 0)))
+
+        return self._instance_interfaces.get_or_load(instance_id, load)
+
+    def sessions_on(self, network_interface_ids: list[str]) -> dict[str, list[AwsSession]]:
+        """Every traffic mirror session of each source ENI, ours and others' (AWS allows 3 per ENI), in batches."""
+        wanted = list(dict.fromkeys(network_interface_ids))
+        result: dict[str, list[AwsSession]] = {eni: [] for eni in wanted}
+        for start in range(0, len(wanted), FILTER_VALUES_PER_CALL):
+            chunk = wanted[start : start + FILTER_VALUES_PER_CALL]
+            for raw in self._pages(
+                "describe_traffic_mirror_sessions",
+                "TrafficMirrorSessions",
+                Filters=[{"Name": "network-interface-id", "Values": chunk}],
+            ):
+                session = _session_from_aws(raw)
+                result.setdefault(session.network_interface_id, []).append(session)
+        return result
 
     def primary_network_interface(self, instance_id: str) -> str:
         response = self._call("describe_instances", InstanceIds=[instance_id])

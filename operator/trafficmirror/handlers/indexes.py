@@ -59,9 +59,18 @@ def filter_states(namespace: str, name: str, status: kopf.Status, **_: Any) -> d
     return {(namespace, name): _dependency(name, status, "trafficMirrorFilterId")}
 
 
+def _completed(status: kopf.Status) -> bool:
+    """A Completed session (its time is over) holds nothing in AWS: it uses no target or filter."""
+    return bool(status.get("phase") == "Completed")
+
+
 @kopf.index(*SESSIONS)
-def session_users(namespace: str, name: str, spec: kopf.Spec, **_: Any) -> dict[tuple[str, str, str], str]:
+def session_users(
+    namespace: str, name: str, spec: kopf.Spec, status: kopf.Status, **_: Any
+) -> dict[tuple[str, str, str], str]:
     """(namespace, 'target'|'filter', referenced name) → the sessions that reference it."""
+    if _completed(status):
+        return {}
     return {
         (namespace, "target", spec.get("targetRef", {}).get("name", "")): name,
         (namespace, "filter", spec.get("filterRef", {}).get("name", "")): name,
@@ -71,6 +80,8 @@ def session_users(namespace: str, name: str, spec: kopf.Spec, **_: Any) -> dict[
 @kopf.index(*SESSIONS)
 def session_placements(uid: str, namespace: str, status: kopf.Status, **_: Any) -> dict[str, tuple[str, str]]:
     """Session UID → (target ID, source ENI) as its status says: the load of each target, for pools."""
+    if _completed(status):
+        return {}
     return {uid: (str(status.get("trafficMirrorTargetId") or ""), str(status.get("sourceNetworkInterfaceId") or ""))}
 
 

@@ -72,6 +72,8 @@ class Binding:
     follows: Callable[[Tracked, Mapping[str, Any]], bool] | None = None
     # Awaited before a change handler's reconcile (a session waits briefly for its dependencies).
     before_reconcile: Callable[[str, Mapping[str, Any], Mapping[str, Any]], Awaitable[None]] | None = None
+    # Only objects whose spec passes this are the kind's (selector sessions have handlers of their own).
+    applies: Callable[[Mapping[str, Any]], bool] | None = None
 
     @property
     def snapshot_kind(self) -> str:
@@ -261,11 +263,18 @@ def register(binding: Binding) -> Binding:
         return {(meta["namespace"], meta["name"]): track(binding, body, memo.context)}
 
     handler_id = kind.lower()
-    kopf.on.create(*resource, id=f"{handler_id}-reconcile")(on_change)
-    kopf.on.update(*resource, id=f"{handler_id}-reconcile", field="spec")(on_change)
-    kopf.on.update(*resource, id=f"{handler_id}-nudge", field=("metadata", "annotations", NUDGE_ANNOTATION))(on_nudge)
-    kopf.on.resume(*resource, id=f"{handler_id}-resume")(on_resume)
-    kopf.on.delete(*resource, id=f"{handler_id}-delete")(on_delete)
+    applies = binding.applies
+
+    def ours(spec: kopf.Spec, **_: Any) -> bool:
+        return applies is None or applies(spec)
+
+    kopf.on.create(*resource, id=f"{handler_id}-reconcile", when=ours)(on_change)
+    kopf.on.update(*resource, id=f"{handler_id}-reconcile", field="spec", when=ours)(on_change)
+    kopf.on.update(*resource, id=f"{handler_id}-nudge", field=("metadata", "annotations", NUDGE_ANNOTATION), when=ours)(
+        on_nudge
+    )
+    kopf.on.resume(*resource, id=f"{handler_id}-resume", when=ours)(on_resume)
+    kopf.on.delete(*resource, id=f"{handler_id}-delete", when=ours)(on_delete)
     # Failures the world can fix (an instance resized, a quota freed) are looked at again once a period.
     # Only such objects have a timer (kopf starts and stops it as the filter's answer changes): a
     # Ready object has none, the batched resync compares it.
@@ -274,7 +283,7 @@ def register(binding: Binding) -> Binding:
         id=f"{handler_id}-recheck",
         interval=RESYNC_SECONDS,
         initial_delay=RESYNC_SECONDS,
-        when=recheckable,
+        when=lambda **kwargs: ours(**kwargs) and recheckable(**kwargs),
     )(on_recheck)
-    kopf.index(*resource, id=binding.index_name)(tracked)
+    kopf.index(*resource, id=binding.index_name, when=ours)(tracked)
     return binding

@@ -12,6 +12,7 @@ from typing import Any
 from trafficmirror.api import MIRROR_SESSION, Phase
 from trafficmirror.handlers.indexes import one, pool_of
 from trafficmirror.handlers.registration import Binding, Tracked, register
+from trafficmirror.handlers.workload import is_selector
 from trafficmirror.reconcile.kinds import SESSION
 from trafficmirror.reconcile.placement import sources_by_target
 from trafficmirror.reconcile.seam import ClusterFacts, Dependency
@@ -85,5 +86,7 @@ BINDING = register(
         uses_indexes=("target_states", "filter_states", "session_placements", "session_choices"),
         follows=follows,
         before_reconcile=settled,
+        # A pod or node selector session is not mirrored itself: handlers.workload makes its children.
+        applies=lambda spec: not is_selector(spec),
     )
 )

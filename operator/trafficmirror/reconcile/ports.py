@@ -87,3 +87,16 @@ class MirrorAws(TargetAws, FilterAws, SessionAws, Protocol):
     """Everything of one region: what `ReconcileContext.aws_for_region` hands out (and `observe` uses)."""
 
     def instance_types_behind(self, network_interface_ids: list[str]) -> dict[str, str | None]: ...
+
+
+class WorkloadAws(Protocol):
+    """What a pod or node selector session asks AWS: which ENIs hold the pods' addresses, a node's
+    ENIs, and the sessions already on an ENI."""
+
+    def interfaces_by_address(
+        self, addresses: list[str], refresh: frozenset[str] = frozenset()
+    ) -> dict[str, NetworkInterface]: ...
+
+    def instance_network_interfaces(self, instance_id: str) -> tuple[NetworkInterface, ...]: ...
+
+    def sessions_on(self, network_interface_ids: list[str]) -> dict[str, list[AwsSession]]: ...

@@ -1,5 +1,5 @@
 -- Argo CD health of a trafficmirror.io resource (MirrorTarget, MirrorFilter, MirrorSession).
--- The operator writes status.phase (Pending, Ready, Failed, Deleting), status.observedGeneration
+-- The operator writes status.phase (Pending, Ready, Failed, Deleting; sessions also Completed), status.observedGeneration
 -- and a Ready condition whose reason/message say why. Written for Argo CD's Lua 5.1 (gopher-lua).
 local hs = {}
 
@@ -51,6 +51,10 @@ elseif status.phase == "Failed" then
 elseif status.phase == "Deleting" then
   hs.status = "Progressing"
   hs.message = explain(condition, "Deleting")
+elseif status.phase == "Completed" then
+  -- A time-boxed session whose time is over: done as asked, nothing left in AWS.
+  hs.status = "Healthy"
+  hs.message = explain(condition, "Completed")
 else
   hs.status = "Progressing"
   hs.message = explain(condition, status.phase)
