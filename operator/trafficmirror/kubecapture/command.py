@@ -32,8 +32,9 @@ COMPLETION_GRACE_SECONDS = 90.0
 FILES_GRACE_SECONDS = 60.0
 DELETE_WAIT_SECONDS = 120.0
 CAPTURE_ROLE_HINT = (
-    "creating captures needs the ClusterRole trafficmirror-capture (aggregated to the built-in edit role: "
-    "kubectl create rolebinding ... --clusterrole=edit)"
+    "creating captures needs the built-in edit role in the namespace (the chart aggregates the ClusterRole "
+    "trafficmirror-capture-edit into it): kubectl create rolebinding <name> -n <namespace> --clusterrole=edit "
+    "--user=<you>"
 )
 PCAP_ROLE_HINT = (
     "reading the capture files needs the ClusterRole trafficmirror-pcap-reader, bound in the capture agent's "

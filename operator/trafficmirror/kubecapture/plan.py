@@ -67,6 +67,8 @@ def parse_target(text: str | None, selector: str | None) -> CaptureTarget:
 
 def parse_label_selector(text: str) -> dict[str, Any]:
     """kubectl's ``-l`` syntax (``app=web,tier!=db,env in (a,b),!legacy``) as a LabelSelector."""
+    if not text.strip():
+        raise PlanError(f"-l {text!r}: an empty selector would capture every pod of the namespace")
     match_labels: dict[str, str] = {}
     expressions: list[dict[str, Any]] = []
     for term in _split_terms(text):
