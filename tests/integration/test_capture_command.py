@@ -1,0 +1,228 @@
+"""`trafficmirror capture` against the real apiserver, the operator as a process and the AWS emulator: what it
+creates, how it waits, and that nothing is left behind in Kubernetes or AWS however it ends."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.integration.conftest import Cluster, fresh_instance
+from trafficmirror.kubecapture import plan
+from trafficmirror_testbed.kube import ControlPlane
+from trafficmirror_testbed.seed import World
+
+pytestmark = [pytest.mark.testbed, pytest.mark.emulator]
+
+LABEL = f"{plan.CREATED_BY_LABEL}={plan.CREATED_BY}"
+
+
+class CaptureRun:
+    """`trafficmirror capture …` as the user runs it, its stderr collected line by line."""
+
+    def __init__(self, env: dict[str, str], *args: str, command: list[str] | None = None, cwd: Path | None = None):
+        self.lines: list[str] = []
+        self.process = subprocess.Popen(
+            command or [sys.executable, "-m", "trafficmirror.cli", "capture", *args],
+            env=env,
+            cwd=cwd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self) -> None:
+        assert self.process.stderr is not None
+        for line in self.process.stderr:
+            self.lines.append(line.rstrip("\n"))
+
+    def wait_line(self, text: str, timeout: float = 90) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = next((line for line in self.lines if text in line), None)
+            if found is not None:
+                return found
+            if self.process.poll() is not None and not self.reader.is_alive():
+                break
+            time.sleep(0.2)
+        raise AssertionError(f"no line with {text!r} in:\n" + "\n".join(self.lines))
+
+    def finish(self, timeout: float = 240) -> int:
+        code = self.process.wait(timeout=timeout)
+        self.reader.join(timeout=10)
+        return code
+
+    @property
+    def stderr(self) -> str:
+        return "\n".join(self.lines)
+
+
+def _created(control_plane: ControlPlane, namespace: str) -> dict[str, list[dict[str, Any]]]:
+    out = {}
+    for kind in ("mirrorsessions", "mirrorfilters"):
+        listed = control_plane.kubectl("get", kind, "-n", namespace, "-l", LABEL, "-o", "json").stdout
+        out[kind] = json.loads(listed)["items"]
+    return out
+
+
+def _aws_owned(ec2: Any, uids: set[str]) -> list[str]:
+    found = []
+    for call, key, id_key in (
+        (ec2.describe_traffic_mirror_sessions, "TrafficMirrorSessions", "TrafficMirrorSessionId"),
+        (ec2.describe_traffic_mirror_filters, "TrafficMirrorFilters", "TrafficMirrorFilterId"),
+    ):
+        for item in call()[key]:
+            tags = {t["Key"]: t["Value"] for t in item.get("Tags", [])}
+            if tags.get("trafficmirror.io/owner-uid") in uids:
+                found.append(item[id_key])
+    return found
+
+
+@pytest.fixture
+def capture_target(cluster: Cluster, world: World) -> str:
+    cluster.apply(
+        {"kind": "MirrorTarget", "metadata": {"name": "capture"}, "spec": {"networkInterfaceId": world.eni("capture")}}
+    )
+    cluster.wait_phase("mirrortarget", "capture", "Ready", timeout=90)
+    return "capture"
+
+
+@pytest.fixture
+def source_node(control_plane: ControlPlane, ec2: Any, world: World, namespace: str) -> tuple[str, str]:
+    """A Node of its own (a fresh instance: no other test's sessions on its ENI): (node name, ENI)."""
+    instance, eni = fresh_instance(ec2, world)
+    name = f"src-{namespace[-8:]}"
+    node = {
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {"name": name},
+        "spec": {"providerID": f"aws:///us-east-1a/{instance}"},
+    }
+    control_plane.kubectl("apply", "-f", "-", input=json.dumps(node))
+    return name, eni
+
+
+def _wait_mirroring(
+    control_plane: ControlPlane, namespace: str, ec2: Any, eni: str, timeout: float = 90
+) -> dict[str, Any]:
+    """The session the command created is Ready, and AWS mirrors its source ENI."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        sessions = _created(control_plane, namespace)["mirrorsessions"]
+        if sessions and (sessions[0].get("status") or {}).get("phase") == "Ready":
+            aws = ec2.describe_traffic_mirror_sessions(Filters=[{"Name": "network-interface-id", "Values": [eni]}])
+            if aws["TrafficMirrorSessions"]:
+                return sessions[0]
+        time.sleep(0.5)
+    raise AssertionError(f"never mirrored: {_created(control_plane, namespace)}")
+
+
+@pytest.mark.parametrize(
+    "ending",
+    ["SIGINT", "SIGINT twice", "SIGTERM"],
+)
+def test_ending_a_capture_by_signal_deletes_what_it_created_and_leaves_no_aws_session(
+    control_plane: ControlPlane,
+    cluster: Cluster,
+    ec2: Any,
+    namespace: str,
+    capture_target: str,
+    source_node: tuple[str, str],
+    tmp_path: Path,
+    ending: str,
+) -> None:
+    node, eni = source_node
+    run = CaptureRun(control_plane.env(), f"node/{node}", "-n", namespace, "-o", str(tmp_path / "out.pcapng"))
+    run.wait_line("capturing node/")
+    session = _wait_mirroring(control_plane, namespace, ec2, eni)
+    created = _created(control_plane, namespace)
+    # Exactly one session and one filter, the session naming the filter and the only Ready target.
+    assert [len(created["mirrorsessions"]), len(created["mirrorfilters"])] == [1, 1]
+    spec = session["spec"]
+    assert spec["source"] == {"nodeName": node} and spec["targetRef"] == {"name": capture_target}
+    assert spec["filterRef"]["name"] == created["mirrorfilters"][0]["metadata"]["name"]
+    uids = {created[k][0]["metadata"]["uid"] for k in created}
+
+    first = signal.SIGTERM if ending == "SIGTERM" else signal.SIGINT
+    run.process.send_signal(first)
+    if ending == "SIGINT twice":
+        run.wait_line("Ctrl-C: ending the capture now")
+        run.process.send_signal(signal.SIGINT)
+    code = run.finish()
+
+    assert code == {"SIGINT": 0, "SIGINT twice": 130, "SIGTERM": 143}[ending], run.stderr
+    assert _created(control_plane, namespace) == {"mirrorsessions": [], "mirrorfilters": []}, run.stderr
+    assert "deleted mirrorfilters/" in run.stderr or "still deleting" in run.stderr
+    deadline = time.monotonic() + 60
+    while _aws_owned(ec2, uids) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert _aws_owned(ec2, uids) == []
+    assert (
+        ec2.describe_traffic_mirror_sessions(Filters=[{"Name": "network-interface-id", "Values": [eni]}])[
+            "TrafficMirrorSessions"
+        ]
+        == []
+    )
+
+
+def test_for_ends_the_capture_by_itself_and_cleans_up(
+    control_plane: ControlPlane,
+    cluster: Cluster,
+    ec2: Any,
+    namespace: str,
+    capture_target: str,
+    source_node: tuple[str, str],
+    tmp_path: Path,
+) -> None:
+    """`--for 10s`: the session carries the duration, the command waits for Completed and deletes what it made.
+    No capture agent runs here: nothing is mirrored to download, and the command says so."""
+    node, eni = source_node
+    started = time.monotonic()
+    run = CaptureRun(
+        control_plane.env(), f"node/{node}", "-n", namespace, "--for", "10s", "-o", str(tmp_path / "f.pcapng")
+    )
+    session = _wait_mirroring(control_plane, namespace, ec2, eni)
+    assert session["spec"]["duration"] == "10s"
+    uids = {o["metadata"]["uid"] for items in _created(control_plane, namespace).values() for o in items}
+    code = run.finish()
+    assert code == 0, run.stderr
+    assert time.monotonic() - started >= 10
+    assert "Completed" in run.stderr and "no packets were mirrored" in run.stderr
+    assert _created(control_plane, namespace) == {"mirrorsessions": [], "mirrorfilters": []}
+    assert _aws_owned(ec2, uids) == []
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["pod/nope"], "no pod 'nope' in namespace"),
+        (["deployment/nope"], "no deployment 'nope' in namespace"),
+        (["node/nope"], "no node 'nope' in this cluster"),
+    ],
+)
+def test_naming_what_does_not_exist_creates_nothing(
+    control_plane: ControlPlane, cluster: Cluster, namespace: str, capture_target: str, args: list[str], message: str
+) -> None:
+    run = CaptureRun(control_plane.env(), *args, "-n", namespace)
+    assert run.finish(timeout=60) == 1
+    assert message in run.stderr
+    assert _created(control_plane, namespace) == {"mirrorsessions": [], "mirrorfilters": []}
+
+
+def test_without_a_ready_target_it_says_how_to_make_one_and_creates_nothing(
+    control_plane: ControlPlane, cluster: Cluster, namespace: str, source_node: tuple[str, str]
+) -> None:
+    run = CaptureRun(control_plane.env(), f"node/{source_node[0]}", "-n", namespace)
+    assert run.finish(timeout=60) == 1
+    assert f"no Ready MirrorTarget in namespace {namespace}" in run.stderr
+    assert "kubectl label node <capture-node> trafficmirror.io/capture=true" in run.stderr
+    assert _created(control_plane, namespace) == {"mirrorsessions": [], "mirrorfilters": []}
