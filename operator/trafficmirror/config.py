@@ -29,6 +29,15 @@ class OperatorConfig:
     # limits sets more than 1; 0 switches pacing off).
     aws_rate_limit_scale: float = field(default_factory=lambda: _env_float("TRAFFICMIRROR_AWS_RATE_LIMIT_SCALE", 1.0))
     worker_threads: int = field(default_factory=lambda: int(os.environ.get("TRAFFICMIRROR_WORKER_THREADS", "32")))
+    # The price per ENI-hour of mirroring for status.estimatedCost: unset, AWS's published price (with its
+    # source); set for another region's price or a discount.
+    usd_per_eni_hour: float | None = field(
+        default_factory=lambda: float(p) if (p := os.environ.get("TRAFFICMIRROR_USD_PER_ENI_HOUR")) else None
+    )
+    # How often a time-boxed session's status says anew how much time it has left (and its cost so far).
+    timebox_refresh_seconds: float = field(
+        default_factory=lambda: _env_float("TRAFFICMIRROR_TIMEBOX_REFRESH_SECONDS", 60)
+    )
 
 
 RESYNC_SECONDS = OperatorConfig().resync_seconds  # kopf timers take their interval at import

@@ -5,3 +5,4 @@ from trafficmirror.handlers import indexes as indexes
 from trafficmirror.handlers import session as session
 from trafficmirror.handlers import startup as startup
 from trafficmirror.handlers import target as target
+from trafficmirror.handlers import timebox as timebox

@@ -16,6 +16,7 @@ from trafficmirror.metrics import RECONCILES, RESOURCES
 from trafficmirror.reconcile.common import RECHECKED_AT_RESYNC, Outcome, Owner, merge_conditions, transition_events
 from trafficmirror.reconcile.context import ReconcileContext, RetryLater
 from trafficmirror.reconcile.seam import ClusterFacts, Reconciler, Request, parse_request
+from trafficmirror.reconcile.timebox import parse_time
 
 MAX_BACKOFF_SECONDS = 300.0
 NOT_FOUND_RETRY_SECONDS = 2.0
@@ -31,6 +32,7 @@ def owner_of(kind: str, body: kopf.Body, context: ReconcileContext) -> Owner:
         uid=meta["uid"],
         generation=int(meta.get("generation", 1)),
         cluster=context.cluster,
+        created_at=parse_time(meta.get("creationTimestamp")),
     )
 
 

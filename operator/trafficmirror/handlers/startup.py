@@ -14,6 +14,7 @@ import prometheus_client
 from trafficmirror.aws.ec2 import INSTANCE_TYPE_TTL_SECONDS, Ec2Mirror
 from trafficmirror.aws.elbv2 import LoadBalancers
 from trafficmirror.aws.instance_support import load_support_table
+from trafficmirror.aws.target_quotas import TargetQuotas
 from trafficmirror.config import OperatorConfig
 from trafficmirror.handlers.patching import patch_annotations
 from trafficmirror.handlers.registration import BINDINGS, NUDGE_ANNOTATION, Binding, Tracked, nudge_value
@@ -87,6 +88,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: lo
         support_table=load_support_table(overrides),
         cluster=config.cluster_name,
         load_balancers_for_region=load_balancers_for_region,
+        price=TargetQuotas.packaged().price(config.usd_per_eni_hour),
     )
     memo.resync_tasks = [
         asyncio.create_task(

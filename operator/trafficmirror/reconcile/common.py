@@ -48,6 +48,7 @@ class Owner:
     uid: str
     generation: int
     cluster: str
+    created_at: datetime | None = None  # metadata.creationTimestamp: where a spec.duration starts
 
     @property
     def marker(self) -> str:

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar
 
 from trafficmirror.aws.elbv2 import LoadBalancers
 from trafficmirror.aws.errors import AwsError, ErrorClass
 from trafficmirror.aws.instance_support import SupportTable
-from trafficmirror.aws.target_quotas import TargetQuotas
+from trafficmirror.aws.target_quotas import Price, TargetQuotas
 from trafficmirror.reconcile.common import (
     CLUSTER_TAG,
     CREATE_INTENT_ANNOTATION,
@@ -61,6 +62,9 @@ class ReconcileContext:
     # Sessions with targetSelector: AWS's sources-per-target quotas and this operator's recent choices.
     target_quotas: TargetQuotas = field(default_factory=TargetQuotas.packaged)
     placements: PlacementBook = field(default_factory=PlacementBook)
+    # Time-boxed sessions: the clock they end by, and the price their estimated cost uses.
+    clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
+    price: Price = field(default_factory=lambda: TargetQuotas.packaged().price())
 
 
 def outcome_for_aws_error(error: AwsError, **status_fields: Any) -> Outcome:

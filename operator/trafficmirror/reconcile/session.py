@@ -9,16 +9,20 @@ from __future__ import annotations
 
 import re
 from dataclasses import asdict, dataclass, replace
+from datetime import datetime
 from typing import Any
 
-from trafficmirror.api import MirrorSessionSpec, MirrorSessionStatus, ready_condition
+from trafficmirror.api import MirrorSessionSpec, MirrorSessionStatus, Phase, ready_condition
 from trafficmirror.aws.ec2 import AwsSession, SessionChanges, SessionParams
 from trafficmirror.aws.errors import AwsError, ErrorClass
 from trafficmirror.aws.instance_support import unsupported_message
+from trafficmirror.reconcile import timebox
 from trafficmirror.reconcile.common import (
     AWS_ID_ANNOTATION,
     CREATE_INTENT_ANNOTATION,
     QUOTA_EXCEEDED,
+    READY,
+    SYNCED,
     UNSUPPORTED_INSTANCE_TYPE,
     ConditionUpdate,
     Event,
@@ -34,8 +38,10 @@ from trafficmirror.reconcile.common import (
     tag_changes,
 )
 from trafficmirror.reconcile.context import (
+    AWS_RETRY_SECONDS,
     Decided,
     ReconcileContext,
+    RetryLater,
     create_once,
     deleting_outcome_for_aws_error,
     outcome_for_aws_error,
@@ -178,6 +184,118 @@ def _dependency_gone(error: AwsError, target_name: str, filter_name: str) -> Out
 
 
 def reconcile_session(request: SessionRequest, ctx: ReconcileContext) -> Outcome:
+    """Time first: a Completed session stays so without a call, and one whose time is over ends
+    before anything is created. Then the session is brought to the spec."""
+    stop = session_stop_time(request)
+    now = ctx.clock()
+    if request.status.phase == Phase.COMPLETED:
+        return _still_completed(request, stop)
+    if timebox.is_over(stop, now):
+        return end_session(request, ctx, stop, now)
+    outcome = _reconcile_running(request, ctx)
+    if outcome.phase is Phase.READY:
+        outcome.status_fields["mirroringSince"] = request.status.mirroring_since or timebox.format_time(now)
+    if stop is not None:
+        _running(outcome, request.status, stop, now, ctx)
+    else:  # no end, or an end removed from the spec
+        outcome.clear_conditions.append(timebox.COMPLETED)
+        outcome.status_fields.update(stopAt=None, estimatedCost=None)
+    return outcome
+
+
+def session_stop_time(request: SessionRequest) -> datetime | None:
+    """When the session ends (spec.duration from the creation time, or spec.stopAt); None for no end."""
+    return timebox.stop_time(request.spec.duration, request.spec.stop_at, request.owner.created_at)
+
+
+def _running(
+    outcome: Outcome, status: MirrorSessionStatus, stop: datetime, now: datetime, ctx: ReconcileContext
+) -> None:
+    """A time-boxed session before its end: the end, the cost so far, and the time left."""
+    outcome.status_fields["stopAt"] = timebox.format_time(stop)
+    since = timebox.parse_time(outcome.status_fields.get("mirroringSince") or status.mirroring_since)
+    intervals = [timebox.Interval(since)] if since is not None else []
+    outcome.status_fields["estimatedCost"] = timebox.estimated_cost(timebox.eni_hours(intervals, now), ctx.price, now)
+    message = timebox.running_message(stop, now)
+    if outcome.phase is not Phase.READY:
+        message = f"not mirroring yet ({outcome.ready_reason}); {message}"
+    outcome.conditions.append(ConditionUpdate(timebox.COMPLETED, "False", timebox.RUNNING, message))
+
+
+def _mirrored_intervals(status: MirrorSessionStatus) -> list[timebox.Interval]:
+    """The interval the AWS session mirrored: from mirroringSince (or, written by an older operator,
+    the time the session became Ready) to now."""
+    since = timebox.parse_time(status.mirroring_since)
+    if since is None:
+        ready_now = ready_condition(status)
+        if ready_now is not None and ready_now.status == "True":
+            since = timebox.parse_time(ready_now.last_transition_time)
+    return [timebox.Interval(since)] if since is not None else []
+
+
+def end_session(request: SessionRequest, ctx: ReconcileContext, stop: datetime | None, now: datetime) -> Outcome:
+    """The time is over: the AWS session is deleted (mirroring is billed per ENI-hour) and the phase
+    becomes Completed with the cost. Nothing is created, whatever the state: a session whose time
+    was over at creation ends without a call."""
+    owner, spec, status, annotations = request.owner, request.spec, request.status, request.annotations
+    aws: SessionAws = ctx.aws_for_region(spec.region)
+    session_id = status.traffic_mirror_session_id or annotations.get(AWS_ID_ANNOTATION)
+    try:
+        if session_id is None and annotations.get(CREATE_INTENT_ANNOTATION) and status.source_network_interface_id:
+            # A create was about to be sent when the time ran out: it may have reached AWS.
+            orphan = _find_orphan(aws, owner, status.source_network_interface_id)
+            session_id = orphan.session_id if orphan is not None else None
+        if session_id is not None:
+            _delete_quietly(aws, session_id)
+    except AwsError as error:
+        message = f"the time is over; deleting {session_id or 'the AWS session'} failed: {error}; retrying"
+        outcome = pending("Completing", message, retry_after=AWS_RETRY_SECONDS)
+        raise RetryLater(message, delay=AWS_RETRY_SECONDS, outcome=outcome) from error
+    ctx.placements.release(owner.uid)
+    ended = timebox.completion(
+        stop,
+        now,
+        _mirrored_intervals(status) if session_id is not None else [],
+        ctx.price,
+        deleted=f"the AWS session {session_id}" if session_id else None,
+    )
+    outcome = completed_outcome(ended.message)
+    outcome.status_fields.update(ended.status_fields, trafficMirrorSessionId=None)
+    outcome.annotations.update({AWS_ID_ANNOTATION: None, CREATE_INTENT_ANNOTATION: None})
+    return outcome
+
+
+def completed_outcome(message: str) -> Outcome:
+    """Completed: not Ready (nothing mirrors), Synced (AWS holds nothing, as it should), Completed."""
+    return Outcome(
+        Phase.COMPLETED,
+        [
+            ConditionUpdate(READY, "False", timebox.COMPLETED, message),
+            ConditionUpdate(SYNCED, "True", timebox.COMPLETED, "nothing in AWS, as a completed capture should be"),
+            ConditionUpdate(timebox.COMPLETED, "True", timebox.TIME_UP, message),
+        ],
+    )
+
+
+def _still_completed(request: SessionRequest, stop: datetime | None) -> Outcome:
+    """A Completed session stays Completed without a call: an edit, a resync or a restart never
+    restarts it. An edit is answered with an Event that says so."""
+    status = request.status
+    done = status.condition(timebox.COMPLETED)
+    outcome = completed_outcome(done.message if done is not None else "the capture ended")
+    if status.observed_generation is not None and status.observed_generation != request.owner.generation:
+        ended = status.completed_at or (timebox.format_time(stop) if stop is not None else "earlier")
+        outcome.events.append(
+            Event(
+                "Normal",
+                "AlreadyCompleted",
+                f"the capture ended at {ended}; a spec change does not restart it: create a new MirrorSession",
+            )
+        )
+    return outcome
+
+
+def _reconcile_running(request: SessionRequest, ctx: ReconcileContext) -> Outcome:
     owner, spec, status, annotations = request.owner, request.spec, request.status, dict(request.annotations)
     target, mirror_filter = request.facts.target, request.facts.mirror_filter
     aws: SessionAws = ctx.aws_for_region(spec.region)
@@ -447,7 +565,7 @@ def _delete_quietly(aws: SessionAws, session_id: str) -> None:
 def delete_session(request: SessionRequest, ctx: ReconcileContext) -> Outcome | None:
     spec, session_id = request.spec, request.status.traffic_mirror_session_id
     ctx.placements.release(request.owner.uid)
-    if spec.deletion_policy == "Orphan" or not session_id:
+    if spec.deletion_policy == "Orphan" or not session_id or request.status.phase == Phase.COMPLETED:
         return None
     try:
         _delete_quietly(ctx.aws_for_region(spec.region), session_id)
