@@ -71,6 +71,11 @@ def add_capture_command(subparsers: argparse._SubParsersAction) -> None:  # type
         "--pool", metavar="[KEY=]VALUE", help=f"a pool of MirrorTargets by label (default key {plan.POOL_LABEL})"
     )
     p.add_argument("--keep", action="store_true", help="leave the MirrorSession and MirrorFilter in place on exit")
+    p.add_argument(
+        "--agent-namespace",
+        default=os.environ.get("TRAFFICMIRROR_NAMESPACE", "trafficmirror"),
+        help="namespace of the capture agent pods, which hold files kept on the nodes (default trafficmirror)",
+    )
     src = p.add_argument_group("where the files are, when the capture agent does not list them in the session's status")
     src.add_argument("--dir", help="the capture agent's --output-dir, mounted here")
     src.add_argument("--s3-bucket")
@@ -475,6 +480,6 @@ def _file_source(
     if locations:
         from trafficmirror.kubecapture.podfiles import AgentPodFiles
 
-        pods = AgentPodFiles(api)
+        pods = AgentPodFiles(api, args.agent_namespace)
         return pods, pods.refs(namespace, name, locations)
     return None, []
