@@ -291,14 +291,18 @@ def run(args: argparse.Namespace) -> int:
     created = Created(api, namespace)
     signals = Signals()
     signals.install()
+    downloading = threading.Event()
     code = 1
     try:
-        code = _capture(args, api, namespace, target, duration, seconds, matches, created, progress, signals)
+        code = _capture(
+            args, api, namespace, target, duration, seconds, matches, created, progress, signals, downloading
+        )
     except plan.PlanError as error:
         progress.say(str(error))
         code = 1
     except Forbidden as error:
-        hint = PCAP_ROLE_HINT if error.resource.startswith("pods/exec") else CAPTURE_ROLE_HINT
+        # Pods are read (listed, exec'd into) only to fetch files kept on the capture nodes.
+        hint = PCAP_ROLE_HINT if error.resource in ("pods", "pods/exec") and downloading.is_set() else CAPTURE_ROLE_HINT
         progress.say(f"permission denied: cannot {error.verb} {error.resource} ({error}); {hint}")
         code = 1
     except KubeError as error:
@@ -331,6 +335,7 @@ def _capture(
     created: Created,
     progress: Progress,
     signals: Signals,
+    downloading: threading.Event,
 ) -> int:
     try:
         api.get(f"/apis/{plan.API_VERSION}")
@@ -359,6 +364,7 @@ def _capture(
         reason: dict[str, Any] = next((c for c in status.get("conditions") or [] if c.get("type") == "Ready"), {})
         progress.say(f"the session failed: {reason.get('reason')}: {reason.get('message')}")
         return 1
+    downloading.set()
     return _download(args, api, namespace, name, session, progress)
 
 
