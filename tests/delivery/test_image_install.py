@@ -179,7 +179,7 @@ def test_extension_imports_and_receives_from_the_installed_wheel(venv: Path, tmp
     ("command", "expected"),
     [
         (["operator", "--help"], "--peering"),
-        (["capture", "--help"], "--s3-bucket"),
+        (["agent", "--help"], "--s3-bucket"),
         (["pcap", "--help"], "get"),
         (["--help"], "operator"),
     ],

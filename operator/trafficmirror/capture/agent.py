@@ -428,5 +428,5 @@ def run(cfg: AgentConfig) -> int:
         return Agent(cfg).run()
     except rx.PortInUseError as exc:
         log.error("%s", exc)
-        print(f"trafficmirror capture: {exc}", file=sys.stderr)
+        print(f"trafficmirror agent: {exc}", file=sys.stderr)
         return 3
