@@ -17,7 +17,7 @@ from trafficmirror.api.common import (
     ready_condition,
 )
 from trafficmirror.api.filter import FilterRule, MirrorFilterSpec, MirrorFilterStatus, PortRange
-from trafficmirror.api.session import MirrorSessionSpec, MirrorSessionStatus, MirrorSource
+from trafficmirror.api.session import EstimatedCost, MirrorSessionSpec, MirrorSessionStatus, MirrorSource
 from trafficmirror.api.target import MirrorTargetSpec, MirrorTargetStatus
 
 
@@ -78,6 +78,7 @@ __all__ = [
     "CommonSpec",
     "CommonStatus",
     "Condition",
+    "EstimatedCost",
     "FilterRule",
     "Kind",
     "MirrorFilterSpec",

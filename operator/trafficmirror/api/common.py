@@ -28,6 +28,7 @@ class Phase(enum.StrEnum):
     READY = "Ready"
     FAILED = "Failed"
     DELETING = "Deleting"
+    COMPLETED = "Completed"  # MirrorSession only: its time (spec.duration, spec.stopAt) is over
 
 
 DeletionPolicy = Literal["Delete", "Orphan"]

@@ -79,6 +79,8 @@ def _printer_columns(kind: Kind) -> list[dict[str, Any]]:
         columns.append({"name": "VNI", "type": "integer", "jsonPath": ".status.virtualNetworkId"})
         # -o wide: the MirrorTarget (with targetSelector: the one chosen from the pool).
         columns.append({"name": "Target", "type": "string", "jsonPath": ".status.targetName", "priority": 1})
+        # -o wide: when a time-boxed capture ends (the TimeBox condition says how long is left).
+        columns.append({"name": "Stop-At", "type": "string", "jsonPath": ".status.stopAt", "priority": 1})
     columns += [
         {"name": "Reason", "type": "string", "jsonPath": '.status.conditions[?(@.type=="Ready")].reason'},
         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},

@@ -44,7 +44,8 @@ def _rows(node: dict[str, Any], path: str) -> list[str]:
         field = f"{path}.{name}" if path else name
         description = " ".join(str(child.get("description", "")).split()).replace("|", "\\|")
         mark = " (required)" if name in required else ""
-        rows.append(f"| `{field}`{mark} | {_type_of(child)} | {description} | {_limits(child)} |")
+        limits = _limits(child).replace("|", "\\|")
+        rows.append(f"| `{field}`{mark} | {_type_of(child)} | {description} | {limits} |")
         target = child.get("items", child) if child.get("type") == "array" else child
         rows += _rows(target, field + ("[]" if child.get("type") == "array" else ""))
     return rows

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import Field, model_validator
+from pydantic import AwareDatetime, Field, field_validator, model_validator
 
 from trafficmirror.api.common import (
     CamelModel,
@@ -17,6 +17,7 @@ from trafficmirror.api.common import (
     exactly_one_of,
     immutable_once_set,
 )
+from trafficmirror.api.duration import GO_DURATION_PATTERN, MAX_DURATION, MAX_DURATION_TEXT, parse_go_duration
 
 MAX_VIRTUAL_NETWORK_ID = 2**24 - 1  # VXLAN's VNI is 24 bits
 TrafficMirrorSessionId = Annotated[str, Field(pattern=r"^tms-[0-9a-f]{8,17}$")]
@@ -74,6 +75,31 @@ class TargetSelector(CamelModel):
     match_labels: MatchLabels
 
 
+GoDuration = Annotated[
+    str,
+    Field(
+        max_length=32,
+        pattern=GO_DURATION_PATTERN,
+        description="How long to mirror, from the session's creation: a Go-style duration such as 30s, 5m or "
+        "1h30m (units h, m, s, ms, us, ns). Then the operator deletes the AWS session (mirroring is billed per "
+        "ENI-hour) and the phase becomes Completed; status.stopAt is the computed end. Editing it while the "
+        "session runs moves the end (still counted from creation); a Completed session is never restarted.",
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "duration(self) > duration('0s')",
+                    "message": "duration must be more than zero, e.g. 30s, 5m or 1h30m",
+                },
+                {
+                    "rule": f"duration(self) <= duration('{MAX_DURATION_TEXT}')",
+                    "message": f"duration must be at most {MAX_DURATION_TEXT} (366 days)",
+                },
+            ]
+        },
+    ),
+]
+
+
 class MirrorSessionSpec(
     CommonSpec,
     json_schema_extra={
@@ -81,6 +107,11 @@ class MirrorSessionSpec(
             exactly_one_of("targetRef", "targetSelector", what="a MirrorSession"),
             immutable_once_set("region"),
             immutable_once_set("adoptId"),
+            {
+                "rule": "!(has(self.duration) && has(self.stopAt))",
+                "message": "set at most one of duration, stopAt",
+                "fieldPath": ".stopAt",
+            },
         ]
     },
 ):
@@ -115,10 +146,30 @@ class MirrorSessionSpec(
         description="An existing TrafficMirrorSession (tms-…) to manage instead of creating one.",
     )
 
+    duration: GoDuration | None = None
+    stop_at: AwareDatetime | None = Field(
+        default=None,
+        description="When to stop mirroring (RFC 3339, e.g. 2026-11-30T18:00:00Z); instead of duration. A time "
+        "already past at creation completes the session without creating anything in AWS.",
+    )
+
+    @field_validator("duration")
+    @classmethod
+    def _positive_duration(cls, value: str | None) -> str | None:
+        if value is not None:
+            length = parse_go_duration(value)
+            if length.total_seconds() <= 0:
+                raise ValueError("duration must be more than zero, e.g. 30s, 5m or 1h30m")
+            if length > MAX_DURATION:
+                raise ValueError(f"duration must be at most {MAX_DURATION_TEXT} (366 days)")
+        return value
+
     @model_validator(mode="after")
     def _one_target(self) -> MirrorSessionSpec:
         if (self.target_ref is None) == (self.target_selector is None):
             raise ValueError("set exactly one of targetRef, targetSelector")
+        if self.duration is not None and self.stop_at is not None:
+            raise ValueError("set at most one of duration, stopAt")
         return self
 
 
@@ -158,6 +209,20 @@ class CaptureNodeStatus(CamelModel):
     )
 
 
+class EstimatedCost(CamelModel):
+    """What the mirroring costs, estimated: ENI-hours times the price per ENI-hour."""
+
+    eni_hours: float = Field(
+        ge=0,
+        description="Hours of mirroring summed over the mirrored ENIs, from each AWS session's creation to now "
+        "(while running) or to its deletion.",
+    )
+    usd_per_eni_hour: float = Field(ge=0, description="The price used.")
+    usd: float = Field(ge=0, description="eniHours times usdPerEniHour (data transfer across zones not included).")
+    price_source: str = Field(description="Where the price comes from: AWS's published page, or configured.")
+    as_of: str | None = Field(default=None, description="When this was computed (RFC 3339).")
+
+
 class MirrorSessionStatus(CommonStatus):
     traffic_mirror_session_id: str | None = None
     virtual_network_id: int | None = Field(default=None, description="The VNI in use; capture files are named by it.")
@@ -187,3 +252,15 @@ class MirrorSessionStatus(CommonStatus):
         description="Per capture node (by node name), the packets written and drops by layer; each node's "
         "agent patches only its own entry.",
     )
+    mirroring_since: str | None = Field(
+        default=None, description="When the AWS session was created (RFC 3339): where the ENI-hours start."
+    )
+    stop_at: str | None = Field(
+        default=None,
+        description="With spec.duration or spec.stopAt: when mirroring ends (RFC 3339), the creation time plus "
+        "the duration, or stopAt.",
+    )
+    completed_at: str | None = Field(
+        default=None, description="When the operator ended the capture and deleted its AWS session (RFC 3339)."
+    )
+    estimated_cost: EstimatedCost | None = None
