@@ -490,8 +490,7 @@ def main(args: argparse.Namespace) -> int:
             starts = [f.start_ns for f in fs]
             pods = ",".join(sorted({f.pod for f in fs if f.pod})) or "-"
             print(
-                f"{ns}/{name}\t{len(fs)}\t{sum(f.size for f in fs)}\t{_iso(min(starts))}\t{_iso(max(starts))}"
-                f"\t{pods}"
+                f"{ns}/{name}\t{len(fs)}\t{sum(f.size for f in fs)}\t{_iso(min(starts))}\t{_iso(max(starts))}\t{pods}"
             )
         return 0
     ns, name = _split(args.session)
