@@ -169,6 +169,11 @@ def add_capture_commands(subparsers: argparse._SubParsersAction) -> None:  # typ
         src.add_argument("--cluster", default=_env("TRAFFICMIRROR_CLUSTER", "default"))
         src.add_argument("--s3-endpoint-url", default=_env("AWS_ENDPOINT_URL") or None)
         src.add_argument("--s3-region", default=_env("AWS_REGION") or _env("AWS_DEFAULT_REGION") or None)
+        p.add_argument(
+            "--pod",
+            metavar="NAMESPACE/POD",
+            help="a podSelector session with files perPod: only this pod's files (default: all pods, merged)",
+        )
         p.add_argument("--since", help="ISO time or epoch seconds")
         p.add_argument("--until", help="ISO time or epoch seconds")
         if name == "get":
