@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -226,3 +227,146 @@ def test_without_a_ready_target_it_says_how_to_make_one_and_creates_nothing(
     assert f"no Ready MirrorTarget in namespace {namespace}" in run.stderr
     assert "kubectl label node <capture-node> trafficmirror.io/capture=true" in run.stderr
     assert _created(control_plane, namespace) == {"mirrorsessions": [], "mirrorfilters": []}
+
+
+def _plugin_env(control_plane: ControlPlane) -> dict[str, str]:
+    """kubectl finds kubectl-trafficmirror on PATH, as a user's kubectl finds it after `pip install trafficmirror`."""
+    plugin = Path(sys.executable).parent / "kubectl-trafficmirror"
+    assert plugin.exists(), f"{plugin} missing: reinstall the project (make .venv/.installed) for its entry points"
+    env = control_plane.env()
+    env["PATH"] = f"{plugin.parent}:{control_plane.bin_dir}:{env.get('PATH', '')}"
+    return env
+
+
+def test_kubectl_runs_the_capture_as_a_plugin(
+    control_plane: ControlPlane,
+    cluster: Cluster,
+    ec2: Any,
+    namespace: str,
+    capture_target: str,
+    source_node: tuple[str, str],
+    tmp_path: Path,
+) -> None:
+    env = _plugin_env(control_plane)
+    kubectl = str(control_plane.bin_dir / "kubectl")
+    listed = subprocess.run([kubectl, "plugin", "list"], env=env, capture_output=True, text=True)
+    assert "kubectl-trafficmirror" in listed.stdout, listed.stdout + listed.stderr
+
+    moved = subprocess.run(
+        [kubectl, "trafficmirror", "capture", "--port", "4789"], env=env, capture_output=True, text=True
+    )
+    assert moved.returncode == 2 and "trafficmirror agent" in moved.stderr, moved.stderr
+
+    node, eni = source_node
+    run = CaptureRun(
+        env,
+        command=[
+            kubectl,
+            "trafficmirror",
+            "capture",
+            f"node/{node}",
+            "-n",
+            namespace,
+            "--for",
+            "10s",
+            "-o",
+            "f.pcapng",
+        ],
+        cwd=tmp_path,
+    )
+    session = _wait_mirroring(control_plane, namespace, ec2, eni)
+    assert session["spec"]["duration"] == "10s" and session["spec"]["source"] == {"nodeName": node}
+    assert run.finish() == 0, run.stderr
+    assert "Completed" in run.stderr and "deleted mirrorfilters/" in run.stderr
+    assert _created(control_plane, namespace) == {"mirrorsessions": [], "mirrorfilters": []}
+
+
+@pytest.fixture
+def agent(control_plane: ControlPlane, namespace: str, tmp_path: Path) -> Any:
+    """The capture agent as a process (`trafficmirror agent --kube`) on a loopback port, keeping its files in
+    a directory: it learns the session's VNI from the apiserver and lists its files when the session ends.
+    The mirrored datagrams come from this machine, not from the source ENI: --no-source-check."""
+    from trafficmirror_testbed.kube import free_port
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    (tmp_path / "token").write_text(control_plane.admin_token)
+    out, work, metrics = tmp_path / "out", tmp_path / "work", free_port()
+    command = [
+        sys.executable, "-m", "trafficmirror.cli", "agent", "--address", "127.0.0.1", "--port", str(port),
+        "--metrics-address", "127.0.0.1", "--metrics-port", str(metrics), "--work-dir", str(work),
+        "--output-dir", str(out), "--node", "capture-node", "--no-fsync", "--no-source-check", "--kube",
+        "--kube-server", control_plane.url, "--kube-token-file", str(tmp_path / "token"),
+        "--kube-ca-file", str(control_plane.ca_file), "--kube-namespace", namespace, "--status-interval", "0.5",
+    ]  # fmt: skip
+    with (tmp_path / "agent.log").open("w") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        yield {"port": port, "out": out, "metrics": metrics, "log": tmp_path / "agent.log", "process": process}
+    finally:
+        process.terminate()
+        process.wait(timeout=60)
+
+
+def _agent_sessions(metrics_port: int) -> float:
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=2) as response:
+            text = response.read().decode()
+    except OSError:
+        return 0
+    return next(
+        (float(line.split()[1]) for line in text.splitlines() if line.startswith("trafficmirror_capture_sessions ")), 0
+    )
+
+
+def test_capture_for_10s_ends_with_the_mirrored_packets_in_one_pcapng(
+    control_plane: ControlPlane,
+    cluster: Cluster,
+    ec2: Any,
+    namespace: str,
+    capture_target: str,
+    source_node: tuple[str, str],
+    agent: dict[str, Any],
+    tmp_path: Path,
+) -> None:
+    """The whole path on one machine: the command creates the session, the operator mirrors in AWS (emulated),
+    the datagrams AWS would send reach the agent, the session Completes after 10 s, the agent closes and lists
+    its files, and the command merges them into f.pcapng and deletes what it made."""
+    from tests.capture.frames import ipv4_udp
+    from trafficmirror.capture import pcapng, vxlan
+
+    node, eni = source_node
+    output = tmp_path / "f.pcapng"
+    run = CaptureRun(
+        control_plane.env(),
+        f"node/{node}",
+        "-n",
+        namespace,
+        "--for",
+        "10s",
+        "-o",
+        str(output),
+        "--dir",
+        str(agent["out"]),
+    )
+    session = _wait_mirroring(control_plane, namespace, ec2, eni)
+    deadline = time.monotonic() + 30
+    while _agent_sessions(agent["metrics"]) < 1 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    frames = [ipv4_udp("10.1.0.7", "10.1.0.8", 40000 + i, 443, b"capture-%04d" % i) for i in range(50)]
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as tx:
+        for frame in frames:
+            tx.sendto(vxlan.header(session["status"]["virtualNetworkId"]) + frame, ("127.0.0.1", agent["port"]))
+    assert run.finish() == 0, run.stderr + "\n" + agent["log"].read_text()[-2000:]
+    assert f"{output}: {len(frames)} packets" in run.stderr, run.stderr
+    assert [p.data for p in pcapng.read_file(str(output)).packets] == frames
+    assert _created(control_plane, namespace) == {"mirrorsessions": [], "mirrorfilters": []}
+    assert (
+        ec2.describe_traffic_mirror_sessions(Filters=[{"Name": "network-interface-id", "Values": [eni]}])[
+            "TrafficMirrorSessions"
+        ]
+        == []
+    )

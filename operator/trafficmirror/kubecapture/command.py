@@ -136,6 +136,7 @@ class Signals:
 class Progress:
     out: TextIO
     last: str = ""
+    last_packets: str = ""
     last_packets_at: float = 0.0
 
     def say(self, text: str) -> None:
@@ -149,8 +150,6 @@ class Progress:
         if phase != "Ready" and reason and reason != phase:
             parts.append(f"({reason})")
         parts.append(sources_summary(status))
-        packets, size = packet_totals(status)
-        left = time_left(status.get("stopAt"), dt.datetime.now(dt.UTC))
         line = " ".join(p for p in parts if p)
         if line != self.last:
             self.say(line)
@@ -159,12 +158,21 @@ class Progress:
                     f"  not mirrored: pod {skipped.get('namespace')}/{skipped.get('name')}: "
                     f"{skipped.get('reason')}: {skipped.get('message', '')}"
                 )
+            if phase == "Completed":
+                cost = status.get("estimatedCost") or {}
+                if cost:
+                    self.say(f"  mirroring cost: {cost.get('eniHours')} ENI-hours, about {cost.get('usd')} USD")
+                self.say("  waiting for the capture agents to close and list their files")
             self.last = line
-        if now - self.last_packets_at >= PACKET_REPORT_SECONDS and (packets or left is not None):
-            nodes = ", ".join(sorted(status.get("captureNodes") or {})) or "no capture node reporting yet"
-            remaining = f", {left} left" if left is not None else ""
-            self.say(f"{packets} packets, {human_bytes(size)} ({nodes}){remaining}")
-            self.last_packets_at = now
+        packets, size = packet_totals(status)
+        left = time_left(status.get("stopAt"), dt.datetime.now(dt.UTC)) if phase != "Completed" else None
+        nodes = ", ".join(sorted(status.get("captureNodes") or {})) or "no capture node reporting yet"
+        remaining = f", {left} left" if left is not None else ""
+        report = f"{packets} packets, {human_bytes(size)} ({nodes}){remaining}"
+        changed = report.split(",")[0] != self.last_packets.split(",")[0] or left is not None
+        if changed and report != self.last_packets and now - self.last_packets_at >= PACKET_REPORT_SECONDS:
+            self.say(report)
+            self.last_packets, self.last_packets_at = report, now
 
 
 def sources_summary(status: dict[str, Any]) -> str:

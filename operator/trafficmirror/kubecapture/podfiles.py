@@ -1,7 +1,7 @@
 """Capture files kept on the capture nodes (the agent's --output-dir, or its spool), read through the API
 server: ``cat`` in the capture agent pod of the file's node, over the exec subresource's WebSocket.
 
-Authorization is the API server's: ``pods/exec`` (create) and ``pods`` (list) in the agent's namespace, the
+Authorization is the API server's: ``pods/exec`` (get and create) and ``pods`` (list) in the agent's namespace, the
 ClusterRole ``trafficmirror-pcap-reader``. Nothing but the user's kubeconfig is needed on their machine.
 """
 
