@@ -454,7 +454,7 @@ def _files_settled(status: dict[str, Any]) -> bool:
 def _download(
     args: argparse.Namespace, api: KubeApi, namespace: str, name: str, session: dict[str, Any], progress: Progress
 ) -> int:
-    from trafficmirror.capture import fetch
+    from trafficmirror.capture import fetch, pcapng
 
     status = session.get("status") or {}
     packets, _ = packet_totals(status)
@@ -466,7 +466,18 @@ def _download(
             return 1
         progress.say("no packets were mirrored: nothing to download (is the workload sending or receiving?)")
         return 0
-    stats = fetch._write(source, fetch.select(refs, None, None), output, None, None)
+    try:
+        stats = fetch._write(source, fetch.select(refs, None, None), output, None, None)
+    except BrokenPipeError:
+        # The reader (Wireshark) went away: not an error of ours. stdout goes to /dev/null so that the
+        # interpreter's final flush does not complain again.
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        progress.say("the reader of stdout went away; the capture is still deleted")
+        return 0
+    except (OSError, pcapng.FormatError) as error:
+        progress.say(f"writing {output}: {error}")
+        return 1
     where = "stdout" if output == "-" else output
     progress.say(f"{where}: {stats.packets} packets from {len(refs)} file(s)")
     return 0
