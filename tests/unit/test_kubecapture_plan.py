@@ -58,6 +58,7 @@ def test_what_to_capture_is_parsed_like_kubectl(what: str | None, selector: str 
         (None, "env in (a,b", "not a label selector"),
         (None, "-bad=x", "not a label key"),
         (None, "app=we b!", "not a label value"),
+        (None, ",".join(f"l{i}=v" for i in range(21)), "at most 20 labels"),
     ],
 )
 def test_what_to_capture_refuses_with_a_message_naming_the_mistake(
@@ -285,6 +286,11 @@ def test_target_refusals_say_what_exists_and_what_to_do(
             {"podSelector": {"matchLabels": {"app": "web", "pod-template-hash": "abc"}}, "podNames": ["web-1"]},
         ),
         (plan.CaptureTarget("pod", "bare"), {"pod": {"metadata": {}}}, {"podSelector": {}, "podNames": ["bare"]}),
+        (
+            plan.CaptureTarget("pod", "labelled"),
+            {"pod": {"metadata": {"labels": {f"l{i}": "v" for i in range(21)}}}},
+            {"podSelector": {}, "podNames": ["labelled"]},
+        ),
         (
             plan.CaptureTarget("deployment", "web"),
             {"deployment": {"spec": {"selector": {"matchLabels": {"app": "web"}}}}},

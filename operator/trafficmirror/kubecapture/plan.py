@@ -16,6 +16,7 @@ CREATED_BY = "trafficmirror-capture"
 POOL_LABEL = "trafficmirror.io/pool"
 MAX_FILTER_RULES = 10  # AWS's rules per filter (ingress and egress together), enforced by the CRD too
 ACCEPT_ALL_RULE_NUMBER = 100
+MAX_SELECTOR_TERMS = 20  # matchLabels entries, and matchExpressions, the CRD accepts in a selector
 
 PROTOCOLS = {"tcp": 6, "udp": 17, "icmp": 1, "icmpv6": 58}
 _KINDS = {
@@ -95,6 +96,8 @@ def parse_label_selector(text: str) -> dict[str, Any]:
             expressions.append({"key": _check_key(text, term), "operator": "Exists"})
     if not match_labels and not expressions:
         raise PlanError(f"-l {text!r}: an empty selector would capture every pod of the namespace")
+    if len(match_labels) > MAX_SELECTOR_TERMS or len(expressions) > MAX_SELECTOR_TERMS:
+        raise PlanError(f"-l {text!r}: at most {MAX_SELECTOR_TERMS} labels and {MAX_SELECTOR_TERMS} expressions")
     selector: dict[str, Any] = {}
     if match_labels:
         selector["matchLabels"] = match_labels
@@ -313,8 +316,10 @@ def session_source(
         return {"podSelector": target.selector}
     if target.kind == "pod":
         labels = ((pod or {}).get("metadata") or {}).get("labels") or {}
-        # The pod's own labels narrow the watch; podNames picks this one pod among those that share them.
-        return {"podSelector": {"matchLabels": dict(labels)} if labels else {}, "podNames": [target.name]}
+        # The pod's own labels say which workload it is; podNames picks this one pod among those that share
+        # them. A pod with more labels than a selector may hold is picked by its name alone.
+        selector = {"matchLabels": dict(labels)} if 0 < len(labels) <= MAX_SELECTOR_TERMS else {}
+        return {"podSelector": selector, "podNames": [target.name]}
     if target.kind == "deployment":
         selector = ((deployment or {}).get("spec") or {}).get("selector") or {}
         if not selector.get("matchLabels") and not selector.get("matchExpressions"):
