@@ -370,3 +370,35 @@ def test_capture_for_10s_ends_with_the_mirrored_packets_in_one_pcapng(
         ]
         == []
     )
+
+
+def test_an_object_whose_create_answer_was_lost_is_found_by_its_run_label_and_deleted(
+    control_plane: ControlPlane, cluster: Cluster, namespace: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Ctrl-C between a create request and its answer: the object exists but the command never learnt its
+    name. Cleanup lists this run's label and deletes it too, and nothing of another run."""
+    from trafficmirror.kubecapture.command import Created, Progress, Signals
+    from trafficmirror.kubecapture.kube import KubeApi
+
+    monkeypatch.setenv("KUBECONFIG", str(control_plane.kubeconfig))
+    api = KubeApi.connect()
+    matches = plan.parse_filter("tcp:443")
+    for run_id, name in (("lost0001", "lost-answer"), ("other002", "another-run")):
+        manifest = plan.build_filter("x-", namespace, matches, "pod/web", run_id)
+        manifest["metadata"] = {**manifest["metadata"], "name": name}
+        manifest["metadata"].pop("generateName")
+        control_plane.kubectl("apply", "-f", "-", input=json.dumps(manifest))
+    created = Created(api, namespace, run_id="lost0001", attempted=["mirrorfilters"])
+    lines: list[str] = []
+
+    class Collect:
+        def write(self, text: str) -> None:
+            lines.append(text)
+
+        def flush(self) -> None:
+            pass
+
+    assert created.delete_all(Progress(Collect()), wait=True, interruptible=Signals())  # type: ignore[arg-type]
+    assert created.objects == [("mirrorfilters", "lost-answer")]
+    left = control_plane.kubectl("get", "mirrorfilters", "-n", namespace, "-o", "name").stdout.split()
+    assert left == ["mirrorfilter.trafficmirror.io/another-run"], "".join(lines)

@@ -328,11 +328,13 @@ def test_a_deployment_without_a_selector_is_refused() -> None:
 def test_session_manifest(choice: plan.TargetChoice, duration: str | None, target_fields: dict[str, Any]) -> None:
     target = plan.CaptureTarget("node", "ip-10-0-1-5.ec2.internal")
     prefix = plan.object_prefix(target)
-    session = plan.build_session(prefix, "shop", {"nodeName": target.name}, choice, "f-1", duration, "node/x")
+    session = plan.build_session(
+        prefix, "shop", {"nodeName": target.name}, choice, "f-1", duration, "node/x", "0a1b2c3d"
+    )
     assert session["metadata"] == {
         "generateName": "capture-node-ip-10-0-1-5-ec2-internal-",
         "namespace": "shop",
-        "labels": {plan.CREATED_BY_LABEL: plan.CREATED_BY},
+        "labels": {plan.CREATED_BY_LABEL: plan.CREATED_BY, plan.RUN_LABEL: "0a1b2c3d"},
     }
     expected = {
         "description": "trafficmirror capture node/x",

@@ -11,6 +11,7 @@ import argparse
 import contextlib
 import datetime as dt
 import os
+import secrets
 import signal
 import sys
 import threading
@@ -235,15 +236,34 @@ def is_done(session: dict[str, Any]) -> bool:
 class Created:
     api: KubeApi
     namespace: str
+    run_id: str = field(default_factory=lambda: secrets.token_hex(4))
     objects: list[tuple[str, str]] = field(default_factory=list)  # (plural, name), in creation order
+    attempted: list[str] = field(default_factory=list)  # plurals a create was sent for
 
     def create(self, plural: str, manifest: dict[str, Any]) -> dict[str, Any]:
+        self.attempted.append(plural)
         made = self.api.request("POST", crd_path(self.namespace, plural), manifest)
         self.objects.append((plural, made["metadata"]["name"]))
         return made
 
+    def find_unanswered(self) -> None:
+        """Objects whose create was sent but whose answer never came (interrupted): found by this run's label."""
+        for plural in self.attempted:
+            listed = self.api.get(
+                crd_path(self.namespace, plural), {"labelSelector": f"{plan.RUN_LABEL}={self.run_id}"}
+            )
+            for item in listed.get("items", []):
+                if (plural, item["metadata"]["name"]) not in self.objects:
+                    self.objects.append((plural, item["metadata"]["name"]))
+
     def delete_all(self, progress: Progress, wait: bool, interruptible: Signals) -> bool:
         """Delete in reverse order (the session before its filter); True when all are gone."""
+        try:
+            self.find_unanswered()
+        except KubeError as error:
+            progress.say(f"could not look for objects of this run (label {plan.RUN_LABEL}={self.run_id}): {error}")
+        if not self.objects:
+            return True
         for plural, name in reversed(self.objects):
             with contextlib.suppress(NotFound):
                 try:
@@ -321,7 +341,7 @@ def run(args: argparse.Namespace) -> int:
         code = 130 if str(why) == "SIGINT" else 143
     finally:
         try:
-            if created.objects and not args.keep:
+            if created.attempted and not args.keep:
                 created.delete_all(progress, wait=True, interruptible=signals)
             elif created.objects:
                 progress.say("kept " + ", ".join(f"{p}/{n}" for p, n in created.objects) + f" in namespace {namespace}")
@@ -354,10 +374,12 @@ def _capture(
     choice = plan.choose_target(targets, namespace, args.target, args.pool)
     what = plan.describe(target, args.selector)
     prefix = plan.object_prefix(target)
-    mirror_filter = created.create("mirrorfilters", plan.build_filter(prefix, namespace, matches, what))
+    mirror_filter = created.create("mirrorfilters", plan.build_filter(prefix, namespace, matches, what, created.run_id))
     session = created.create(
         "mirrorsessions",
-        plan.build_session(prefix, namespace, source, choice, mirror_filter["metadata"]["name"], duration, what),
+        plan.build_session(
+            prefix, namespace, source, choice, mirror_filter["metadata"]["name"], duration, what, created.run_id
+        ),
     )
     name = session["metadata"]["name"]
     filtered = f"filter {args.filter}" if args.filter else "everything"

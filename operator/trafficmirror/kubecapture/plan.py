@@ -14,6 +14,9 @@ API_VERSION = "trafficmirror.io/v1alpha1"
 CREATED_BY_LABEL = "app.kubernetes.io/managed-by"
 CREATED_BY = "trafficmirror-capture"
 POOL_LABEL = "trafficmirror.io/pool"
+# One value per run of the command: what it created is found by this label even when the reply to a create
+# was lost (a Ctrl-C between the request and its answer).
+RUN_LABEL = "trafficmirror.io/capture-run"
 MAX_FILTER_RULES = 10  # AWS's rules per filter (ingress and egress together), enforced by the CRD too
 ACCEPT_ALL_RULE_NUMBER = 100
 MAX_SELECTOR_TERMS = 20  # matchLabels entries, and matchExpressions, the CRD accepts in a selector
@@ -335,11 +338,15 @@ def object_prefix(target: CaptureTarget) -> str:
     return f"capture-{base}"[:56].rstrip("-") + "-"
 
 
-def build_filter(prefix: str, namespace: str, matches: list[PortMatch], what: str) -> dict[str, Any]:
+def labels(run_id: str) -> dict[str, str]:
+    return {CREATED_BY_LABEL: CREATED_BY, RUN_LABEL: run_id}
+
+
+def build_filter(prefix: str, namespace: str, matches: list[PortMatch], what: str, run_id: str) -> dict[str, Any]:
     return {
         "apiVersion": API_VERSION,
         "kind": "MirrorFilter",
-        "metadata": {"generateName": prefix, "namespace": namespace, "labels": {CREATED_BY_LABEL: CREATED_BY}},
+        "metadata": {"generateName": prefix, "namespace": namespace, "labels": labels(run_id)},
         "spec": {"description": f"trafficmirror capture {what}"[:200], **filter_rules(matches)},
     }
 
@@ -352,6 +359,7 @@ def build_session(
     filter_name: str,
     duration: str | None,
     what: str,
+    run_id: str,
 ) -> dict[str, Any]:
     spec: dict[str, Any] = {
         "description": f"trafficmirror capture {what}"[:200],
@@ -367,7 +375,7 @@ def build_session(
     return {
         "apiVersion": API_VERSION,
         "kind": "MirrorSession",
-        "metadata": {"generateName": prefix, "namespace": namespace, "labels": {CREATED_BY_LABEL: CREATED_BY}},
+        "metadata": {"generateName": prefix, "namespace": namespace, "labels": labels(run_id)},
         "spec": spec,
     }
 
