@@ -302,23 +302,29 @@ def _exists(api: KubeApi, namespace: str, plural: str, name: str) -> bool:
 
 def run(args: argparse.Namespace) -> int:
     progress = Progress(sys.stderr)
+    signals = Signals()
+    signals.install()  # first: a signal from here on ends the run cleanly
     try:
         target = plan.parse_target(args.what, args.selector)
         duration, seconds = plan.parse_duration(args.duration) if args.duration else (None, None)
         matches = plan.parse_filter(args.filter)
         plan.filter_rules(matches)  # refuse a filter over AWS's budget before creating anything
     except plan.PlanError as error:
+        signals.restore()
         progress.say(str(error))
         return 2
     try:
         api = KubeApi.connect()
+    except Interrupted as why:
+        signals.restore()
+        progress.say(f"{why}: stopping; nothing was created")
+        return 130 if str(why) == "SIGINT" else 143
     except Exception as error:  # kopf's login raises several kinds; the message is what matters
+        signals.restore()
         progress.say(f"no Kubernetes credentials: {error}")
         return 1
     namespace = args.namespace or api.namespace
     created = Created(api, namespace)
-    signals = Signals()
-    signals.install()
     downloading = threading.Event()
     code = 1
     try:
@@ -374,6 +380,9 @@ def _capture(
     choice = plan.choose_target(targets, namespace, args.target, args.pool)
     what = plan.describe(target, args.selector)
     prefix = plan.object_prefix(target)
+    if signals.stop.is_set():
+        progress.say("Ctrl-C before the capture started: nothing was created")
+        return 130
     mirror_filter = created.create("mirrorfilters", plan.build_filter(prefix, namespace, matches, what, created.run_id))
     session = created.create(
         "mirrorsessions",
