@@ -1,5 +1,5 @@
 # syntax=docker/dockerfile:1
-# One image for both entry points: `trafficmirror operator` and `trafficmirror capture` (and the
+# One image for both entry points: `trafficmirror operator` and `trafficmirror agent` (and the
 # `trafficmirror pcap` tools). The build stage compiles the wheel, C extension included; the final
 # stage gets only the installed virtualenv: no compiler, no pip cache, no sources, non-root.
 # tests/delivery/test_image_install.py runs these same steps in a fresh virtualenv.

@@ -218,7 +218,9 @@ def run_agent(
     vnis: int,
     workers: int = 1,
     rss_every: int = 0,
+    session_args: list[str] | None = None,
 ) -> dict[str, Any]:
+    """``session_args``: how the agent learns its sessions (default: one ``--session`` per VNI)."""
     work = base / "agent"
     shutil.rmtree(work, ignore_errors=True)
     for sub in ("", "out", "work"):
@@ -226,8 +228,11 @@ def run_agent(
         os.chown(work / sub, NOBODY, NOBODY)
     args = ["--output-dir", str(work / "out"), "--rotate-size", "512MiB", "--rotate-interval", "0"]
     args += ["--workers", str(workers)]
-    for v in vni_list(vnis):
-        args += ["--session", f"{v}=bench/s{v}"]
+    if session_args is None:
+        for v in vni_list(vnis):
+            args += ["--session", f"{v}=bench/s{v}"]
+    else:
+        args += session_args
     agent = AgentProc(bed, work, args)
     try:
         agent.wait_ready()
@@ -267,6 +272,7 @@ def run_agent(
     nic = und1_rx_dropped(bed) - nic0
     disk = int(sum(v for k, v in m.items() if k.startswith(M + "write_dropped_packets_total")))
     malformed = int(sum(v for k, v in m.items() if k.startswith(M + "malformed_total")))
+    filtered = int(sum(v for k, v in m.items() if k.startswith(M + "filtered_out_total")))
     shutil.rmtree(work, ignore_errors=True)
     return {
         "workers": workers,
@@ -274,10 +280,11 @@ def run_agent(
         "us_per_pkt": per_packet(cpu["receiver"], n),
         **_cpu(cpu),
         "written": written,
-        "lost": n - written,
+        "filtered_out": filtered,
+        "lost": n - written - filtered,
         "drops": {"socket": socket_drops, "nic_und1": nic, "disk": disk, "malformed": malformed},
         "softnet_node_wide": softnet_dropped() - soft0,
-        "unaccounted": n - written - socket_drops - nic - disk - malformed,
+        "unaccounted": n - written - filtered - socket_drops - nic - disk - malformed,
         "rss_start_mb": round(rss0, 1),
         "rss_end_mb": round(rss1, 1),
         "rss_samples_mb": rss_samples,

@@ -1,4 +1,4 @@
-"""`trafficmirror`: the operator, the capture agent and the pcap tools, in one command."""
+"""`trafficmirror`: the operator, the capture agent, one-command captures and the pcap tools, in one command."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ def _limit_malloc_arenas(arenas: int = 2) -> None:
 
 
 def _run_operator(args: argparse.Namespace) -> int:
-    # Imported here so that `trafficmirror capture` never loads kopf.
+    # Imported here so that `trafficmirror agent` never loads kopf.
     import asyncio
 
     import kopf
@@ -94,11 +94,28 @@ def build_parser() -> argparse.ArgumentParser:
         pass
     else:
         add_capture_commands(commands)
+    from trafficmirror.kubecapture.command import add_capture_command
+
+    add_capture_command(commands)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser()
+    from trafficmirror.kubecapture.command import agent_flags, options_of
+
+    moved = agent_flags(argv, options_of(parser, "agent"), options_of(parser, "capture"))
+    if moved:
+        print(
+            f"trafficmirror capture: {', '.join(moved)} {'is an option' if len(moved) == 1 else 'are options'} "
+            "of the capture agent, which is now "
+            "`trafficmirror agent` (e.g. trafficmirror agent " + " ".join(argv[1:]) + "). "
+            "`trafficmirror capture` captures a workload: trafficmirror capture pod/<name> --for 5m -o file.pcapng",
+            file=sys.stderr,
+        )
+        return 2
+    args = parser.parse_args(argv)
     return int(args.func(args) or 0)
 
 

@@ -193,7 +193,7 @@ class AgentProc:
             PYTHON,
             "-m",
             "trafficmirror.capture",
-            "capture",
+            "agent",
             "--work-dir",
             str(work / "work"),
             "--node",

@@ -2,7 +2,9 @@
 traffic mixes, and at 100 and 1,000 sessions.
 
 Mixes (hypothesis, derandomized so a failure reproduces): 1 to 5,000 VNIs, known and unknown,
-checked sources and forged ones, garbage, short headers, bad flags, short and truncated inner
+up to 4 of the known ones the sources of a podSelector session split by pod (perPod, where a
+packet between two pods is in both files and counted once, or perSession) with packets of no
+selected pod filtered out, checked sources and forged ones, garbage, short headers, bad flags, short and truncated inner
 frames, jumbo frames, bursts larger than a receive batch, 1 and 2 workers, the compiled and the
 Python receive loop, the kernel VNI filter on and off, unknown VNIs written (under a small
 open-file cap and rate limit) or dropped.
@@ -38,6 +40,8 @@ def mixes(draw: st.DrawFn) -> tuple[Mix, dict[str, object]]:
         }
         | {"frame": draw(st.floats(0.2, 1))},
         jumbo=draw(st.sampled_from([0.0, 0.0, 0.05, 0.5])),
+        selector=draw(st.integers(0, min(known, 4))),  # sources of a podSelector session
+        files=draw(st.sampled_from(["perPod", "perPod", "perSession"])),
     )
     agent = {
         "workers": draw(st.sampled_from([1, 2])),

@@ -208,7 +208,7 @@ def test_the_agent_reports_what_it_wrote_into_the_sessions_status(control_plane:
         metrics_port = free_port()
         cmd = [
             "setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", "--inh-caps=-all",
-            "--bounding-set=-all", "--no-new-privs", PYTHON, "-m", "trafficmirror.capture", "capture",
+            "--bounding-set=-all", "--no-new-privs", PYTHON, "-m", "trafficmirror.capture", "agent",
             "--address", "127.0.0.1", "--port", str(port), "--metrics-address", "127.0.0.1",
             "--metrics-port", str(metrics_port), "--work-dir", str(work / "work"), "--output-dir", str(work / "out"),
             "--node", "node-e2e", "--no-fsync", "--kube", "--kube-server", control_plane.url,

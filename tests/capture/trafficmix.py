@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import random
+import socket
 import struct
 import subprocess
 from collections import Counter
@@ -38,6 +39,26 @@ class Mix:
     spoofed: int
     weights: dict[str, float]
     jumbo: float = 0.0
+    # The first ``selector`` known VNIs are the sources of one podSelector session ("mix/sel"),
+    # two pods each; their frames run between the pods and an address no pod has.
+    selector: int = 0
+    files: str = "perPod"
+
+
+SELECTOR = "sel"
+OUTSIDER = "10.0.0.2"
+
+
+def pod_ips(j: int) -> tuple[str, str]:
+    """The two pods of the selector session's j-th source."""
+    return f"10.200.{j}.1", f"10.200.{j}.2"
+
+
+def addresses_of(frame: bytes) -> tuple[bytes, bytes] | None:
+    """An untagged IPv4 frame's inner (source, destination), as the agent reads them."""
+    if len(frame) < 34 or frame[12:14] != b"\x08\x00":
+        return None
+    return frame[26:30], frame[30:34]
 
 
 @dataclass
@@ -45,9 +66,13 @@ class Expected:
     legit: list[bytes] = field(default_factory=list)  # sent from UND_SRC, in order
     spoof: list[bytes] = field(default_factory=list)  # sent from SPOOF_SRC, in order
     frames: dict[int, list[bytes]] = field(default_factory=dict)  # per known VNI, in order
+    # The selector session's files: per pod ("<namespace>_<pod>", or "" for perSession), in order;
+    # and what matched no pod.
+    pod_frames: dict[str, list[bytes]] = field(default_factory=dict)
+    filtered: int = 0
     unknown_frames: dict[int, list[bytes]] = field(default_factory=dict)
     reasons: Counter[str] = field(default_factory=Counter)  # rejections, incl. spoofed and unknown_vni
-    sessions: list[dict[str, object]] = field(default_factory=list)
+    sessions: list[object] = field(default_factory=list)
     kernel_drops: int = 0  # what the kernel VNI filter, when on, drops before the socket
 
 
@@ -63,10 +88,30 @@ def build(mix: Mix, kernel_filter: bool = False) -> Expected:
     rng = random.Random(mix.seed)
     vnis, known, checked = vnis_of(mix)
     exp = Expected()
+    ordered_known = [v for v in vnis if v in known]
+    selector = {v: j for j, v in enumerate(ordered_known[: mix.selector])}
     exp.sessions = [
         {"vni": v, "namespace": "mix", "name": f"s{v}", "sourceAddresses": [UND_SRC] if v in checked else []}
         for v in sorted(known)
+        if v not in selector
     ]
+    pods_of: dict[int, dict[bytes, str]] = {}
+    if selector:
+        sources = []
+        for v, j in selector.items():
+            ips = pod_ips(j)
+            pods = [{"namespace": "mix", "name": f"p{j}-{k}", "ip": ip} for k, ip in enumerate(ips)]
+            pods_of[v] = {socket.inet_aton(p["ip"]): f"mix_{p['name']}" for p in pods}
+            src = {"networkInterfaceId": f"eni-{v:017x}", "nodeName": f"node-{j}", "virtualNetworkId": v, "pods": pods}
+            src["sourceAddresses"] = [UND_SRC] if v in checked else []
+            sources.append(src)
+        exp.sessions.append(
+            {
+                "metadata": {"namespace": "mix", "name": SELECTOR},
+                "spec": {"source": {"podSelector": {}}, "capture": {"files": mix.files}},
+                "status": {"phase": "Ready", "sources": sources},
+            }
+        )
     kinds = list(mix.weights)
     weights = [mix.weights[k] for k in kinds]
     for i in range(mix.datagrams):
@@ -82,7 +127,10 @@ def build(mix: Mix, kernel_filter: bool = False) -> Expected:
             d = vxlan.header(vni) + rng.randbytes(rng.randint(0, 13))
         else:  # a frame, whole or cut short the way AWS truncates to the session's packet length
             size = rng.randint(4000, MTU_PAYLOAD - 8) if rng.random() < mix.jumbo else rng.randint(60, 1400)
-            frame = ipv4_udp("10.0.0.1", "10.0.0.2", 1024 + (i & 0x7FFF), 80, struct.pack("!I", i) * (size // 4))
+            src, dst = "10.0.0.1", OUTSIDER
+            if vni in selector:  # between the source's pods and an outsider, any direction
+                src, dst = rng.sample([*pod_ips(selector[vni]), OUTSIDER], 2)
+            frame = ipv4_udp(src, dst, 1024 + (i & 0x7FFF), 80, struct.pack("!I", i) * (size // 4))
             frame = frame[: min(len(frame), MTU_PAYLOAD - 8)]
             if kind == "truncated":
                 frame = frame[: rng.randint(14, max(14, len(frame) - 1))]
@@ -103,6 +151,15 @@ def build(mix: Mix, kernel_filter: bool = False) -> Expected:
                 exp.reasons[vxlan.Reason.SPOOFED] += 1  # the source is checked before the frame's length
             elif isinstance(res, vxlan.Reason):
                 exp.reasons[res] += 1
+            elif res.vni in selector:
+                frame = d[8:]
+                pods = pods_of[res.vni]
+                addrs = addresses_of(frame)
+                mine = sorted({pods[a] for a in addrs or () if a in pods})
+                if not mine:
+                    exp.filtered += 1
+                for pod in mine if mix.files == "perPod" else [""] if mine else []:
+                    exp.pod_frames.setdefault(pod, []).append(frame)
             elif res.vni in known:
                 exp.frames.setdefault(res.vni, []).append(d[8:])
             else:
@@ -166,19 +223,23 @@ def check(agent: AgentProc, m: dict[str, float], exp: Expected, out: Path, sent:
         w: int(m.get(f'trafficmirror_capture_unknown_vni_refused_total{{why="{w}"}}', 0)) for w in ("drop", "rate")
     }
     written: dict[str, int] = {}
-    disk = 0
+    disk = filtered = 0
     for k, v in m.items():
         if k.startswith("trafficmirror_capture_packets_total{"):
             written[k] = int(v)
         elif k.startswith("trafficmirror_capture_write_dropped_packets_total{"):
             disk += int(v)
+        elif k.startswith("trafficmirror_capture_filtered_out_total{"):
+            filtered += int(v)
     datagrams = int(m["trafficmirror_capture_datagrams_total"])
     socket_drops = int(m["trafficmirror_capture_kernel_drops_total"])
     nic = int(m[f'{LAYER}{{layer="nic",scope="node"}}'])
     softnet = int(m[f'{LAYER}{{layer="softnet",scope="node"}}'])
-    # Inside the agent: every datagram taken off the socket is written, or counted with a reason.
+    # Inside the agent: every datagram taken off the socket is written (once, even when it went to
+    # two pods' files), filtered out (a pod session's packet of no selected pod), or counted with
+    # a reason.
     rejected = sum(n for r, n in mal.items() if r != vxlan.Reason.UNKNOWN_VNI)
-    assert datagrams == sum(written.values()) + disk + rejected + sum(refused.values()), (m, exp.reasons)
+    assert datagrams == sum(written.values()) + disk + filtered + rejected + sum(refused.values()), (m, exp.reasons)
     # Before the agent: the socket's and the NIC's drops are this namespace's; the backlog's are
     # the machine's, so they can only bound what is left.
     before = sent - datagrams
@@ -188,6 +249,7 @@ def check(agent: AgentProc, m: dict[str, float], exp: Expected, out: Path, sent:
     if lossless:
         for r in vxlan.Reason:
             assert mal[r] == exp.reasons[r], (r, mal, exp.reasons)
+        assert filtered == exp.filtered
     unknown_written = int(m.get('trafficmirror_capture_packets_total{namespace="_unknown",session="all"}', 0))
     assert unknown_written + refused["drop"] + refused["rate"] == mal[vxlan.Reason.UNKNOWN_VNI]
     # The files: each known VNI's hold exactly its frames, in order.
@@ -199,6 +261,17 @@ def check(agent: AgentProc, m: dict[str, float], exp: Expected, out: Path, sent:
             assert got == frames, f"VNI {vni}: {len(got)} frames on disk, {len(frames)} sent"
         else:
             assert _is_subsequence(got, frames), f"VNI {vni}: frames out of order or foreign"
+    # The selector session's files: each pod's hold exactly the frames to or from it, in order.
+    sel = out / "mix" / SELECTOR
+    for pod, frames in exp.pod_frames.items():
+        d = sel / pod if pod else sel
+        got = _frames_in(sorted(p for p in d.iterdir() if p.is_file()) if d.exists() else [])
+        if lossless:
+            assert got == frames, f"pod {pod or '(session)'}: {len(got)} frames on disk, {len(frames)} sent"
+        else:
+            assert _is_subsequence(got, frames), f"pod {pod or '(session)'}: frames out of order or foreign"
+    if sel.exists():
+        assert {p.name for p in sel.iterdir() if p.is_dir()} <= set(exp.pod_frames)
     unknown_on_disk = 0
     for vni, frames in exp.unknown_frames.items():
         d = out / "_unknown" / f"vni-{vni}"

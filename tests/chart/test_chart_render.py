@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.chart.conftest import CHART, helm, render
+from tests.chart.conftest import CHART, RELEASE_NAMESPACE, helm, render
 from trafficmirror.cli import build_parser
 from trafficmirror_testbed.kube import REPO_ROOT
 
@@ -186,6 +186,42 @@ def test_service_accounts_carry_irsa_annotations(bin_dir: Path) -> None:
     }
 
 
+USER_ROLES = {"trafficmirror-capture-edit", "trafficmirror-capture-view", "trafficmirror-pcap-reader"}
+
+
+def test_users_roles_aggregate_captures_into_edit_and_view_and_bind_pcap_readers_in_the_release_namespace(
+    bin_dir: Path,
+) -> None:
+    docs = render(
+        bin_dir, "--set", "rbac.pcapReaders[0].kind=Group", "--set", "rbac.pcapReaders[0].name=netops",
+        "--set", "rbac.pcapReaders[0].apiGroup=rbac.authorization.k8s.io",
+    )  # fmt: skip
+    roles = {r["metadata"]["name"]: r for r in by_kind(docs, "ClusterRole") if r["metadata"]["name"] in USER_ROLES}
+    assert set(roles) == USER_ROLES
+    aggregated = {
+        n: {k for k in r["metadata"]["labels"] if k.startswith("rbac.authorization.k8s.io/")} for n, r in roles.items()
+    }
+    assert aggregated == {
+        "trafficmirror-capture-edit": {"rbac.authorization.k8s.io/aggregate-to-edit"},
+        "trafficmirror-capture-view": {"rbac.authorization.k8s.io/aggregate-to-view"},
+        "trafficmirror-pcap-reader": set(),
+    }
+    # Nothing in the users' roles reaches secrets, MirrorTargets' writes or the status subresources.
+    for role in roles.values():
+        for rule in role["rules"]:
+            assert not {"secrets", "mirrortargets/status", "mirrorsessions/status"} & set(rule["resources"])
+            if "mirrortargets" in rule["resources"]:
+                assert set(rule["verbs"]) <= {"get", "list", "watch"}
+    (binding,) = [b for b in by_kind(docs, "RoleBinding") if b["roleRef"]["name"] == "trafficmirror-pcap-reader"]
+    assert binding["metadata"]["namespace"] == RELEASE_NAMESPACE
+    assert binding["subjects"] == [{"kind": "Group", "name": "netops", "apiGroup": "rbac.authorization.k8s.io"}]
+    assert not [
+        b for b in by_kind(render(bin_dir), "RoleBinding") if b["roleRef"]["name"] == "trafficmirror-pcap-reader"
+    ]
+    without = {r["metadata"]["name"] for r in by_kind(render(bin_dir, "--set", "rbac.userRoles=false"), "ClusterRole")}
+    assert not without & USER_ROLES
+
+
 def test_namespaced_rbac_uses_roles_and_scopes_the_operator(bin_dir: Path) -> None:
     docs = render(
         bin_dir,
@@ -198,7 +234,9 @@ def test_namespaced_rbac_uses_roles_and_scopes_the_operator(bin_dir: Path) -> No
     assert roles == {("team-a", "trafficmirror-operator"), ("team-b", "trafficmirror-operator")}
     assert {p["metadata"]["namespace"] for p in by_kind(docs, "KopfPeering")} == {"team-a", "team-b"}
     assert not by_kind(docs, "ClusterKopfPeering")
-    (cluster_role,) = by_kind(docs, "ClusterRole")
+    # Besides the users' roles (ClusterRoles by nature: aggregated into edit and view), one for the operator.
+    (cluster_role,) = [r for r in by_kind(docs, "ClusterRole") if r["metadata"]["name"] == "trafficmirror-operator"]
+    assert {r["metadata"]["name"] for r in by_kind(docs, "ClusterRole")} == {"trafficmirror-operator", *USER_ROLES}
     cluster_resources = {res for rule in cluster_role["rules"] for res in rule["resources"]}
     assert cluster_resources == {"nodes", "namespaces", "customresourcedefinitions"}
     assert all(set(rule["verbs"]) <= {"list", "watch"} for rule in cluster_role["rules"])

@@ -179,15 +179,17 @@ def test_extension_imports_and_receives_from_the_installed_wheel(venv: Path, tmp
     ("command", "expected"),
     [
         (["operator", "--help"], "--peering"),
-        (["capture", "--help"], "--s3-bucket"),
+        (["agent", "--help"], "--s3-bucket"),
         (["pcap", "--help"], "get"),
+        (["capture", "--help"], "--for DURATION"),
         (["--help"], "operator"),
     ],
 )
+@pytest.mark.parametrize("program", ["trafficmirror", "kubectl-trafficmirror"])
 def test_entry_points_run_from_the_installed_wheel(
-    venv: Path, tmp_path: Path, command: list[str], expected: str
+    venv: Path, tmp_path: Path, command: list[str], expected: str, program: str
 ) -> None:
-    result = run(venv / "bin" / "trafficmirror", *command, cwd=tmp_path)
+    result = run(venv / "bin" / program, *command, cwd=tmp_path)
     assert expected in result.stdout
 
 

@@ -215,6 +215,29 @@ def test_examples_become_ready_and_mirrored_traffic_lands_in_s3(installed: E2E, 
     assert all(ln.startswith(f"{traffic.CLIENT_IP} {traffic.SOURCE_IP}") for ln in requests), lines
 
 
+def test_files_kept_on_the_node_are_read_out_of_the_agent_pod_through_pods_exec(
+    installed: E2E, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The agent keeps its closed files on the node too (capture.storage.keepFiles): `trafficmirror capture`
+    reads such a file out of the node's agent pod through the API server (cat over the exec WebSocket, with a
+    real kubelet and container runtime at the other end), byte for byte what the agent shipped to S3."""
+    from trafficmirror.kubecapture.kube import KubeApi
+    from trafficmirror.kubecapture.podfiles import AgentPodFiles
+
+    e2e = installed
+    shipped = [k for k in story.s3_keys(e2e.emulator, BUCKET) if f"/{EXAMPLES_NAMESPACE}/web/" in k]
+    assert shipped, "the examples' web session shipped nothing (the test before this one mirrors into it)"
+    key = shipped[0]
+    path = f"/var/lib/trafficmirror/captures/{EXAMPLES_NAMESPACE}/web/{key.rsplit('/', 1)[1]}"
+    monkeypatch.setenv("KUBECONFIG", str(e2e.access.kubeconfig))
+    files = AgentPodFiles(KubeApi.connect(), story.RELEASE_NAMESPACE)
+    (ref,) = files.refs(EXAMPLES_NAMESPACE, "web", [(e2e.node.name, path)])
+    with files.open(ref) as stream:
+        read = stream.read()
+    expected = e2e.emulator.client("s3").get_object(Bucket=BUCKET, Key=key)["Body"].read()
+    assert len(read) == len(expected) > 0 and read == expected
+
+
 def _inventory(e2e: E2E) -> dict[str, str]:
     listed = e2e.access.json("get", KINDS, "-A")["items"]
     return {f"{i['kind']}/{i['metadata']['namespace']}/{i['metadata']['name']}": i["metadata"]["uid"] for i in listed}

@@ -356,6 +356,16 @@ class CaptureNodeStatus(CamelModel):
     packets: int = Field(default=0, ge=0, description="Packets of this session written by this node.")
     bytes: int = Field(default=0, ge=0, description="Their bytes on the wire.")
     drops: CaptureDrops = Field(default_factory=CaptureDrops)
+    filtered_out: int = Field(
+        default=0,
+        ge=0,
+        description="A podSelector session's packets that matched none of its pods' addresses: counted, not written.",
+    )
+    files: list[str] | None = Field(
+        default=None,
+        description="Once the session is Completed: where this node's files of it are, a path or an s3:// URI "
+        "each (a file whose upload has not succeeded yet is listed in the node's spool).",
+    )
     since: str | None = Field(default=None, description="When this node's agent started counting (RFC 3339).")
     last_update_time: str | None = None
     conditions: list[Condition] = Field(

@@ -1,4 +1,4 @@
-"""``python -m trafficmirror.capture capture|pcap ...`` (the same commands as ``trafficmirror``)."""
+"""``python -m trafficmirror.capture agent|pcap ...`` (the same commands as ``trafficmirror``)."""
 
 import sys
 

@@ -84,6 +84,7 @@ def _snapshot(w: Writer, rcvbuf: int) -> dict[str, Any]:
     st = w.stats
     return {
         "sessions": {k: asdict(v) for k, v in st.sessions.items()},
+        "pods": {k: asdict(v) for k, v in st.pods.items()},
         "malformed": dict(st.malformed),
         "unknown_refused": dict(st.unknown_refused),
         "datagrams": st.datagrams,
@@ -125,7 +126,7 @@ def worker_main(idx: int, sock: socket.socket, ctrl: socket.socket, cfg: AgentCo
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    wcfg = WriterConfig(**{**asdict(cfg.writer), "worker": idx})
+    wcfg = WriterConfig(**{**asdict(cfg.writer), "worker": idx, "workers": cfg.workers})
     writer = Writer(
         wcfg,
         {s.vni: s for s in cfg.sessions},
@@ -322,7 +323,11 @@ class Agent:
             self.stop.set()
 
     def on_sessions(self, sessions: dict[int, Session]) -> None:
-        """Called by the Kubernetes watch with the complete new map."""
+        """Called by the Kubernetes watch with the complete new map. A Completed session is not
+        in it: the workers close its files, the shipper ships them, the reporter lists them."""
+        if self.watcher is not None:
+            with self.state.lock:
+                self.state.completed = set(self.watcher.completed)
         self.sessions = sessions
         self.state.sessions_known = len(sessions)
         self.state.sessions_loaded = True
@@ -357,8 +362,9 @@ class Agent:
             dests.append(DirDestination(c.output_dir, c.retain_files, c.retain_bytes))
         if c.s3:
             dests.append(S3Destination(**c.s3))
-        self.shipper = Shipper(wdir, dests, compress=c.gzip)
+        self.shipper = Shipper(wdir, dests, compress=c.gzip, on_event=self._shipped)
         self.state.ship = self.shipper.stats
+        self.state.spooled = self.shipper.pending_of
         threading.Thread(target=self.shipper.run, name="shipper", daemon=True).start()
         if self.watcher is not None:
             threading.Thread(target=self.watcher.run, name="kube-watch", daemon=True).start()
@@ -373,6 +379,12 @@ class Agent:
             log.info("metrics and health on %s:%d", c.metrics_address, server.server_address[1])
         self.stop.wait()
         return self._shutdown()
+
+    def _shipped(self, result: str, _destination: str, meta: dict[str, Any]) -> None:
+        """Where each session's closed files went (a path or an s3:// URI), for its status."""
+        if result != "ok" or not meta.get("location"):
+            return
+        self.state.record_file(f"{meta['namespace']}/{meta['session']}", str(meta["location"]))
 
     def _shutdown(self) -> int:
         log.info("stopping: flushing and closing open files")
@@ -416,5 +428,5 @@ def run(cfg: AgentConfig) -> int:
         return Agent(cfg).run()
     except rx.PortInUseError as exc:
         log.error("%s", exc)
-        print(f"trafficmirror capture: {exc}", file=sys.stderr)
+        print(f"trafficmirror agent: {exc}", file=sys.stderr)
         return 3

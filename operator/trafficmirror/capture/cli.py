@@ -1,4 +1,4 @@
-"""``trafficmirror capture`` and ``trafficmirror pcap ls|get``.
+"""``trafficmirror agent`` (the capture agent) and ``trafficmirror pcap ls|get``.
 
 ``add_capture_commands(subparsers)`` is what the top-level CLI wires in; until then
 ``python -m trafficmirror.capture ...`` runs the same parser.
@@ -51,7 +51,9 @@ def _env(name: str, default: str = "") -> str:
 
 
 def add_capture_commands(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    cap = subparsers.add_parser("capture", help="run the capture agent (VXLAN mirror traffic -> pcapng)")
+    cap = subparsers.add_parser(
+        "agent", help="run the capture agent (VXLAN mirror traffic -> pcapng); the DaemonSet's command"
+    )
     g = cap.add_argument_group("receive")
     g.add_argument("--address", default="0.0.0.0", help="address to bind (default all)")
     g.add_argument("--port", type=int, default=vxlan.VXLAN_PORT)
@@ -167,6 +169,11 @@ def add_capture_commands(subparsers: argparse._SubParsersAction) -> None:  # typ
         src.add_argument("--cluster", default=_env("TRAFFICMIRROR_CLUSTER", "default"))
         src.add_argument("--s3-endpoint-url", default=_env("AWS_ENDPOINT_URL") or None)
         src.add_argument("--s3-region", default=_env("AWS_REGION") or _env("AWS_DEFAULT_REGION") or None)
+        p.add_argument(
+            "--pod",
+            metavar="NAMESPACE/POD",
+            help="a podSelector session with files perPod: only this pod's files (default: all pods, merged)",
+        )
         p.add_argument("--since", help="ISO time or epoch seconds")
         p.add_argument("--until", help="ISO time or epoch seconds")
         if name == "get":
@@ -182,7 +189,7 @@ def run_capture(args: argparse.Namespace) -> int:
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(process)d %(name)s: %(message)s"
     )
     if not args.output_dir and not args.s3_bucket:
-        print("trafficmirror capture: give --output-dir and/or --s3-bucket", file=sys.stderr)
+        print("trafficmirror agent: give --output-dir and/or --s3-bucket", file=sys.stderr)
         return 2
     static = [sessions.parse_mapping(m) for m in args.session]
     if args.sessions_file:

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any, BinaryIO, Protocol
 
 from trafficmirror.capture import pcapng
-from trafficmirror.capture.sessions import safe_component
+from trafficmirror.capture.sessions import pod_of_dir_name, safe_component
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +44,7 @@ class FileRef:
     size: int
     start_ns: int  # from the name; 0 when the name is not ours
     location: str  # a path, or an S3 key
+    pod: str = ""  # a perPod session's file: the pod's "<namespace>/<name>"
 
 
 def start_of(name: str) -> int:
@@ -74,10 +75,10 @@ def select(files: list[FileRef], since: int | None, until: int | None) -> list[F
     """Files that may hold packets in [since, until]: a file covers its start up to the next
     file's start (per node), so the last file starting before ``since`` is kept too."""
     out = []
-    by_node: dict[str, list[FileRef]] = {}
+    by_node: dict[tuple[str, str], list[FileRef]] = {}  # one stream of files per pod and node
     for f in files:
         m = _NAME.match(f.name)
-        by_node.setdefault(m.group("node") if m else "", []).append(f)
+        by_node.setdefault((f.pod, m.group("node") if m else ""), []).append(f)
     for group in by_node.values():
         group.sort(key=lambda f: (f.start_ns, f.name))
         for i, f in enumerate(group):
@@ -89,6 +90,11 @@ def select(files: list[FileRef], since: int | None, until: int | None) -> list[F
                 continue
             out.append(f)
     return sorted(out, key=lambda f: (f.start_ns, f.name))
+
+
+def of_pod(files: list[FileRef], pod: str | None) -> list[FileRef]:
+    """One pod's files (``<namespace>/<name>``), or all when ``pod`` is None."""
+    return files if pod is None else [f for f in files if f.pod == pod]
 
 
 class Source(Protocol):
@@ -117,6 +123,13 @@ class DirSource:
                     if name.startswith("."):
                         continue
                     p = os.path.join(sdir, name)
+                    if os.path.isdir(p):  # a pod's files (perPod)
+                        pod = pod_of_dir_name(name)
+                        for f in sorted(os.listdir(p)):
+                            if not f.startswith("."):
+                                q = os.path.join(p, f)
+                                out.append(FileRef(ns, sess, f, os.stat(q).st_size, start_of(f), q, pod))
+                        continue
                     out.append(FileRef(ns, sess, name, os.stat(p).st_size, start_of(name), p))
         return out
 
@@ -169,7 +182,9 @@ class S3Source:
                 if len(rel) < 3:
                     continue
                 name = rel[-1]
-                out.append(FileRef(rel[0], rel[1], name, int(o["Size"]), start_of(name), o["Key"]))
+                # <ns>/<session>/[<pod ns>_<pod>/]<YYYY>/<MM>/<DD>/<HH>/<file>
+                pod = pod_of_dir_name(rel[2]) if len(rel) == 8 else ""
+                out.append(FileRef(rel[0], rel[1], name, int(o["Size"]), start_of(name), o["Key"], pod))
         return out
 
     def open(self, ref: FileRef) -> BinaryIO:
@@ -454,24 +469,35 @@ def _split(target: str) -> tuple[str, str]:
 def main(args: argparse.Namespace) -> int:
     src = _source(args)
     since, until = parse_time(args.since), parse_time(args.until)
+    pod = getattr(args, "pod", None)
     if args.pcap_command == "ls":
         if args.session:
             ns, name = _split(args.session)
-            for f in select(src.list(ns, name), since, until):
+            files = select(of_pod(src.list(ns, name), pod), since, until)
+            if any(f.pod for f in files):
+                print("POD\tFILE\tBYTES\tSTART")
+                for f in files:
+                    print(f"{f.pod or '-'}\t{f.name}\t{f.size}\t{_iso(f.start_ns)}")
+                return 0
+            for f in files:
                 print(f"{f.name}\t{f.size}\t{_iso(f.start_ns)}")
             return 0
         sessions: dict[tuple[str, str], list[FileRef]] = {}
         for f in src.list():
             sessions.setdefault((f.namespace, f.session), []).append(f)
-        print("NAMESPACE/SESSION\tFILES\tBYTES\tFIRST\tLAST")
+        print("NAMESPACE/SESSION\tFILES\tBYTES\tFIRST\tLAST\tPODS")
         for (ns, name), fs in sorted(sessions.items()):
             starts = [f.start_ns for f in fs]
-            print(f"{ns}/{name}\t{len(fs)}\t{sum(f.size for f in fs)}\t{_iso(min(starts))}\t{_iso(max(starts))}")
+            pods = ",".join(sorted({f.pod for f in fs if f.pod})) or "-"
+            print(
+                f"{ns}/{name}\t{len(fs)}\t{sum(f.size for f in fs)}\t{_iso(min(starts))}\t{_iso(max(starts))}\t{pods}"
+            )
         return 0
     ns, name = _split(args.session)
-    files = select(src.list(ns, name), since, until)
+    files = select(of_pod(src.list(ns, name), pod), since, until)
     if not files:
-        print(f"trafficmirror pcap: no files for {ns}/{name}", file=sys.stderr)
+        which = f" (pod {pod})" if pod else ""
+        print(f"trafficmirror pcap: no files for {ns}/{name}{which}", file=sys.stderr)
         return 1
     output = args.output or f"{ns}-{name}.pcapng"
     try:

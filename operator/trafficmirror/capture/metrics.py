@@ -24,6 +24,7 @@ from trafficmirror.capture.ship import ShipStats
 
 P = "trafficmirror_capture_"
 WRITE_ERROR_UNHEALTHY_S = 10.0
+MAX_FILES_LISTED = 1000
 
 
 @dataclass
@@ -39,12 +40,23 @@ class AgentState:
     sessions_known: int = 0
     sessions_loaded: bool = False
     ship: ShipStats | None = None
+    # Sessions whose phase is Completed, and where each session's closed files were shipped
+    # (the latest MAX_FILES_LISTED), and the spool's files of a session still waiting.
+    completed: set[str] = field(default_factory=set)
+    files: dict[str, list[str]] = field(default_factory=dict)
+    spooled: Callable[[str, str], list[str]] | None = None
     node_drops: NodeDropsSampler = field(default_factory=NodeDropsSampler)  # baseline: the agent's start
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def update_worker(self, idx: int, snap: dict[str, Any]) -> None:
         with self.lock:
             self.workers[idx] = snap
+
+    def record_file(self, session_key: str, location: str) -> None:
+        with self.lock:
+            files = self.files.setdefault(session_key, [])
+            files.append(location)
+            del files[:-MAX_FILES_LISTED]
 
     def health(self) -> tuple[bool, dict[str, Any]]:
         problems = []
@@ -86,16 +98,31 @@ class _Collector(Collector):
                 labels=labels,
             ),
         }
+        fams["filtered"] = CounterMetricFamily(
+            P + "filtered_out",
+            "Packets of a podSelector session that matched none of its pods' addresses: not written",
+            labels=labels,
+        )
+        pod_packets = CounterMetricFamily(
+            P + "pod_packets",
+            "Packets written to a pod's files (perPod); a packet between two selected pods is in both",
+            labels=[*labels, "pod"],
+        )
         agg: dict[tuple[str, str], dict[str, int]] = {}
+        pods: dict[tuple[str, str, str], int] = {}
         malformed: dict[str, int] = {}
         datagrams = drops = errors = disk = 0
         for snap in snaps:
             for key, st in snap.get("sessions", {}).items():
                 ns, _, name = key.partition("/")
-                a = agg.setdefault((ns, name), {"packets": 0, "bytes": 0, "files": 0, "dropped": 0})
+                a = agg.setdefault((ns, name), {"packets": 0, "bytes": 0, "files": 0, "dropped": 0, "filtered": 0})
                 for k in a:
                     a[k] += int(st.get(k, 0))
                 disk += int(st.get("dropped", 0))
+            for key, st in snap.get("pods", {}).items():
+                session, _, pod = key.partition(" ")
+                ns, _, name = session.partition("/")
+                pods[(ns, name, pod)] = pods.get((ns, name, pod), 0) + int(st.get("packets", 0))
             for reason, n in snap.get("malformed", {}).items():
                 malformed[reason] = malformed.get(reason, 0) + int(n)
             datagrams += int(snap.get("datagrams", 0))
@@ -105,6 +132,9 @@ class _Collector(Collector):
             for k, fam in fams.items():
                 fam.add_metric([ns, name], a[k])
         yield from fams.values()
+        for (ns, name, pod), n in sorted(pods.items()):
+            pod_packets.add_metric([ns, name, pod], n)
+        yield pod_packets
         m = CounterMetricFamily(P + "malformed", "Datagrams not written to a session, by reason", labels=["reason"])
         for reason in vxlan.Reason:
             m.add_metric([reason], malformed.get(reason, 0))

@@ -47,6 +47,10 @@ class SessionCounts:
     packets: int = 0
     bytes: int = 0
     disk: int = 0
+    filtered: int = 0  # a podSelector session's packets that matched none of its pods
+    # Once the session is Completed: where this node's files of it are (paths or s3:// URIs;
+    # a file whose upload has not succeeded yet is listed where it waits, in the node's spool).
+    files: tuple[str, ...] | None = None
 
 
 def drops_of(counts: SessionCounts, socket: int, node: NodeDrops) -> dict[str, int]:
@@ -166,7 +170,10 @@ class StatusReporter:
             drops = drops_of(counts, socket, node)
             now = _now()
             cond = lossy_condition(prev.drops, drops, prev.condition, now)
-            body = {"packets": counts.packets, "bytes": counts.bytes, "drops": drops, "since": self.since}
+            body: dict[str, Any] = {"packets": counts.packets, "bytes": counts.bytes, "drops": drops}
+            body.update(filteredOut=counts.filtered, since=self.since)
+            if counts.files is not None:
+                body["files"] = list(counts.files)
             same = prev.condition is not None and body == prev.body and cond["status"] == prev.condition["status"]
             if same and now_mono - prev.patched_at < self.heartbeat_s:
                 prev.at = now_mono
@@ -213,11 +220,14 @@ class StatusReporter:
 
 
 def collector(state: Any) -> Callable[[], tuple[dict[str, SessionCounts], int, NodeDrops]]:
-    """Counters from the agent's state (the workers' latest snapshots and the node sampler)."""
+    """Counters from the agent's state (the workers' latest snapshots and the node sampler), and
+    for a Completed session where its files are."""
 
     def collect() -> tuple[dict[str, SessionCounts], int, NodeDrops]:
         with state.lock:
             snaps = [dict(v) for v in state.workers.values()]
+            completed = set(state.completed)
+            shipped = {k: list(v) for k, v in state.files.items() if k in completed}
         sessions: dict[str, SessionCounts] = {}
         socket = 0
         for snap in snaps:
@@ -228,7 +238,15 @@ def collector(state: Any) -> Callable[[], tuple[dict[str, SessionCounts], int, N
                     c.packets + int(st.get("packets", 0)),
                     c.bytes + int(st.get("bytes", 0)),
                     c.disk + int(st.get("dropped", 0)),
+                    c.filtered + int(st.get("filtered", 0)),
                 )
+        for key in completed & set(sessions):
+            namespace, _, name = key.partition("/")
+            waiting = state.spooled(namespace, name) if state.spooled is not None else []
+            files = shipped.get(key, []) + waiting
+            if files:
+                c = sessions[key]
+                sessions[key] = SessionCounts(c.packets, c.bytes, c.disk, c.filtered, tuple(files))
         return sessions, socket, state.node_drops.since_start()
 
     return collect

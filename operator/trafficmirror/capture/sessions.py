@@ -30,6 +30,47 @@ PLURAL = "mirrorsessions"
 UNKNOWN_NAMESPACE = "_unknown"
 
 
+# A selector session's children (one MirrorSession per source ENI, made by the operator) carry
+# this label; the agent reads their parent's status.sources[] instead of the children.
+PARENT_LABEL = "trafficmirror.io/parent-session"
+COMPLETED = "Completed"
+
+# How a selector session's packets become files (``Session.files``): "" is a plain session (one
+# stream per VNI, every packet written); the others are written under the session's name, one
+# stream per session (ALL: a nodeSelector's sources, every packet; PER_SESSION: only the selected
+# pods' packets) or one per pod (PER_POD).
+PER_POD = "perPod"
+PER_SESSION = "perSession"
+ALL = "all"
+
+
+@dataclass(frozen=True)
+class Pod:
+    namespace: str
+    name: str
+    ip: str
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+    @property
+    def dir_name(self) -> str:
+        """The on-disk (and S3 key) form of ``<namespace>/<pod>``: namespaces and pod names are
+        DNS names without an underscore, so ``<namespace>_<pod>`` reads back unambiguously."""
+        return pod_dir_name(self.namespace, self.name)
+
+
+def pod_dir_name(namespace: str, name: str) -> str:
+    return f"{safe_component(namespace)}_{safe_component(name)}"
+
+
+def pod_of_dir_name(dir_name: str) -> str:
+    """``<namespace>_<pod>`` -> ``<namespace>/<pod>``."""
+    ns, _, name = dir_name.partition("_")
+    return f"{ns}/{name}" if name else dir_name
+
+
 @dataclass(frozen=True)
 class Session:
     namespace: str
@@ -41,6 +82,10 @@ class Session:
     # else count as spoofed. Empty: not checked (e.g. an NLB target that does not preserve the
     # client address, where every datagram comes from the load balancer).
     source_addresses: tuple[str, ...] = ()
+    # One source of a selector session (nodeSelector, podSelector): see PER_POD and friends.
+    files: str = ""
+    pods: tuple[Pod, ...] = ()
+    source_node: str = ""
 
     @property
     def key(self) -> str:
@@ -51,13 +96,18 @@ class Session:
         return self.namespace != UNKNOWN_NAMESPACE
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        d: dict[str, Any] = {
             "namespace": self.namespace,
             "name": self.name,
             "vni": self.vni,
             "sourceEni": self.source_eni,
             "sourceAddresses": list(self.source_addresses),
         }
+        if self.files:
+            d["files"] = self.files
+            d["sourceNode"] = self.source_node
+            d["pods"] = [{"namespace": p.namespace, "name": p.name, "ip": p.ip} for p in self.pods]
+        return d
 
     @staticmethod
     def from_json(d: Mapping[str, Any]) -> Session:
@@ -67,7 +117,20 @@ class Session:
             int(d["vni"]),
             str(d.get("sourceEni", "")),
             _addresses(d.get("sourceAddresses")),
+            str(d.get("files", "")),
+            _pods(d.get("pods")),
+            str(d.get("sourceNode", "")),
         )
+
+
+def _pods(raw: Any) -> tuple[Pod, ...]:
+    if not isinstance(raw, list):
+        return ()
+    out = set()
+    for p in raw:
+        if isinstance(p, Mapping) and p.get("ip") and p.get("name"):
+            out.add(Pod(str(p.get("namespace") or ""), str(p["name"]), str(p["ip"])))
+    return tuple(sorted(out, key=lambda p: (p.namespace, p.name, p.ip)))
 
 
 def _addresses(raw: Any) -> tuple[str, ...]:
@@ -107,11 +170,11 @@ def parse_mapping(text: str) -> Session:
 
 
 def from_object(obj: Mapping[str, Any]) -> Session | None:
-    """A MirrorSession custom object -> Session, or None while it has no VNI yet."""
+    """A plain MirrorSession custom object -> Session, or None while it has no VNI yet."""
     meta = obj.get("metadata") or {}
     status = obj.get("status") or {}
-    vni = status.get("virtualNetworkId")
-    if vni is None or not isinstance(vni, int) or not 0 <= vni <= MAX_VNI:
+    vni = _vni(status.get("virtualNetworkId"))
+    if vni is None:
         return None
     return Session(
         str(meta.get("namespace", "")),
@@ -122,18 +185,72 @@ def from_object(obj: Mapping[str, Any]) -> Session | None:
     )
 
 
+def _vni(raw: Any) -> int | None:
+    return raw if isinstance(raw, int) and not isinstance(raw, bool) and 0 <= raw <= MAX_VNI else None
+
+
+def is_child(obj: Mapping[str, Any]) -> bool:
+    return PARENT_LABEL in ((obj.get("metadata") or {}).get("labels") or {})
+
+
+def is_completed(obj: Mapping[str, Any]) -> bool:
+    return (obj.get("status") or {}).get("phase") == COMPLETED
+
+
+def selector_files(spec: Mapping[str, Any]) -> str:
+    """ "" for a plain session; else how its packets become files (PER_POD, PER_SESSION, ALL)."""
+    source = spec.get("source") or {}
+    if source.get("podSelector") is not None:
+        files = (spec.get("capture") or {}).get("files")
+        return PER_SESSION if files == PER_SESSION else PER_POD
+    if source.get("nodeSelector") is not None:
+        return ALL
+    return ""
+
+
+def sessions_of(obj: Mapping[str, Any]) -> list[Session]:
+    """The VNIs a MirrorSession object stands for: none for a child (its parent speaks for it)
+    or a Completed session (its files are closed); one for a plain session with a VNI; one per
+    source of a selector session (``status.sources[]``) that has a VNI."""
+    if is_child(obj) or is_completed(obj):
+        return []
+    files = selector_files(obj.get("spec") or {})
+    if not files:
+        s = from_object(obj)
+        return [] if s is None else [s]
+    meta = obj.get("metadata") or {}
+    out = []
+    for src in (obj.get("status") or {}).get("sources") or []:
+        if not isinstance(src, Mapping):
+            continue
+        vni = _vni(src.get("virtualNetworkId"))
+        if vni is None:
+            continue
+        out.append(
+            Session(
+                str(meta.get("namespace", "")),
+                str(meta.get("name", "")),
+                vni,
+                str(src.get("networkInterfaceId") or ""),
+                _addresses(src.get("sourceAddresses")),
+                files,
+                _pods(src.get("pods")) if files != ALL else (),
+                str(src.get("nodeName") or ""),
+            )
+        )
+    return out
+
+
 def load_file(path: str) -> list[Session]:
     """A YAML/JSON list of {vni, namespace, name, sourceEni} or a list of MirrorSession objects."""
     with open(path) as f:
         doc: Any = yaml.safe_load(f) or []
     if isinstance(doc, dict):
         doc = doc.get("items", doc.get("sessions")) or []
-    out = []
+    out: list[Session] = []
     for item in doc:
         if "metadata" in item:
-            s = from_object(item)
-            if s is not None:
-                out.append(s)
+            out += sessions_of(item)
         else:
             out.append(Session.from_json(item))
     return out
@@ -142,7 +259,7 @@ def load_file(path: str) -> list[Session]:
 def build_map(sessions: Iterable[Session]) -> dict[int, Session]:
     """Two sessions claiming one VNI cannot be told apart on the wire; the first (by name) wins."""
     out: dict[int, Session] = {}
-    for s in sorted(sessions, key=lambda s: s.key):
+    for s in sorted(sessions, key=lambda s: (s.key, s.vni)):
         if s.vni in out:
             log.warning("VNI %d claimed by both %s and %s; using %s", s.vni, out[s.vni].key, s.key, out[s.vni].key)
             continue
@@ -178,7 +295,10 @@ class KubeWatcher:
             self.ctx.verify_mode = ssl.CERT_NONE
         self.namespace = namespace
         self.on_change = on_change
-        self.objects: dict[str, Session] = {}
+        self.objects: dict[str, list[Session]] = {}
+        # Sessions whose phase is Completed: their files are closed and shipped, and the status
+        # reporter lists where they went.
+        self.completed: set[str] = set()
         self.ready = threading.Event()
         self.stop = threading.Event()
         self.errors = 0
@@ -196,7 +316,7 @@ class KubeWatcher:
         return urllib.request.urlopen(req, timeout=timeout, context=self.ctx)
 
     def _publish(self) -> None:
-        self.on_change(build_map(self.objects.values()))
+        self.on_change(build_map(s for group in self.objects.values() for s in group))
 
     def run(self) -> None:
         backoff = 1.0
@@ -205,10 +325,15 @@ class KubeWatcher:
                 with self._open(self._url(), 30) as resp:
                     body = json.load(resp)
                 self.objects = {}
+                completed = set()
                 for item in body.get("items", []):
-                    s = from_object(item)
-                    if s is not None:
-                        self.objects[s.key] = s
+                    key = _key(item)
+                    if is_completed(item) and not is_child(item):
+                        completed.add(key)
+                    found = sessions_of(item)
+                    if found:
+                        self.objects[key] = found
+                self.completed = completed
                 self._publish()
                 self.ready.set()
                 rv = body.get("metadata", {}).get("resourceVersion", "")
@@ -234,14 +359,24 @@ class KubeWatcher:
                     rv = obj.get("metadata", {}).get("resourceVersion", rv)
                     if kind == "BOOKMARK":
                         continue
-                    meta = obj.get("metadata", {})
-                    key = f"{meta.get('namespace', '')}/{meta.get('name', '')}"
-                    s = from_object(obj) if kind != "DELETED" else None
-                    if s is None:
-                        changed = self.objects.pop(key, None) is not None
+                    key = _key(obj)
+                    done = kind != "DELETED" and is_completed(obj) and not is_child(obj)
+                    changed = done != (key in self.completed)
+                    if done:
+                        self.completed.add(key)
                     else:
-                        changed = self.objects.get(key) != s
-                        self.objects[key] = s
+                        self.completed.discard(key)
+                    found = sessions_of(obj) if kind != "DELETED" else []
+                    if not found:
+                        changed = self.objects.pop(key, None) is not None or changed
+                    else:
+                        changed = self.objects.get(key) != found or changed
+                        self.objects[key] = found
                     if changed:
                         self._publish()
             time.sleep(0)
+
+
+def _key(obj: Mapping[str, Any]) -> str:
+    meta = obj.get("metadata") or {}
+    return f"{meta.get('namespace', '')}/{meta.get('name', '')}"

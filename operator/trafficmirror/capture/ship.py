@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from trafficmirror.capture import pcapng
-from trafficmirror.capture.sessions import safe_component
+from trafficmirror.capture.sessions import pod_dir_name, safe_component
 from trafficmirror.capture.writer import write_meta
 
 log = logging.getLogger(__name__)
@@ -33,14 +33,25 @@ MAX_BACKOFF_S = 60.0
 # --- pure decisions -------------------------------------------------------------------------
 
 
+def pod_dir(meta: dict[str, Any]) -> str:
+    """A pod's file (perPod) lives one level below its session: ``<pod namespace>_<pod>``."""
+    pod = str(meta.get("pod") or "")
+    if not pod:
+        return ""
+    ns, _, name = pod.partition("/")
+    return pod_dir_name(ns, name)
+
+
 def s3_key(prefix: str, meta: dict[str, Any]) -> str:
-    """``<prefix>/<cluster>/<namespace>/<session>/<YYYY>/<MM>/<DD>/<HH>/<node>-<start>-<seq>.<ext>``."""
+    """``<prefix>/<cluster>/<namespace>/<session>/[<pod namespace>_<pod>/]<YYYY>/<MM>/<DD>/<HH>/
+    <node>-<start>-<seq>.<ext>``."""
     t = time.gmtime(int(meta["start"]) // 1_000_000_000)
     parts = [
         prefix.strip("/"),
         safe_component(meta.get("cluster") or "default"),
         safe_component(meta["namespace"]),
         safe_component(meta["session"]),
+        pod_dir(meta),
         f"{t.tm_year:04d}",
         f"{t.tm_mon:02d}",
         f"{t.tm_mday:02d}",
@@ -60,6 +71,7 @@ def s3_metadata(meta: dict[str, Any]) -> dict[str, str]:
         "first-packet-ns": str(meta.get("firstPacket", "")),
         "last-packet-ns": str(meta.get("lastPacket", "")),
         "source-eni": str(meta.get("sourceEni", "")),
+        **({"pod": str(meta["pod"]), "pod-ip": str(meta.get("podIp", ""))} if meta.get("pod") else {}),
     }
 
 
@@ -101,11 +113,14 @@ def retention_victims(files: list[tuple[str, int]], max_files: int | None, max_b
 class Destination(Protocol):
     name: str
 
-    def ship(self, path: str, meta: dict[str, Any]) -> None: ...
+    def ship(self, path: str, meta: dict[str, Any]) -> str:
+        """Ship one closed file; returns where it now is (a path, an s3:// URI)."""
+        ...
 
 
 class DirDestination:
-    """``<root>/<namespace>/<session>/<file>``, with a per-session retention ring."""
+    """``<root>/<namespace>/<session>/[<pod namespace>_<pod>/]<file>``, with a retention ring per
+    session (per pod for a perPod session's files)."""
 
     name = "dir"
 
@@ -114,8 +129,10 @@ class DirDestination:
         self.max_files = max_files
         self.max_bytes = max_bytes
 
-    def ship(self, path: str, meta: dict[str, Any]) -> None:
+    def ship(self, path: str, meta: dict[str, Any]) -> str:
         d = os.path.join(self.root, safe_component(meta["namespace"]), safe_component(meta["session"]))
+        if pod_dir(meta):
+            d = os.path.join(d, pod_dir(meta))
         os.makedirs(d, exist_ok=True)
         dest = os.path.join(d, meta["file"])
         tmp = os.path.join(d, "." + meta["file"] + ".tmp")
@@ -127,13 +144,14 @@ class DirDestination:
                 os.fsync(f.fileno())
         os.replace(tmp, dest)
         self.apply_retention(d)
+        return dest
 
     def apply_retention(self, d: str) -> list[str]:
         if self.max_files is None and self.max_bytes is None:
             return []
         files = []
         for n in os.listdir(d):
-            if n.startswith("."):
+            if n.startswith(".") or os.path.isdir(os.path.join(d, n)):  # a pod's directory
                 continue
             try:
                 files.append((n, os.stat(os.path.join(d, n)).st_size))
@@ -184,13 +202,15 @@ class S3Destination:
             multipart_threshold=multipart_threshold, multipart_chunksize=multipart_threshold, use_threads=True
         )
 
-    def ship(self, path: str, meta: dict[str, Any]) -> None:
+    def ship(self, path: str, meta: dict[str, Any]) -> str:
         extra = dict(self.extra)
         extra["Metadata"] = s3_metadata(meta)
         extra["ContentType"] = "application/vnd.tcpdump.pcap"
         if meta["file"].endswith(".gz"):
             extra["ContentEncoding"] = "gzip"
-        self.client.upload_file(path, self.bucket, s3_key(self.prefix, meta), ExtraArgs=extra, Config=self.transfer)
+        key = s3_key(self.prefix, meta)
+        self.client.upload_file(path, self.bucket, key, ExtraArgs=extra, Config=self.transfer)
+        return f"s3://{self.bucket}/{key}"
 
 
 # --- the shipper ----------------------------------------------------------------------------
@@ -212,10 +232,17 @@ class _Entry:
     next_try: float = 0.0
 
 
-def rebuild_meta(path: str) -> dict[str, Any]:
-    """Metadata for a spooled file whose JSON never got written (disk full, crash)."""
-    rel = path.split(os.sep)
-    namespace, session, name = rel[-3], rel[-2], rel[-1]
+def rebuild_meta(path: str, spool: str = "") -> dict[str, Any]:
+    """Metadata for a spooled file whose JSON never got written (disk full, crash). ``spool``:
+    the spool's root, to tell a pod's file (one directory deeper) from a session's."""
+    rel = os.path.relpath(path, spool).split(os.sep) if spool else path.split(os.sep)
+    pod = ""
+    if spool and len(rel) == 4:
+        namespace, session, pod_name, name = rel
+        ns, _, name_of_pod = pod_name.partition("_")
+        pod = f"{ns}/{name_of_pod}"
+    else:
+        namespace, session, name = rel[-3], rel[-2], rel[-1]
     meta: dict[str, Any] = {
         "namespace": namespace,
         "session": session,
@@ -227,6 +254,8 @@ def rebuild_meta(path: str) -> dict[str, Any]:
         "packets": 0,
         "sourceEni": "",
     }
+    if pod:
+        meta["pod"] = pod
     try:
         cap = pcapng.read_file(path)
         meta["packets"] = len(cap.packets)
@@ -277,6 +306,14 @@ class Shipper:
                 out.append(os.path.join(dirpath, f))
         return sorted(out)
 
+    def pending_of(self, namespace: str, session: str) -> list[str]:
+        """One session's files still in the spool (a failed upload keeps them there)."""
+        root = os.path.join(self.spool, safe_component(namespace), safe_component(session))
+        out = []
+        for dirpath, _dirs, files in os.walk(root):
+            out += [os.path.join(dirpath, f) for f in files if not f.endswith((".json", ".tmp")) and f[0] != "."]
+        return sorted(out)
+
     def run(self) -> None:
         while not self.stop.is_set():
             self.pass_once()
@@ -313,7 +350,7 @@ class Shipper:
             with open(meta_path) as f:
                 meta = json.load(f)
         except (OSError, ValueError):
-            meta = rebuild_meta(path)
+            meta = rebuild_meta(path, self.spool)
             if time.time() - os.stat(path).st_mtime < 2.0 and not self.stop.is_set():
                 return False  # the writer may still be writing the JSON
         if self.compress and not path.endswith(".gz"):
@@ -331,7 +368,7 @@ class Shipper:
             if d.name in done:
                 continue
             try:
-                d.ship(path, meta)
+                location = d.ship(path, meta)
             except Exception as exc:  # any failure of a destination is retried, never fatal
                 all_ok = False
                 e.failures += 1
@@ -355,7 +392,7 @@ class Shipper:
             self.stats.ok[d.name] += 1
             self.stats.failing.pop(d.name, None)
             if self.on_event:
-                self.on_event("ok", d.name, meta)
+                self.on_event("ok", d.name, {**meta, "location": location})
             log.info("shipped %s to %s", meta["file"], d.name)
         if not all_ok:
             return False

@@ -19,10 +19,18 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from trafficmirror.capture import pcapng, vxlan
+from trafficmirror.capture import demux, pcapng, vxlan
 from trafficmirror.capture.batch import Batch, Group, Kept
 from trafficmirror.capture.lossstats import FileDrops, NodeDrops, NodeDropsSampler
-from trafficmirror.capture.sessions import UNKNOWN_NAMESPACE, Session, safe_component, unknown_session
+from trafficmirror.capture.sessions import (
+    ALL,
+    PER_POD,
+    UNKNOWN_NAMESPACE,
+    Pod,
+    Session,
+    safe_component,
+    unknown_session,
+)
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +74,7 @@ class WriterConfig:
     flush_bytes: int = 1 << 20
     flush_interval_s: float = 1.0
     worker: int = 0
+    workers: int = 1
     fsync: bool = True
 
 
@@ -75,6 +84,7 @@ class StreamStats:
     bytes: int = 0
     files: int = 0
     dropped: int = 0  # packets lost to write errors
+    filtered: int = 0  # a podSelector session's packets that matched none of its pods
 
 
 class Stream:
@@ -90,8 +100,18 @@ class Stream:
         linktype: int = pcapng.LINKTYPE_ETHERNET,
         node_drops: Callable[[], NodeDrops] = NodeDrops,
         node_baseline: NodeDrops | None = None,
+        *,
+        pod: Pod | None = None,
+        sources: tuple[Session, ...] = (),
+        session_stats: StreamStats | None = None,
     ):
         self.session = session
+        # A selector session's stream: one pod's file (``pod``) or the session's file fed by
+        # ``sources`` (its sources on this node). Then ``stats`` are the pod's own and
+        # ``session_stats`` the session's, which count a packet copied into two pods' files once.
+        self.pod = pod
+        self.sources = sources
+        self.session_stats = session_stats
         self.node_drops = node_drops
         self.linktype = linktype
         self.cfg = cfg
@@ -101,10 +121,17 @@ class Stream:
         self.path = ""
         self.base = ""
         self.seq = 0
+        # Several workers may write streams of one selector session into one directory: each
+        # takes every workers-th sequence number, so their file names never collide.
+        self.seq_step = 1
+        if pod is not None or sources:
+            self.seq_step = max(cfg.workers, 1)
+            self.seq = cfg.worker + 1 - self.seq_step
         self.good = 0  # bytes on disk that are whole blocks
         self.chunks: list[bytes | bytearray] = []  # framed records not yet written, whole blocks each
         self.buf_len = 0
         self.buf_packets = 0
+        self.buf_extra = 0  # of buf_packets: extra copies (a packet between two selected pods)
         self.file_packets = 0
         self.file_bytes = 0
         self.file_dropped = 0
@@ -126,21 +153,47 @@ class Stream:
 
     def _dir(self, kind: str) -> str:
         s = self.session
-        return os.path.join(self.cfg.work_dir, kind, safe_component(s.namespace), safe_component(s.name))
+        d = os.path.join(self.cfg.work_dir, kind, safe_component(s.namespace), safe_component(s.name))
+        return os.path.join(d, self.pod.dir_name) if self.pod is not None else d
 
-    def _header(self) -> bytes:
+    def description(self) -> tuple[str, str]:
+        """The interface's name and description: the session, and for a selector session the
+        pod (namespace and name, address), the node it runs on and the ENI that carries it."""
         s = self.session
-        if self.cfg.fmt == "pcap":
-            return pcapng.pcap_global_header(self.cfg.snaplen, self.linktype)
-        desc = f"vni={s.vni} session={s.key} eni={s.source_eni or '-'} node={self.cfg.node or '-'}"
+        node = f"node={self.cfg.node or '-'}"
+        if self.pod is not None:
+            p = self.pod
+            desc = (
+                f"vni={s.vni} session={s.key} pod={p.name} namespace={p.namespace} podIP={p.ip} "
+                f"podNode={s.source_node or '-'} eni={s.source_eni or '-'} {node}"
+            )
+            name = p.key
+        elif self.sources:
+            first = self.sources[0]
+            desc = f"vni={first.vni} session={s.key} eni={first.source_eni or '-'} {node}"
+            for src in self.sources:
+                pods = ",".join(f"{p.key}@{p.ip}" for p in src.pods)
+                desc += f" source={src.source_eni or '-'}@{src.source_node or '-'}/vni={src.vni}"
+                if src.files != ALL:
+                    desc += f"/pods={pods or '-'}"
+            name = s.key
+        else:
+            desc = f"vni={s.vni} session={s.key} eni={s.source_eni or '-'} {node}"
+            name = s.key
         if self.cfg.cluster:
             desc += f" cluster={self.cfg.cluster}"
+        return name, desc
+
+    def _header(self) -> bytes:
+        if self.cfg.fmt == "pcap":
+            return pcapng.pcap_global_header(self.cfg.snaplen, self.linktype)
+        name, desc = self.description()
         return pcapng.section_header(
             "trafficmirror capture", hardware="AWS VPC Traffic Mirroring (VXLAN)", os_name=os.uname().sysname
-        ) + pcapng.interface_description(f"{s.namespace}/{s.name}", desc, self.cfg.snaplen, self.linktype)
+        ) + pcapng.interface_description(name, desc, self.cfg.snaplen, self.linktype)
 
     def _open(self, ts_ns: int, kernel_drops: int) -> bool:
-        self.seq += 1
+        self.seq += self.seq_step
         self.base = file_basename(self.cfg.node or "node", ts_ns, self.seq, self.cfg.fmt)
         d = self._dir("open")
         try:
@@ -169,28 +222,31 @@ class Stream:
         full = exc is not None and exc.errno in (errno.ENOSPC, errno.EDQUOT)
         self.on_error(("disk full: " if full else "write error: ") + message)
 
-    def append(self, g: Group, kernel_drops: int) -> None:
+    def append(self, g: Group, kernel_drops: int, extra: bool = False) -> None:
         """Append framed records; a batch that crosses a rotation point is split at the exact
-        record, so size limits and time windows hold per packet, not per batch."""
+        record, so size limits and time windows hold per packet, not per batch. ``extra``: the
+        records are extra copies (see ``session_stats``)."""
         if self.fd >= 0:  # the common case, inline: the file is open and nothing rotates
             limit = self.cfg.rotate_bytes
             if (self.boundary is None or g.last_ts < self.boundary) and (
                 limit is None or self.good + self.buf_len + len(g.buf) + ISB_RESERVE <= limit
             ):
-                self._add(g, kernel_drops)
+                self._add(g, kernel_drops, extra)
                 return
         while True:
             if not self.is_open and (time.monotonic() < self.failed_until or not self._open(g.first_ts, kernel_drops)):
                 self.stats.dropped += g.packets
+                if self.session_stats is not None and not extra:
+                    self.session_stats.dropped += g.packets
                 self.disk_unreported += g.packets
                 return
             cut = self._cut(g.buf, g.last_ts)
             if cut is None:
-                self._add(g, kernel_drops)
+                self._add(g, kernel_drops, extra)
                 return
             off, n, wire, head_last, next_first = cut
             if n:
-                self._add(Group(g.buf[:off], n, wire, g.first_ts, head_last), kernel_drops)
+                self._add(Group(g.buf[:off], n, wire, g.first_ts, head_last), kernel_drops, extra)
             self.close(kernel_drops)
             g = Group(g.buf[off:], g.packets - n, g.wire_bytes - wire, next_first, g.last_ts)
             if not g.packets:
@@ -214,12 +270,18 @@ class Stream:
             n, wire, prev_ts = n + 1, wire + orig, ts
         return None
 
-    def _add(self, g: Group, kernel_drops: int) -> None:
+    def _add(self, g: Group, kernel_drops: int, extra: bool = False) -> None:
         self.chunks.append(g.buf)  # no copy: writev takes the receive loop's bytes as they are
         self.buf_len += len(g.buf)
         self.buf_packets += g.packets
         self.stats.packets += g.packets
         self.stats.bytes += g.wire_bytes
+        if self.session_stats is not None:
+            if extra:
+                self.buf_extra += g.packets
+            else:
+                self.session_stats.packets += g.packets
+                self.session_stats.bytes += g.wire_bytes
         self.file_bytes += g.wire_bytes
         if not self.first_ts:
             self.first_ts = g.first_ts
@@ -239,10 +301,13 @@ class Stream:
             lost = self.buf_packets
             self.stats.packets -= lost
             self.stats.dropped += lost
+            if self.session_stats is not None:
+                self.session_stats.packets -= lost - self.buf_extra
+                self.session_stats.dropped += lost - self.buf_extra
             self.file_dropped += lost
             self.disk_unreported += lost
             self.chunks = []
-            self.buf_len = self.buf_packets = 0
+            self.buf_len = self.buf_packets = self.buf_extra = 0
             self._fail(f"{self.path}: {exc}; {lost} packets lost", exc)
             with contextlib.suppress(OSError):
                 os.ftruncate(self.fd, self.good)
@@ -253,7 +318,7 @@ class Stream:
         self.good += self.buf_len
         self.file_packets += self.buf_packets
         self.chunks = []
-        self.buf_len = self.buf_packets = 0
+        self.buf_len = self.buf_packets = self.buf_extra = 0
         return True
 
     def close(self, kernel_drops: int, statistics: bool = True) -> dict[str, Any] | None:
@@ -319,6 +384,8 @@ class Stream:
             "bytes": self.good,
             "done": [],
         }
+        if self.pod is not None:
+            meta.update(pod=self.pod.key, podIp=self.pod.ip, sourceNode=self.session.source_node)
         spool = self._dir("spool")
         try:
             os.makedirs(spool, exist_ok=True)
@@ -329,6 +396,8 @@ class Stream:
             return None
         write_meta(dest + ".json", meta)  # best effort: the shipper rebuilds a missing one
         self.stats.files += 1
+        if self.session_stats is not None:
+            self.session_stats.files += 1
         return meta
 
     def tick(self, now_ns: int, kernel_drops: int) -> None:
@@ -396,6 +465,9 @@ def write_meta(path: str, meta: dict[str, Any]) -> bool:
 @dataclass
 class WriterStats:
     sessions: dict[str, StreamStats] = field(default_factory=dict)
+    # A perPod session's files: "<namespace>/<session> <pod namespace>/<pod>" -> that pod's own
+    # figures (a packet between two selected pods is in both pods' files, once in the session's).
+    pods: dict[str, StreamStats] = field(default_factory=dict)
     malformed: Counter[str] = field(default_factory=Counter)
     # Packets of unknown VNIs not written, by why: "drop" (--unknown-vni drop) or "rate" (the
     # limit on new unknown-VNI files). Every datagram is in exactly one of: a session's packets
@@ -459,6 +531,10 @@ class Writer:
         # reopened stream goes on from it, so its next file cannot take the name of the last.
         self.unknown_seq: dict[int, int] = {}
         self.streams: dict[int, Stream] = {}
+        # Selector sessions' streams, by (session key, pod key or ""): one per pod (perPod) or one
+        # per session (perSession, and a nodeSelector's sources), whatever VNIs feed them.
+        self.split_streams: dict[tuple[str, str], Stream] = {}
+        self.split_index: dict[int, tuple[list[str], dict[bytes, int]]] = {}  # VNI -> pod stream keys, IP index
         self.stats = WriterStats()
         self.malformed_stream: Stream | None = None
         self.node_drops = NodeDropsSampler()
@@ -484,13 +560,81 @@ class Writer:
         return self.stats.sessions.setdefault(s.key if s.known else UNKNOWN_STATS_KEY, StreamStats())
 
     def update_sessions(self, sessions: dict[int, Session]) -> None:
-        """A VNI whose owner changed gets a new file; the old one is closed and shipped."""
+        """A VNI whose owner changed gets a new file; the old one is closed and shipped. A
+        selector session's stream whose pod or sources changed is closed too (its interface
+        description would no longer be true); one whose session is gone or Completed as well."""
         self.sessions = sessions
         for vni, stream in list(self.streams.items()):
             if sessions.get(vni, unknown_session(vni)) != stream.session:
                 stream.close(self.stats.kernel_drops)
                 del self.streams[vni]
                 self.unknown_open.pop(vni, None)
+        self.split_index = {}
+        wanted = self._split_descriptors()
+        for key, stream in list(self.split_streams.items()):
+            if wanted.get(key) != (stream.session, stream.pod, stream.sources):
+                stream.close(self.stats.kernel_drops)
+                del self.split_streams[key]
+
+    def _split_descriptors(self) -> dict[tuple[str, str], tuple[Session, Pod | None, tuple[Session, ...]]]:
+        """What each selector-session stream should be, from the current map."""
+        by_session: dict[str, list[Session]] = {}
+        for s in self.sessions.values():
+            if s.files:
+                by_session.setdefault(s.key, []).append(s)
+        out: dict[tuple[str, str], tuple[Session, Pod | None, tuple[Session, ...]]] = {}
+        for key, group in by_session.items():
+            group.sort(key=lambda s: s.vni)
+            if group[0].files == PER_POD:
+                for s in group:
+                    for p in s.pods:
+                        out.setdefault((key, p.key), (s, p, ()))
+            else:
+                out[(key, "")] = (group[0], None, tuple(group))
+        return out
+
+    def _split_stream(self, key: tuple[str, str], session: Session, pod: Pod | None) -> Stream:
+        stream = self.split_streams.get(key)
+        if stream is not None:
+            return stream
+        desired = self._split_descriptors()[key]
+        session_stats = self._stream_stats(session)
+        stats = session_stats
+        if pod is not None:
+            stats = self.stats.pods.setdefault(f"{session.key} {pod.key}", StreamStats())
+        stream = self.split_streams[key] = Stream(
+            desired[0],
+            self.cfg,
+            stats,
+            self._error,
+            node_drops=self.node_drops.sample,
+            node_baseline=self.node_drops.baseline,
+            pod=desired[1],
+            sources=desired[2],
+            session_stats=session_stats if pod is not None else None,
+        )
+        return stream
+
+    def _write_split(self, vni: int, session: Session, g: Group, drops: int) -> None:
+        """A selector session's packets: split by pod (the writer stage; the receive loop only
+        grouped them by VNI), filtered to the selected pods, or all of them (nodeSelector)."""
+        if session.files == ALL:
+            self._split_stream((session.key, ""), session, None).append(g, drops)
+            return
+        found = self.split_index.get(vni)
+        if found is None:
+            pods = list(session.pods)
+            keys = [p.key for p in pods] if session.files == PER_POD else [""]
+            found = self.split_index[vni] = (keys, demux.index_of([p.ip for p in pods]))
+        keys, index = found
+        per_pod = session.files == PER_POD
+        result = demux.split(g, self.cfg.fmt, index, per_pod=per_pod)
+        if result.filtered:
+            self._stream_stats(session).filtered += result.filtered
+        for i, runs in result.runs.items():
+            stream = self._split_stream((session.key, keys[i]), session, session.pods[i] if per_pod else None)
+            for run in runs:
+                stream.append(run.group, drops, run.extra)
 
     def write(self, batch: Batch) -> None:
         st = self.stats
@@ -504,6 +648,9 @@ class Writer:
             stream = self.streams.get(vni)
             if stream is None:
                 session = self.sessions.get(vni)
+                if session is not None and session.files:
+                    self._write_split(vni, session, g, drops)
+                    continue
                 if session is None:
                     st.malformed["unknown_vni"] += g.packets
                     refused = self._refuse_unknown()
@@ -569,7 +716,11 @@ class Writer:
             s.close(self.stats.kernel_drops)
 
     def _all(self) -> list[Stream]:
-        return list(self.streams.values()) + ([self.malformed_stream] if self.malformed_stream else [])
+        return (
+            list(self.streams.values())
+            + list(self.split_streams.values())
+            + ([self.malformed_stream] if self.malformed_stream else [])
+        )
 
     def disk_error_active(self, within_s: float = 5.0) -> bool:
         return bool(self.stats.last_error) and time.time() - self.stats.last_error_time < within_s

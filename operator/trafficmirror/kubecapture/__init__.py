@@ -1,0 +1,1 @@
+"""`trafficmirror capture`: one command from a pod, deployment, node or label selector to a pcapng."""
