@@ -224,3 +224,37 @@ def test_the_writer_puts_each_pods_packets_in_its_own_file_named_for_it(tmp_path
         assert token in iface.description.split(), iface.description
     meta = json.loads(Path(str(f2) + ".json").read_text())
     assert (meta["pod"], meta["session"], meta["namespace"]) == ("shop/web-2", "web", "shop")
+
+
+def test_a_pod_joining_keeps_the_other_pods_files_open_and_a_pod_leaving_closes_its_own(tmp_path: Path) -> None:
+    (s,) = sessions_of(_selector())
+    cfg = WriterConfig(work_dir=str(tmp_path), node="capture-1", rotate_seconds=None, fsync=False)
+    w = Writer(cfg, {s.vni: s})
+    frames = [ipv4_udp(A, PEER, 1, 2, b"a"), ipv4_udp(B, PEER, 1, 2, b"b")]
+    w.write(Batch(groups={11: Group(_records(frames, "pcapng"), 2, 120, 1, 2)}, datagrams=2))
+    opened = {k: st.path for k, st in w.split_streams.items()}
+    c = "10.0.0.5"
+    joined = Session(
+        s.namespace,
+        s.name,
+        s.vni,
+        s.source_eni,
+        s.source_addresses,
+        s.files,
+        (*s.pods, Pod("shop", "web-3", c)),
+        s.source_node,
+    )
+    w.update_sessions({s.vni: joined})
+    assert {k: st.path for k, st in w.split_streams.items()} == opened  # nothing rotated
+    w.write(Batch(groups={11: Group(_records([ipv4_udp(c, A, 1, 2, b"c")], "pcapng"), 1, 60, 3, 3)}, datagrams=1))
+    assert set(w.split_streams) == {("shop/web", "shop/web-1"), ("shop/web", "shop/web-2"), ("shop/web", "shop/web-3")}
+    left = Session(
+        s.namespace, s.name, s.vni, s.source_eni, s.source_addresses, s.files, joined.pods[1:], s.source_node
+    )
+    w.update_sessions({s.vni: left})  # web-1 left
+    assert set(w.split_streams) == {("shop/web", "shop/web-2"), ("shop/web", "shop/web-3")}
+    spooled = [p for p in (tmp_path / "spool" / "shop" / "web" / "shop_web-1").iterdir() if p.suffix == ".pcapng"]
+    assert [p.data for p in pcapng.read_file(str(spooled[0])).packets] == [frames[0], ipv4_udp(c, A, 1, 2, b"c")]
+    w.close_all()
+    st_ = w.stats.sessions["shop/web"]
+    assert (st_.packets, st_.filtered) == (3, 0)
