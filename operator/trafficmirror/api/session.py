@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import AwareDatetime, Field, field_validator, model_validator
 
@@ -22,23 +22,6 @@ from trafficmirror.api.duration import GO_DURATION_PATTERN, MAX_DURATION, MAX_DU
 MAX_VIRTUAL_NETWORK_ID = 2**24 - 1  # VXLAN's VNI is 24 bits
 TrafficMirrorSessionId = Annotated[str, Field(pattern=r"^tms-[0-9a-f]{8,17}$")]
 ObjectName = Annotated[str, Field(min_length=1, max_length=253, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")]
-
-
-class MirrorSource(
-    CamelModel,
-    json_schema_extra={
-        "x-kubernetes-validations": [exactly_one_of("networkInterfaceId", "instanceId", "nodeName", what="source")]
-    },
-):
-    network_interface_id: NetworkInterfaceId | None = None
-    instance_id: InstanceId | None = Field(default=None, description="An EC2 instance; its primary ENI is used.")
-    node_name: NodeName | None = None
-
-    @model_validator(mode="after")
-    def _exactly_one(self) -> MirrorSource:
-        if sum(v is not None for v in (self.network_interface_id, self.instance_id, self.node_name)) != 1:
-            raise ValueError("source: set exactly one of networkInterfaceId, instanceId, nodeName")
-        return self
 
 
 class LocalObjectReference(CamelModel):
@@ -100,6 +83,164 @@ GoDuration = Annotated[
 ]
 
 
+_LABEL_KEY_RULES = {
+    "rule": f"size(self) <= 317 && self.matches('{_LABEL_KEY}')",
+    "message": "label keys are [prefix/]name: a DNS subdomain prefix and a name of at most 63 characters "
+    "(A-Z, a-z, 0-9, -, _, .)",
+}
+LabelKey = Annotated[
+    str, Field(min_length=1, max_length=317, json_schema_extra={"x-kubernetes-validations": [_LABEL_KEY_RULES]})
+]
+LabelValue = Annotated[
+    str,
+    Field(
+        max_length=63,
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": f"self == '' || self.matches('^{_LABEL_NAME}$')",
+                    "message": "label values are at most 63 characters (A-Z, a-z, 0-9, -, _, .), "
+                    "beginning and ending with a letter or digit",
+                }
+            ]
+        },
+    ),
+]
+
+
+class LabelSelectorRequirement(
+    CamelModel,
+    json_schema_extra={
+        "x-kubernetes-validations": [
+            {
+                "rule": "(self.operator in ['In', 'NotIn']) == (has(self.values) && size(self.values) > 0)",
+                "message": "values must be non-empty for In and NotIn, and empty for Exists and DoesNotExist",
+                "fieldPath": ".values",
+            }
+        ]
+    },
+):
+    key: LabelKey
+    operator: Literal["In", "NotIn", "Exists", "DoesNotExist"]
+    values: list[LabelValue] | None = Field(default=None, max_length=100)
+
+    @model_validator(mode="after")
+    def _values_fit_operator(self) -> LabelSelectorRequirement:
+        if (self.operator in ("In", "NotIn")) != bool(self.values):
+            raise ValueError("values must be non-empty for In and NotIn, and empty for Exists and DoesNotExist")
+        return self
+
+
+class LabelSelector(CamelModel):
+    """A Kubernetes label selector: every matchLabels pair and every matchExpressions requirement must
+    hold. An empty selector selects everything (of its namespace, for pods)."""
+
+    match_labels: (
+        Annotated[
+            dict[str, LabelValue],
+            Field(
+                json_schema_extra={
+                    "maxProperties": 20,
+                    "x-kubernetes-validations": [
+                        {
+                            "rule": f"self.all(k, size(k) <= 317 && k.matches('{_LABEL_KEY}'))",
+                            "message": _LABEL_KEY_RULES["message"],
+                        }
+                    ],
+                }
+            ),
+        ]
+        | None
+    ) = None
+    match_expressions: list[LabelSelectorRequirement] | None = Field(default=None, max_length=20)
+
+
+PodName = Annotated[str, Field(min_length=1, max_length=253, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")]
+SELECTOR_SOURCES = ("nodeSelector", "podSelector")
+
+
+def _only_with(field: str, partner: str) -> dict[str, str]:
+    return {
+        "rule": f"!has(self.{field}) || has(self.{partner})",
+        "message": f"source.{field} applies to a {partner} source only",
+        "fieldPath": f".{field}",
+    }
+
+
+class MirrorSource(
+    CamelModel,
+    json_schema_extra={
+        "x-kubernetes-validations": [
+            exactly_one_of(
+                "networkInterfaceId", "instanceId", "nodeName", "nodeSelector", "podSelector", what="source"
+            ),
+            _only_with("interfaces", "nodeSelector"),
+            _only_with("namespaceSelector", "podSelector"),
+            _only_with("podNames", "podSelector"),
+        ]
+    },
+):
+    network_interface_id: NetworkInterfaceId | None = None
+    instance_id: InstanceId | None = Field(default=None, description="An EC2 instance; its primary ENI is used.")
+    node_name: NodeName | None = None
+    node_selector: LabelSelector | None = Field(
+        default=None,
+        description="The Nodes with these labels: one AWS session per ENI of theirs (see interfaces), following "
+        "nodes as they come and go. Fargate nodes are left out (AWS cannot mirror them).",
+    )
+    interfaces: Literal["primary", "all"] | None = Field(
+        default=None,
+        description="With nodeSelector: each node's primary ENI (the default), or all its ENIs.",
+    )
+    pod_selector: LabelSelector | None = Field(
+        default=None,
+        description="The Pods with these labels (in the session's namespace unless namespaceSelector is set): one "
+        "AWS session per ENI holding their IPs, following pods as they come, go and move; status.sources lists "
+        "them, status.skippedPods the pods AWS cannot mirror and why.",
+    )
+    namespace_selector: LabelSelector | None = Field(
+        default=None,
+        description="With podSelector: the pods of the namespaces with these labels instead of the session's own.",
+    )
+    pod_names: list[PodName] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=100,
+        description="With podSelector: only the selected pods of these names.",
+    )
+
+    @property
+    def is_selector(self) -> bool:
+        return self.node_selector is not None or self.pod_selector is not None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> MirrorSource:
+        kinds = (self.network_interface_id, self.instance_id, self.node_name, self.node_selector, self.pod_selector)
+        if sum(v is not None for v in kinds) != 1:
+            raise ValueError(
+                "source: set exactly one of networkInterfaceId, instanceId, nodeName, nodeSelector, podSelector"
+            )
+        for field, partner, value, needs in (
+            ("interfaces", self.node_selector, self.interfaces, "nodeSelector"),
+            ("namespaceSelector", self.pod_selector, self.namespace_selector, "podSelector"),
+            ("podNames", self.pod_selector, self.pod_names, "podSelector"),
+        ):
+            if value is not None and partner is None:
+                raise ValueError(f"source.{field} applies to a {needs} source only")
+        return self
+
+
+class CaptureOptions(CamelModel):
+    files: Literal["perPod", "perSession"] | None = Field(
+        default=None,
+        description="With podSelector: one capture file per pod (perPod, the default), or one per session holding "
+        "only the selected pods' packets (perSession).",
+    )
+
+
+_NO_SELECTOR = "(!has(self.source.nodeSelector) && !has(self.source.podSelector))"
+
+
 class MirrorSessionSpec(
     CommonSpec,
     json_schema_extra={
@@ -111,6 +252,22 @@ class MirrorSessionSpec(
                 "rule": "!(has(self.duration) && has(self.stopAt))",
                 "message": "set at most one of duration, stopAt",
                 "fieldPath": ".stopAt",
+            },
+            {
+                "rule": f"!has(self.virtualNetworkId) || {_NO_SELECTOR}",
+                "message": "virtualNetworkId cannot be set with a nodeSelector or podSelector source: each ENI gets "
+                "its own AWS session and VNI",
+                "fieldPath": ".virtualNetworkId",
+            },
+            {
+                "rule": f"!has(self.adoptId) || {_NO_SELECTOR}",
+                "message": "adoptId cannot be set with a nodeSelector or podSelector source: it names one AWS session",
+                "fieldPath": ".adoptId",
+            },
+            {
+                "rule": "!has(self.capture) || !has(self.capture.files) || has(self.source.podSelector)",
+                "message": "capture.files applies to a podSelector source only",
+                "fieldPath": ".capture.files",
             },
         ]
     },
@@ -164,12 +321,20 @@ class MirrorSessionSpec(
                 raise ValueError(f"duration must be at most {MAX_DURATION_TEXT} (366 days)")
         return value
 
+    capture: CaptureOptions | None = Field(default=None, description="Options for the capture agent.")
+
     @model_validator(mode="after")
     def _one_target(self) -> MirrorSessionSpec:
         if (self.target_ref is None) == (self.target_selector is None):
             raise ValueError("set exactly one of targetRef, targetSelector")
         if self.duration is not None and self.stop_at is not None:
             raise ValueError("set at most one of duration, stopAt")
+        if self.source.is_selector and self.virtual_network_id is not None:
+            raise ValueError("virtualNetworkId cannot be set with a nodeSelector or podSelector source")
+        if self.source.is_selector and self.adopt_id is not None:
+            raise ValueError("adoptId cannot be set with a nodeSelector or podSelector source")
+        if self.capture is not None and self.capture.files is not None and self.source.pod_selector is None:
+            raise ValueError("capture.files applies to a podSelector source only")
         return self
 
 
@@ -223,6 +388,45 @@ class EstimatedCost(CamelModel):
     as_of: str | None = Field(default=None, description="When this was computed (RFC 3339).")
 
 
+SourceState = Literal["Mirroring", "Pending", "Failed", "Conflict"]
+SkipReason = Literal["BranchNetworkInterface", "Fargate", "NoAddress", "AddressNotFound"]
+
+
+class SourcePod(CamelModel):
+    namespace: str
+    name: str
+    ip: str | None = None
+
+
+class WorkloadSource(CamelModel):
+    """One ENI a selector session mirrors, through its own child MirrorSession."""
+
+    network_interface_id: str
+    node_name: str | None = None
+    pods: list[SourcePod] = Field(default_factory=list, description="The selected pods whose IPs this ENI holds.")
+    host_network: bool = Field(default=False, description="Whether the pods use the node's network (its primary ENI).")
+    session_name: str | None = Field(default=None, description="The child MirrorSession of this ENI.")
+    traffic_mirror_session_id: str | None = None
+    virtual_network_id: int | None = None
+    source_addresses: list[str] | None = None
+    target_name: str | None = None
+    narrowed: bool = Field(
+        default=False, description="Whether AWS mirrors only the pods' addresses (a generated MirrorFilter)."
+    )
+    state: SourceState = "Pending"
+    reason: str | None = None
+    message: str | None = None
+
+
+class SkippedPod(CamelModel):
+    """A selected pod AWS cannot mirror, and why."""
+
+    namespace: str
+    name: str
+    reason: SkipReason
+    message: str = ""
+
+
 class MirrorSessionStatus(CommonStatus):
     traffic_mirror_session_id: str | None = None
     virtual_network_id: int | None = Field(default=None, description="The VNI in use; capture files are named by it.")
@@ -247,6 +451,14 @@ class MirrorSessionStatus(CommonStatus):
         default=None, description="The ENI AWS refused with NetworkInterfaceNotSupported, source or target."
     )
     rejected_instance_type: str | None = None
+    sources: list[WorkloadSource] | None = Field(
+        default=None,
+        description="A nodeSelector or podSelector session: one entry per ENI mirrored, with its pods and node, "
+        "its child MirrorSession, AWS session ID, VNI and state.",
+    )
+    skipped_pods: list[SkippedPod] | None = Field(
+        default=None, description="A podSelector session: the selected pods AWS cannot mirror, and why."
+    )
     capture_nodes: dict[str, CaptureNodeStatus] | None = Field(
         default=None,
         description="Per capture node (by node name), the packets written and drops by layer; each node's "
