@@ -258,3 +258,23 @@ def test_a_pod_joining_keeps_the_other_pods_files_open_and_a_pod_leaving_closes_
     w.close_all()
     st_ = w.stats.sessions["shop/web"]
     assert (st_.packets, st_.filtered) == (3, 0)
+
+
+def test_a_node_selector_sessions_sources_share_one_file_with_every_packet(tmp_path: Path) -> None:
+    sources = [
+        {"networkInterfaceId": f"eni-{v}", "nodeName": f"node-{v}", "virtualNetworkId": v, "pods": []} for v in (21, 22)
+    ]
+    found = sessions_of(_selector(node=True, sources=sources))
+    cfg = WriterConfig(work_dir=str(tmp_path), node="capture-1", rotate_seconds=None, fsync=False, workers=2, worker=1)
+    w = Writer(cfg, build_map(found))
+    f21, f22 = [ipv4_udp(X, PEER, 1, 2, b"21")], [ipv4_udp(A, PEER, 1, 2, b"22"), ipv4_udp(X, B, 1, 2, b"22")]
+    w.write(Batch(groups={21: Group(_records(f21, "pcapng"), 1, 60, 1, 1)}, datagrams=1))
+    w.write(Batch(groups={22: Group(_records(f22, "pcapng"), 2, 120, 2, 3)}, datagrams=2))
+    w.close_all()
+    (f,) = [p for p in (tmp_path / "spool" / "shop" / "web").iterdir() if p.suffix == ".pcapng"]
+    assert f.name.endswith("-000002.pcapng")  # worker 1 of 2: even sequence numbers, never a sibling's
+    cap = pcapng.read_file(str(f))
+    assert [p.data for p in cap.packets] == f21 + f22  # every packet, nothing filtered
+    desc = cap.interfaces[0].description.split()
+    assert "source=eni-21@node-21/vni=21" in desc and "source=eni-22@node-22/vni=22" in desc
+    assert (w.stats.sessions["shop/web"].packets, w.stats.sessions["shop/web"].filtered) == (3, 0)
