@@ -15,7 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from netbed import AgentProc, bed_up
 from trafficmix import SPOOF_SRC, UND_SRC, Mix, build, check, send, sessions_file, settle, write_pool
@@ -66,6 +66,7 @@ def mixes(draw: st.DrawFn) -> tuple[Mix, dict[str, object]]:
 @given(case=mixes())
 def test_sent_equals_written_plus_counted_drops(case: tuple[Mix, dict[str, object]], work: Path, vxsend: Path) -> None:
     mix, a = case
+    event(f"podSelector sources: {min(mix.selector, 1)}, files: {mix.files if mix.selector else '-'}")
     exp = build(mix, kernel_filter=bool(a["kernel_filter"]))
     for sub in ("out", "work"):
         for p in sorted((work / sub).rglob("*"), reverse=True):  # one work dir serves every example

@@ -13,11 +13,13 @@ import os
 import random
 import subprocess
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from frames import ipv4_udp
-from netbed import NOBODY, PYTHON, UND_SRC, AgentProc, Bed, tshark_clean
+from netbed import NOBODY, PYTHON, UND_SRC, AgentProc, Bed, in_netns, tshark_clean
+from test_s3 import BUCKET, ENV, Moto
 
 from trafficmirror.capture import pcapng
 
@@ -77,13 +79,13 @@ def _has(frame: bytes, ip: str) -> bool:
     return key in (frame[26:30], frame[30:34])
 
 
-def _start(bed: Bed, work: Path, files: str, workers: int) -> AgentProc:
+def _start(bed: Bed, work: Path, files: str, workers: int, extra: list[str] | None = None) -> AgentProc:
     bed.add_vxlan(VNI_1)
     bed.add_vxlan(VNI_2)
     sessions = work / "sessions.json"
     sessions.write_text(json.dumps([_session(files)]))
     args = ["--output-dir", str(work / "out"), "--sessions-file", str(sessions), "--workers", str(workers)]
-    agent = AgentProc(bed, work, args)
+    agent = AgentProc(bed, work, args + (extra or []), env=ENV if extra else None)
     agent.wait_ready()
     return agent
 
@@ -99,10 +101,11 @@ def _pod_files(out: Path, pod_dir: str) -> list[Path]:
     return sorted(p for p in d.iterdir() if not p.name.startswith(".")) if d.exists() else []
 
 
-def _pcap(*args: str) -> subprocess.CompletedProcess[str]:
+def _pcap(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     cmd = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", PYTHON, "-m"]
     cmd += ["trafficmirror.capture", "pcap", *args]
-    return subprocess.run(cmd, capture_output=True, text=True, check=True, cwd="/tmp", env={"PATH": os.environ["PATH"]})
+    full = {"PATH": os.environ["PATH"], **(env or {})}
+    return subprocess.run(cmd, capture_output=True, text=True, check=True, cwd="/tmp", env=full)
 
 
 @pytest.mark.parametrize("workers", [1, 2])
@@ -191,3 +194,47 @@ def test_per_session_file_holds_the_selected_pods_packets_once(bed: Bed, work: P
         assert token in iface.description.split(), iface.description
     assert m[f'{M}packets_total{{namespace="shop",session="web"}}'] == len(got)
     assert m[f'{M}filtered_out_total{{namespace="shop",session="web"}}'] == len(every) - len(got)
+
+
+@pytest.fixture
+def s3(bed: Bed) -> Iterator[Moto]:
+    m = Moto(bed)
+    m.start()
+    try:
+        yield m
+    finally:
+        m.stop()
+
+
+def test_pod_files_in_s3_merge_exactly_as_in_the_directory(bed: Bed, work: Path, s3: Moto) -> None:
+    """Shipped to the directory and to (emulated) S3 alike, a pod's files are found under its
+    ``<namespace>_<pod>`` key component, and pcap get from S3 gives byte for byte what it gives
+    from the directory: all pods merged, or one."""
+    agent = _start(bed, work, "perPod", 1, ["--s3-bucket", BUCKET, "--s3-prefix", "pcap", "--cluster", "test"])
+    _send(bed, _traffic(seed=3, n=600))
+    agent.quiesce()
+    assert agent.stop() == 0, agent.log()[-3000:]
+    keys = sorted(o["key"] for o in s3.objects())
+    assert [k.split("/")[4] for k in keys] == ["shop_web-1", "shop_web-2", "shop_web-3"], keys
+    for name in ("from-dir", "from-s3", "pod-from-dir", "pod-from-s3"):
+        (work / f"{name}.pcapng").touch()
+        os.chown(work / f"{name}.pcapng", NOBODY, NOBODY)
+    _pcap("get", "shop/web", "--dir", str(work / "out"), "-o", str(work / "from-dir.pcapng"))
+    _pcap("get", "shop/web", "--pod", "shop/web-1", "--dir", str(work / "out"), "-o", str(work / "pod-from-dir.pcapng"))
+    src = ["--s3-bucket", BUCKET, "--cluster", "test"]
+    in_netns(bed.agt, lambda: _pcap("get", "shop/web", *src, "-o", str(work / "from-s3.pcapng"), env=ENV))
+    in_netns(
+        bed.agt,
+        lambda: _pcap("get", "shop/web", "--pod", "shop/web-1", *src, "-o", str(work / "pod-from-s3.pcapng"), env=ENV),
+    )
+    listing = in_netns(bed.agt, lambda: _pcap("ls", "shop/web", *src, env=ENV)).stdout
+    assert sorted(line.split("\t")[0] for line in listing.splitlines()[1:]) == [
+        "shop/web-1",
+        "shop/web-2",
+        "shop/web-3",
+    ]
+    assert (work / "from-s3.pcapng").read_bytes() == (work / "from-dir.pcapng").read_bytes()
+    assert (work / "pod-from-s3.pcapng").read_bytes() == (work / "pod-from-dir.pcapng").read_bytes()
+    one = pcapng.read_file(str(work / "pod-from-s3.pcapng"))
+    assert [i.name for i in one.interfaces] == ["shop/web-1"] and one.packets
+    assert all(_has(p.data, A) for p in one.packets)

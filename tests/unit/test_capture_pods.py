@@ -142,30 +142,63 @@ def test_split_by_inner_source_or_destination_and_both_pods_get_a_packet_between
     ]
 
 
+def _run_view(r: demux.Split) -> tuple[dict[int, list[tuple[bytes, int, int, int, int, bool]]], int, int]:
+    runs = {
+        pod: [
+            (bytes(x.group.buf), x.group.packets, x.group.wire_bytes, x.group.first_ts, x.group.last_ts, x.extra)
+            for x in rs
+        ]
+        for pod, rs in r.runs.items()
+    }
+    return runs, r.filtered, r.filtered_bytes
+
+
 @settings(max_examples=60, deadline=None, derandomize=True, database=None)
-@given(seed=st.integers(0, 2**32 - 1), n=st.integers(1, 400), pods=st.integers(1, 6), per_pod=st.booleans())
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    n=st.integers(1, 400),
+    pods=st.integers(1, 6),
+    per_pod=st.booleans(),
+    fmt=st.sampled_from(["pcapng", "pcap"]),
+)
 def test_split_accounts_for_every_packet_once_and_files_hold_only_their_pods(
-    seed: int, n: int, pods: int, per_pod: bool
+    seed: int, n: int, pods: int, per_pod: bool, fmt: str
 ) -> None:
+    """Random traffic between pods and others, IPv4 and IPv6, tagged and cut short: the compiled
+    split gives exactly the Python one's runs, and both put every packet where it belongs."""
     rng = random.Random(seed)
-    ips = [f"10.1.0.{i + 1}" for i in range(pods)]
-    others = ["10.2.0.1", "10.2.0.2"]
+    ips = [f"10.1.0.{i + 1}" if i % 3 else f"fd00::{i + 1}" for i in range(pods)]
+    others = ["10.2.0.1", "fd00::ff"]
     frames = []
     for i in range(n):
         src, dst = rng.choice(ips + others), rng.choice(ips + others)
-        frames.append(ipv4_udp(src, dst, 1, 2, i.to_bytes(4, "big")))
-    g = Group(_records(frames, "pcapng"), n, 0, 1, n)
-    r = demux.split(g, "pcapng", demux.index_of(ips), per_pod=per_pod)
+        if (":" in src) != (":" in dst):
+            dst = others[1] if ":" in src else others[0]
+        payload = i.to_bytes(4, "big")
+        f = (
+            ipv6_udp(src, dst, 1, 2, payload)
+            if ":" in src
+            else ipv4_udp(src, dst, 1, 2, payload, vlan=rng.choice([None, 9]))
+        )
+        frames.append(f[: rng.randint(14, len(f))] if rng.random() < 0.1 else f)
+    g = Group(_records(frames, fmt), n, 0, 1, n)
+    index = demux.index_of(ips)
+    r = demux.split(g, fmt, index, per_pod=per_pod)
+    assert _run_view(r) == _run_view(demux.split_python(g, fmt, index, per_pod=per_pod))
     own = sum(run.group.packets for runs in r.runs.values() for run in runs if not run.extra)
     assert own + r.filtered == n
+
+    def ends(f: bytes) -> set[bytes]:
+        found = demux.inner_addresses(f, 0, len(f))
+        return set(found) if found else set()
+
     for pod, runs in r.runs.items():
-        written = [f for run in runs for f in _frames_of(run.group.buf, "pcapng")]
+        written = [f for run in runs for f in _frames_of(run.group.buf, fmt)]
         if per_pod:
-            ip = demux.address_key(ips[pod])
-            expected = [f for f in frames if ip in (f[26:30], f[30:34])]
+            expected = [f for f in frames if demux.address_key(ips[pod]) in ends(f)]
         else:
             keys = {demux.address_key(a) for a in ips}
-            expected = [f for f in frames if f[26:30] in keys or f[30:34] in keys]
+            expected = [f for f in frames if ends(f) & keys]
         assert written == expected  # exactly its packets, in order
 
 
@@ -191,3 +224,57 @@ def test_the_writer_puts_each_pods_packets_in_its_own_file_named_for_it(tmp_path
         assert token in iface.description.split(), iface.description
     meta = json.loads(Path(str(f2) + ".json").read_text())
     assert (meta["pod"], meta["session"], meta["namespace"]) == ("shop/web-2", "web", "shop")
+
+
+def test_a_pod_joining_keeps_the_other_pods_files_open_and_a_pod_leaving_closes_its_own(tmp_path: Path) -> None:
+    (s,) = sessions_of(_selector())
+    cfg = WriterConfig(work_dir=str(tmp_path), node="capture-1", rotate_seconds=None, fsync=False)
+    w = Writer(cfg, {s.vni: s})
+    frames = [ipv4_udp(A, PEER, 1, 2, b"a"), ipv4_udp(B, PEER, 1, 2, b"b")]
+    w.write(Batch(groups={11: Group(_records(frames, "pcapng"), 2, 120, 1, 2)}, datagrams=2))
+    opened = {k: st.path for k, st in w.split_streams.items()}
+    c = "10.0.0.5"
+    joined = Session(
+        s.namespace,
+        s.name,
+        s.vni,
+        s.source_eni,
+        s.source_addresses,
+        s.files,
+        (*s.pods, Pod("shop", "web-3", c)),
+        s.source_node,
+    )
+    w.update_sessions({s.vni: joined})
+    assert {k: st.path for k, st in w.split_streams.items()} == opened  # nothing rotated
+    w.write(Batch(groups={11: Group(_records([ipv4_udp(c, A, 1, 2, b"c")], "pcapng"), 1, 60, 3, 3)}, datagrams=1))
+    assert set(w.split_streams) == {("shop/web", "shop/web-1"), ("shop/web", "shop/web-2"), ("shop/web", "shop/web-3")}
+    left = Session(
+        s.namespace, s.name, s.vni, s.source_eni, s.source_addresses, s.files, joined.pods[1:], s.source_node
+    )
+    w.update_sessions({s.vni: left})  # web-1 left
+    assert set(w.split_streams) == {("shop/web", "shop/web-2"), ("shop/web", "shop/web-3")}
+    spooled = [p for p in (tmp_path / "spool" / "shop" / "web" / "shop_web-1").iterdir() if p.suffix == ".pcapng"]
+    assert [p.data for p in pcapng.read_file(str(spooled[0])).packets] == [frames[0], ipv4_udp(c, A, 1, 2, b"c")]
+    w.close_all()
+    st_ = w.stats.sessions["shop/web"]
+    assert (st_.packets, st_.filtered) == (3, 0)
+
+
+def test_a_node_selector_sessions_sources_share_one_file_with_every_packet(tmp_path: Path) -> None:
+    sources = [
+        {"networkInterfaceId": f"eni-{v}", "nodeName": f"node-{v}", "virtualNetworkId": v, "pods": []} for v in (21, 22)
+    ]
+    found = sessions_of(_selector(node=True, sources=sources))
+    cfg = WriterConfig(work_dir=str(tmp_path), node="capture-1", rotate_seconds=None, fsync=False, workers=2, worker=1)
+    w = Writer(cfg, build_map(found))
+    f21, f22 = [ipv4_udp(X, PEER, 1, 2, b"21")], [ipv4_udp(A, PEER, 1, 2, b"22"), ipv4_udp(X, B, 1, 2, b"22")]
+    w.write(Batch(groups={21: Group(_records(f21, "pcapng"), 1, 60, 1, 1)}, datagrams=1))
+    w.write(Batch(groups={22: Group(_records(f22, "pcapng"), 2, 120, 2, 3)}, datagrams=2))
+    w.close_all()
+    (f,) = [p for p in (tmp_path / "spool" / "shop" / "web").iterdir() if p.suffix == ".pcapng"]
+    assert f.name.endswith("-000002.pcapng")  # worker 1 of 2: even sequence numbers, never a sibling's
+    cap = pcapng.read_file(str(f))
+    assert [p.data for p in cap.packets] == f21 + f22  # every packet, nothing filtered
+    desc = cap.interfaces[0].description.split()
+    assert "source=eni-21@node-21/vni=21" in desc and "source=eni-22@node-22/vni=22" in desc
+    assert (w.stats.sessions["shop/web"].packets, w.stats.sessions["shop/web"].filtered) == (3, 0)

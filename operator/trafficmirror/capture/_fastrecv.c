@@ -441,7 +441,168 @@ static PyTypeObject ReceiverType = {
     .tp_methods = Receiver_methods,
 };
 
-static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, .m_name = "_fastrecv", .m_size = -1};
+/* split_pods(buf, pcapng, index, per_pod) -> (runs, filtered, filtered_bytes): demux.split in C,
+ * output for output the same (a test holds the two to it). ``buf`` holds one VNI's framed records;
+ * ``index`` maps an inner IPv4/IPv6 address (4 or 16 bytes) to its pod's index. ``runs`` is a list
+ * of (pod, extra, bytes, packets, wire_bytes, first_ts, last_ts), each pod's runs in order: a run
+ * is consecutive records of one pod's file that are all the packet's own copy, or all extra ones
+ * (the destination pod's copy of a packet between two selected pods). per_pod 0: one stream
+ * (pod 0) with every packet that matches any pod, once. */
+typedef struct {
+    Py_ssize_t start, end;
+    long pod;
+    int extra;
+    uint64_t ts;
+    uint32_t orig;
+} entry_t;
+
+static long pod_of(PyObject *index, const uint8_t *addr, Py_ssize_t len, int *err) {
+    PyObject *key = PyBytes_FromStringAndSize((const char *)addr, len);
+    if (!key) { *err = 1; return -1; }
+    PyObject *v = PyDict_GetItemWithError(index, key);
+    Py_DECREF(key);
+    if (!v) {
+        if (PyErr_Occurred()) *err = 1;
+        return -1;
+    }
+    long pod = PyLong_AsLong(v);
+    if (pod < 0) {
+        if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "pod indexes are not negative");
+        *err = 1;
+        return -1;
+    }
+    return pod;
+}
+
+static int cmp_entry(const void *a, const void *b) {
+    const entry_t *x = a, *y = b;
+    if (x->pod != y->pod) return x->pod < y->pod ? -1 : 1;
+    return x->start < y->start ? -1 : (x->start > y->start ? 1 : 0);
+}
+
+static PyObject *split_pods(PyObject *self, PyObject *args) {
+    Py_buffer view;
+    int pcapng, per_pod;
+    PyObject *index;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "y*pO!p", &view, &pcapng, &PyDict_Type, &index, &per_pod)) return NULL;
+    const uint8_t *b = view.buf;
+    Py_ssize_t n = view.len, pos = 0, count = 0;
+    long long filtered = 0, filtered_bytes = 0;
+    Py_ssize_t cap = 2 * (n / PCAP_RECORD_HEADER_LEN + 1);
+    entry_t *entries = PyMem_Malloc(sizeof(entry_t) * (size_t)cap);
+    PyObject *runs = NULL;
+    int err = 0;
+    if (!entries) { PyBuffer_Release(&view); return PyErr_NoMemory(); }
+    while (pos < n) {
+        Py_ssize_t frame, end;
+        uint32_t caplen, orig;
+        uint64_t ts;
+        if (pcapng) {
+            if (pos + 28 > n) break;
+            uint32_t total, hi, lo;
+            memcpy(&total, b + pos + 4, 4);
+            memcpy(&hi, b + pos + 12, 4);
+            memcpy(&lo, b + pos + 16, 4);
+            memcpy(&caplen, b + pos + 20, 4);
+            memcpy(&orig, b + pos + 24, 4);
+            ts = ((uint64_t)hi << 32) | lo;
+            frame = pos + 28;
+            end = pos + (Py_ssize_t)total;
+        } else {
+            if (pos + 16 > n) break;
+            uint32_t sec, nsec;
+            memcpy(&sec, b + pos, 4);
+            memcpy(&nsec, b + pos + 4, 4);
+            memcpy(&caplen, b + pos + 8, 4);
+            memcpy(&orig, b + pos + 12, 4);
+            ts = (uint64_t)sec * 1000000000ULL + nsec;
+            frame = pos + 16;
+            end = frame + (Py_ssize_t)caplen;
+        }
+        if (end <= pos || end > n || frame + (Py_ssize_t)caplen > n) {
+            PyErr_SetString(PyExc_ValueError, "a framed record runs past the buffer");
+            err = 1;
+            break;
+        }
+        /* The inner addresses, after up to two VLAN tags. */
+        Py_ssize_t et = frame + 12, fend = frame + caplen;
+        long src = -1, dst = -1;
+        for (int tags = 0; tags < 3 && et + 2 <= fend; tags++) {
+            uint16_t type = (uint16_t)(b[et] << 8 | b[et + 1]);
+            if (tags < 2 && (type == 0x8100 || type == 0x88a8 || type == 0x9100)) { et += 4; continue; }
+            Py_ssize_t l3 = et + 2;
+            if (type == 0x0800 && l3 + 20 <= fend) {
+                src = pod_of(index, b + l3 + 12, 4, &err);
+                if (!err) dst = pod_of(index, b + l3 + 16, 4, &err);
+            } else if (type == 0x86dd && l3 + 40 <= fend) {
+                src = pod_of(index, b + l3 + 8, 16, &err);
+                if (!err) dst = pod_of(index, b + l3 + 24, 16, &err);
+            }
+            break;
+        }
+        if (err) break;
+        if (src < 0 && dst < 0) {
+            filtered++;
+            filtered_bytes += orig;
+            pos = end;
+            continue;
+        }
+        entry_t e = {pos, end, 0, 0, ts, orig};
+        if (!per_pod) {
+            entries[count++] = e;
+        } else if (src >= 0) {
+            e.pod = src;
+            entries[count++] = e;
+            if (dst >= 0 && dst != src) {
+                e.pod = dst;
+                e.extra = 1;
+                entries[count++] = e;
+            }
+        } else {
+            e.pod = dst;
+            entries[count++] = e;
+        }
+        pos = end;
+    }
+    if (!err) {
+        qsort(entries, (size_t)count, sizeof(entry_t), cmp_entry); /* by pod, then record order */
+        runs = PyList_New(0);
+        if (!runs) err = 1;
+    }
+    for (Py_ssize_t i = 0; !err && i < count;) {
+        Py_ssize_t j = i, size = 0;
+        long long wire = 0;
+        while (j < count && entries[j].pod == entries[i].pod && entries[j].extra == entries[i].extra) {
+            size += entries[j].end - entries[j].start;
+            wire += entries[j].orig;
+            j++;
+        }
+        PyObject *out = PyBytes_FromStringAndSize(NULL, size);
+        if (!out) { err = 1; break; }
+        char *w = PyBytes_AS_STRING(out);
+        for (Py_ssize_t k = i; k < j; k++) {
+            memcpy(w, b + entries[k].start, (size_t)(entries[k].end - entries[k].start));
+            w += entries[k].end - entries[k].start;
+        }
+        PyObject *run = Py_BuildValue("(liNnLKK)", entries[i].pod, entries[i].extra, out, j - i, wire,
+                                      (unsigned long long)entries[i].ts, (unsigned long long)entries[j - 1].ts);
+        if (!run || PyList_Append(runs, run) < 0) { Py_XDECREF(run); err = 1; break; }
+        Py_DECREF(run);
+        i = j;
+    }
+    PyMem_Free(entries);
+    PyBuffer_Release(&view);
+    if (err) { Py_XDECREF(runs); return NULL; }
+    return Py_BuildValue("(NLL)", runs, filtered, filtered_bytes);
+}
+
+static PyMethodDef module_methods[] = {
+    {"split_pods", split_pods, METH_VARARGS, "Split one VNI's framed records by pod (demux.split)."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, .m_name = "_fastrecv", .m_size = -1, .m_methods = module_methods};
 
 PyMODINIT_FUNC PyInit__fastrecv(void) {
     if (PyType_Ready(&ReceiverType) < 0) return NULL;

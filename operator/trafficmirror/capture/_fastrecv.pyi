@@ -12,3 +12,7 @@ class Receiver:
         int,
         int,
     ]: ...
+
+def split_pods(
+    buf: bytes | bytearray, pcapng: bool, index: dict[bytes, int], per_pod: bool, /
+) -> tuple[list[tuple[int, bool, bytes, int, int, int, int]], int, int]: ...

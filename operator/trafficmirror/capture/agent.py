@@ -276,9 +276,19 @@ class Agent:
     def _apply_filter(self) -> None:
         if not self.cfg.kernel_vni_filter:
             return
+        checks = _source_checks(self.cfg, self.sessions.values())
+        what = ""
         for s in self.socks:
-            rx.attach_vni_filter(s, list(self.sessions), _source_checks(self.cfg, self.sessions.values()))
-        log.info("kernel VNI filter: accepting %s", sorted(self.sessions) or "nothing")
+            what = rx.attach_vni_filter(s, list(self.sessions), checks)
+        if what == "none":
+            log.warning(
+                "kernel VNI filter: %d VNIs do not fit one classic BPF program; no kernel filter, "
+                "every datagram is checked in user space",
+                len(self.sessions),
+            )
+        elif what == "vni" and checks:
+            log.warning("kernel VNI filter: the source addresses do not fit; they are checked in user space")
+        log.info("kernel VNI filter (%s): accepting %s", what, sorted(self.sessions) or "nothing")
 
     def _fork_workers(self) -> None:
         for idx, sock in enumerate(self.socks):

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import socket
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from trafficmirror.capture.batch import Group
@@ -86,9 +87,32 @@ class Split:
     filtered_bytes: int = 0
 
 
+_SplitPods = Callable[
+    [bytes | bytearray, bool, dict[bytes, int], bool],
+    tuple[list[tuple[int, bool, bytes, int, int, int, int]], int, int],
+]
+_split_pods: _SplitPods | None
+try:
+    from trafficmirror.capture._fastrecv import split_pods as _split_pods
+except ImportError:  # built without a compiler: the Python split below
+    _split_pods = None
+
+
 def split(g: Group, fmt: str, index: dict[bytes, int], per_pod: bool = True) -> Split:
     """Split a VNI's group by pod. ``per_pod`` False: one stream (index 0) with every packet that
-    matches any pod, once (``perSession``)."""
+    matches any pod, once (``perSession``). The compiled twin when built, else ``split_python``:
+    the same runs, each pod's in order."""
+    if _split_pods is None:
+        return split_python(g, fmt, index, per_pod)
+    runs, filtered, filtered_bytes = _split_pods(g.buf, fmt == "pcapng", index, per_pod)
+    out = Split(filtered=filtered, filtered_bytes=filtered_bytes)
+    for pod, extra, buf, packets, wire, first, last in runs:
+        out.runs.setdefault(pod, []).append(Run(Group(buf, packets, wire, first, last), bool(extra)))
+    return out
+
+
+def split_python(g: Group, fmt: str, index: dict[bytes, int], per_pod: bool = True) -> Split:
+    """``split`` in Python: the reference the compiled one is held to."""
     buf = g.buf if isinstance(g.buf, bytes) else bytes(g.buf)
     out = Split()
     runs = out.runs

@@ -6,6 +6,7 @@ present, wrapped by ``fastrecv.FastReceiver``); both produce byte-identical outp
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import logging
@@ -22,6 +23,7 @@ log = logging.getLogger(__name__)
 
 # Linux socket options the stdlib does not name.
 SO_ATTACH_FILTER = 26
+SO_DETACH_FILTER = 27
 SO_TIMESTAMPNS = 35  # SO_TIMESTAMPNS_OLD: a 64-bit timespec on 64-bit hosts
 SCM_TIMESTAMPNS = SO_TIMESTAMPNS
 SO_RXQ_OVFL = 40
@@ -155,10 +157,23 @@ def steering_program(workers: int) -> list[tuple[int, int, int, int]]:
     return [(_LD_W_ABS, 0, 0, 4), (_RSH_K, 0, 0, 8), (_MOD_K, 0, 0, workers), (_RET_A, 0, 0, 0)]
 
 
-def attach_vni_filter(sock: socket.socket, vnis: list[int], sources: Mapping[int, Set[str]] | None = None) -> None:
-    fprog, keep = _bpf_prog(vni_filter_program(vnis, sources))
-    sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
-    del keep
+def attach_vni_filter(sock: socket.socket, vnis: list[int], sources: Mapping[int, Set[str]] | None = None) -> str:
+    """Attach the kernel filter; returns what it checks. A classic BPF program holds 4,096
+    instructions: when the sessions' source addresses do not fit, the VNIs alone are filtered
+    ("vni"; the sources are still checked in user space); when the VNIs do not fit either, no
+    filter is left on the socket ("none"; a stale one would drop the new sessions' packets)."""
+    for checks, what in ((sources, "vni+source"), (None, "vni")):
+        try:
+            prog = vni_filter_program(vnis, checks)
+        except ValueError:
+            continue
+        fprog, keep = _bpf_prog(prog)
+        sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
+        del keep
+        return what
+    with contextlib.suppress(OSError):  # ENOENT: nothing was attached
+        sock.setsockopt(socket.SOL_SOCKET, SO_DETACH_FILTER, 0)
+    return "none"
 
 
 def attach_steering(sock: socket.socket, workers: int) -> None:

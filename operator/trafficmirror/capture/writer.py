@@ -8,6 +8,7 @@ it from there. Using the filesystem as the queue means a restart finds every clo
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import json
 import logging
@@ -587,8 +588,11 @@ class Writer:
             group.sort(key=lambda s: s.vni)
             if group[0].files == PER_POD:
                 for s in group:
+                    # Without the other pods: a pod joining or leaving its ENI does not rotate
+                    # the files of the pods that stay.
+                    alone = dataclasses.replace(s, pods=())
                     for p in s.pods:
-                        out.setdefault((key, p.key), (s, p, ()))
+                        out.setdefault((key, p.key), (alone, p, ()))
             else:
                 out[(key, "")] = (group[0], None, tuple(group))
         return out
