@@ -30,6 +30,7 @@ from kopf._cogs.clients.patching import patch_obj
 from pydantic import ValidationError
 
 from trafficmirror.api import API_VERSION, GROUP, VERSION, MirrorFilterSpec, MirrorSessionSpec
+from trafficmirror.aws.errors import AwsError
 from trafficmirror.reconcile import timebox
 from trafficmirror.reconcile.context import ReconcileContext
 from trafficmirror.reconcile.ports import WorkloadAws
@@ -135,12 +136,14 @@ class ChildRecord:
     fact: ChildFact
     raw_spec: Mapping[str, Any]
     labels: Mapping[str, str]
+    controller_uid: str | None  # the parent that owns it; a session merely carrying the label is not a child
 
 
 @kopf.index(*SESSIONS, when=lambda labels, **_: is_child(labels))
 def child_sessions(
-    namespace: str, name: str, uid: str, labels: kopf.Labels, spec: kopf.Spec, status: kopf.Status, **_: Any
-) -> dict[tuple[str, str], ChildRecord]:
+    namespace: str, name: str, uid: str, labels: kopf.Labels, spec: kopf.Spec, status: kopf.Status, meta: kopf.Meta,
+    **_: Any,
+) -> dict[tuple[str, str], ChildRecord]:  # fmt: skip
     addresses = status.get("sourceAddresses")
     ready: dict[str, Any] = next((c for c in status.get("conditions") or [] if c.get("type") == "Ready"), {})
     fact = ChildFact(
@@ -157,7 +160,8 @@ def child_sessions(
         target_name=status.get("targetName"),
         mirroring_since=status.get("mirroringSince"),
     )
-    return {(namespace, labels[PARENT_LABEL]): ChildRecord(fact, dict(spec), dict(labels))}
+    controller = next((o.get("uid") for o in meta.get("ownerReferences") or [] if o.get("controller")), None)
+    return {(namespace, labels[PARENT_LABEL]): ChildRecord(fact, dict(spec), dict(labels), controller)}
 
 
 @kopf.index(*FILTERS)
@@ -269,6 +273,8 @@ class WorkloadLoop:
                 await self.reconcile(record)
             except Exception as error:
                 self.logger.warning(f"selector session {key[0]}/{key[1]}: {error}; retrying in {RETRY_SECONDS} s")
+                if isinstance(error, AwsError):
+                    await self._say_retrying(record, error)
                 self._done.pop(key, None)
                 asyncio.get_running_loop().call_later(RETRY_SECONDS, self.wake)
         for key in list(self._done):
@@ -282,10 +288,9 @@ class WorkloadLoop:
             name: dict(_first(self.indexes["namespace_labels"], name) or ())
             for name in self.indexes["namespace_labels"]
         }
-        children = {
-            r.fact.name: r
-            for r in self.indexes["child_sessions"].get((parent.namespace, parent_label_value(parent.name)), [])
-        }
+        labelled = self.indexes["child_sessions"].get((parent.namespace, parent_label_value(parent.name)), [])
+        # Only the sessions this parent owns: one that merely carries the label is left alone, never deleted.
+        children = {r.fact.name: r for r in labelled if r.controller_uid == parent.uid}
         parent_filter_raw = _first(self.indexes["filter_specs"], (parent.namespace, parent.spec.filter_ref.name))
         return {
             "pods": selected_pods(parent, pods, namespaces),
@@ -365,6 +370,18 @@ class WorkloadLoop:
         changed = {k: v for k, v in status.items() if record.raw_status.get(k) != v}
         if changed:
             await self._patch(_SESSION_RESOURCE, ns, parent.name, {"status": changed})
+
+    async def _say_retrying(self, record: ParentRecord, error: AwsError) -> None:
+        """An AWS error while finding the sources: the session says so (its sources stay as they were)."""
+        parent = record.parent
+        assert parent is not None
+        wanted = [{"type": "Ready", "status": "False", "reason": "AwsRetrying", "message": f"{error}; retrying"}]
+        conditions = _merged_conditions(record.raw_status.get("conditions") or [], wanted, parent.generation)
+        if conditions != record.raw_status.get("conditions"):
+            with contextlib.suppress(APINotFoundError):
+                await self._patch(
+                    _SESSION_RESOURCE, parent.namespace, parent.name, {"status": {"conditions": conditions}}
+                )
 
     async def _create_child(self, parent: Parent, name: str, spec: dict[str, Any]) -> str:
         body = {
