@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -555,6 +556,11 @@ def test_capture_deployment_for_10s_on_two_nodes_holds_only_its_pods_packets(
     completed = seen.get("completed")
     assert completed is not None, run.stderr
     status = completed["status"]
+    stop_at, completed_at = (
+        datetime.fromisoformat(status[k].replace("Z", "+00:00")) for k in ("stopAt", "completedAt")
+    )
+    assert completed_at >= stop_at, status
+    print(f"parent Completed {(completed_at - stop_at).total_seconds():.0f} s after its stopAt")
     cost = status.get("estimatedCost") or {}
     assert float(cost.get("eniHours", 0)) > 0 and "usdPerEniHour" in cost and "usd" in cost, status
     nodes = status.get("captureNodes") or {}
