@@ -447,7 +447,12 @@ def test_a_signal_at_any_moment_leaves_nothing_behind(
     assert aws["TrafficMirrorSessions"] == [], note
 
 
+@pytest.mark.parametrize(
+    ("what", "chosen"), [("deployment/web", ("web-1", "web-2", "web-3")), ("pod/web-2", ("web-2",))]
+)
 def test_capture_deployment_for_10s_on_two_nodes_holds_only_its_pods_packets(
+    what: str,
+    chosen: tuple[str, ...],
     control_plane: ControlPlane,
     cluster: Cluster,
     ec2: Any,
@@ -462,6 +467,7 @@ def test_capture_deployment_for_10s_on_two_nodes_holds_only_its_pods_packets(
     pod). The parent session finds both ENIs, the agent gets datagrams on both VNIs, the selected pods'
     and the other address's; the command completes by itself, f.pcapng holds exactly the selected pods'
     packets, the others are counted as filteredOut, the cost is set, and nothing is left afterwards.
+    `pod/web-2`: only that pod's ENI is mirrored, and its neighbour web-1's packets are filtered out too.
 
     No kubelet and no Deployment controller act here: the Deployment (replicas 0) is the object whose
     selector the command reads, the pods carry its labels, and the test writes their `status.podIP`
@@ -479,6 +485,8 @@ def test_capture_deployment_for_10s_on_two_nodes_holds_only_its_pods_packets(
         "web-3": load.add_pod("web-3", node_b),
     }
     stranger = load.add_pod("db-1", node_a, labels={"app": "db"})
+    eni_of = {"web-1": eni_a, "web-2": eni_a, "web-3": eni_b}
+    wanted_enis = {eni_of[name] for name in chosen}
     deployment = {
         "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web"},
         "spec": {"replicas": 0, "selector": {"matchLabels": {"app": "web"}},
@@ -489,7 +497,7 @@ def test_capture_deployment_for_10s_on_two_nodes_holds_only_its_pods_packets(
 
     output = tmp_path / "f.pcapng"
     run = CaptureRun(
-        control_plane.env(), "deployment/web", "-n", namespace, "--for", "10s", "-o", str(output),
+        control_plane.env(), what, "-n", namespace, "--for", "10s", "-o", str(output),
         "--dir", str(agent["out"]),
     )  # fmt: skip
 
@@ -514,19 +522,19 @@ def test_capture_deployment_for_10s_on_two_nodes_holds_only_its_pods_packets(
         sources: list[dict[str, Any]] = []
         while time.monotonic() < deadline:
             sources = ((seen.get("parent") or {}).get("status") or {}).get("sources") or []
-            if len(sources) == 2 and all(s.get("virtualNetworkId") is not None for s in sources):
+            if len(sources) == len(wanted_enis) and all(s.get("virtualNetworkId") is not None for s in sources):
                 break
             time.sleep(0.3)
-        assert {s["networkInterfaceId"] for s in sources} == {eni_a, eni_b}, (seen.get("parent"), run.stderr)
+        assert {s["networkInterfaceId"] for s in sources} == wanted_enis, (seen.get("parent"), run.stderr)
         parent = seen["parent"]
         assert parent["spec"]["source"]["podSelector"] == {"matchLabels": {"app": "web"}}
         assert parent["spec"]["duration"] == "10s"
         by_eni = {s["networkInterfaceId"]: s for s in sources}
-        assert {p["ip"] for p in by_eni[eni_a]["pods"]} == {pods["web-1"], pods["web-2"]}
-        assert {p["ip"] for p in by_eni[eni_b]["pods"]} == {pods["web-3"]}
-        while _agent_sessions(agent["metrics"]) < 2 and time.monotonic() < deadline:
+        for eni in wanted_enis:
+            assert {p["ip"] for p in by_eni[eni]["pods"]} == {pods[n] for n in chosen if eni_of[n] == eni}
+        while _agent_sessions(agent["metrics"]) < len(wanted_enis) and time.monotonic() < deadline:
             time.sleep(0.2)
-        assert _agent_sessions(agent["metrics"]) >= 2, agent["log"].read_text()[-2000:]
+        assert _agent_sessions(agent["metrics"]) >= len(wanted_enis), agent["log"].read_text()[-2000:]
 
         # Datagrams as AWS would send them, each ENI on its own VNI: a selected pod's packets, and on
         # ENI a the unselected address's too (only the pods' /32s reach AWS's filter in reality; the
@@ -537,10 +545,11 @@ def test_capture_deployment_for_10s_on_two_nodes_holds_only_its_pods_packets(
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as tx:
             for i in range(60):
                 name = ("web-1", "web-2", "web-3")[i % 3]
-                eni = eni_b if name == "web-3" else eni_a
+                if eni_of[name] not in by_eni:
+                    continue  # an ENI not mirrored: AWS sends nothing of it
                 frame = ipv4_udp(pods[name], peer, 40000 + i, 443, b"web-%04d" % i)
-                selected.append(frame)
-                tx.sendto(vxlan.header(by_eni[eni]["virtualNetworkId"]) + frame, ("127.0.0.1", agent["port"]))
+                (selected if name in chosen else unselected).append(frame)
+                tx.sendto(vxlan.header(by_eni[eni_of[name]]["virtualNetworkId"]) + frame, ("127.0.0.1", agent["port"]))
             for i in range(20):
                 frame = ipv4_udp(stranger, peer, 41000 + i, 5432, b"db-%04d" % i)
                 unselected.append(frame)
@@ -573,7 +582,8 @@ def test_capture_deployment_for_10s_on_two_nodes_holds_only_its_pods_packets(
         capture_output=True, text=True, check=True,
     )  # fmt: skip
     got = sorted(tuple(line.split("\t")) for line in shown.stdout.splitlines() if line)
-    wanted = sorted((pods[("web-1", "web-2", "web-3")[i % 3]], str(40000 + i)) for i in range(60))
+    names = [("web-1", "web-2", "web-3")[i % 3] for i in range(60)]
+    wanted = sorted((pods[name], str(40000 + i)) for i, name in enumerate(names) if name in chosen)
     assert got == wanted, shown.stdout
     assert stranger not in shown.stdout
 
