@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -444,3 +445,156 @@ def test_a_signal_at_any_moment_leaves_nothing_behind(
             break
         time.sleep(0.5)
     assert aws["TrafficMirrorSessions"] == [], note
+
+
+@pytest.mark.parametrize(
+    ("what", "chosen"), [("deployment/web", ("web-1", "web-2", "web-3")), ("pod/web-2", ("web-2",))]
+)
+def test_capture_deployment_for_10s_on_two_nodes_holds_only_its_pods_packets(
+    what: str,
+    chosen: tuple[str, ...],
+    control_plane: ControlPlane,
+    cluster: Cluster,
+    ec2: Any,
+    world: World,
+    namespace: str,
+    capture_target: str,
+    agent: dict[str, Any],
+    tmp_path: Path,
+) -> None:
+    """`trafficmirror capture deployment/web --for 10s`: the whole path for a workload. The Deployment's
+    3 pods sit on 2 nodes; on node a's ENI also lives an address of no selected pod (another workload's
+    pod). The parent session finds both ENIs, the agent gets datagrams on both VNIs, the selected pods'
+    and the other address's; the command completes by itself, f.pcapng holds exactly the selected pods'
+    packets, the others are counted as filteredOut, the cost is set, and nothing is left afterwards.
+    `pod/web-2`: only that pod's ENI is mirrored, and its neighbour web-1's packets are filtered out too.
+
+    No kubelet and no Deployment controller act here: the Deployment (replicas 0) is the object whose
+    selector the command reads, the pods carry its labels, and the test writes their `status.podIP`
+    itself, standing in for the kubelet (test_workload_sources.Workload)."""
+    from tests.capture.frames import ipv4_udp
+    from tests.integration.test_workload_sources import Workload
+    from trafficmirror.capture import vxlan
+
+    load = Workload(cluster, ec2, world)
+    node_a, node_b = load.add_node("ca"), load.add_node("cb")
+    eni_a, eni_b = load.nodes[node_a][1], load.nodes[node_b][1]
+    pods = {
+        "web-1": load.add_pod("web-1", node_a),
+        "web-2": load.add_pod("web-2", node_a),
+        "web-3": load.add_pod("web-3", node_b),
+    }
+    stranger = load.add_pod("db-1", node_a, labels={"app": "db"})
+    eni_of = {"web-1": eni_a, "web-2": eni_a, "web-3": eni_b}
+    wanted_enis = {eni_of[name] for name in chosen}
+    deployment = {
+        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web"},
+        "spec": {"replicas": 0, "selector": {"matchLabels": {"app": "web"}},
+                 "template": {"metadata": {"labels": {"app": "web"}},
+                              "spec": {"containers": [{"name": "web", "image": "web:1"}]}}},
+    }  # fmt: skip
+    control_plane.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(deployment))
+
+    output = tmp_path / "f.pcapng"
+    run = CaptureRun(
+        control_plane.env(), what, "-n", namespace, "--for", "10s", "-o", str(output),
+        "--dir", str(agent["out"]),
+    )  # fmt: skip
+
+    # The command deletes its session on exit: watch the parent's status while it runs.
+    seen: dict[str, Any] = {}
+    stop_watching = threading.Event()
+
+    def watch() -> None:
+        while not stop_watching.is_set():
+            for session in _created(control_plane, namespace)["mirrorsessions"]:
+                if not (session["metadata"].get("labels") or {}).get("trafficmirror.io/parent-session"):
+                    seen["parent"] = session
+                    seen.setdefault("uids", set()).add(session["metadata"]["uid"])
+                    if (session.get("status") or {}).get("phase") == "Completed":
+                        seen["completed"] = session
+            time.sleep(0.3)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        deadline = time.monotonic() + 120
+        sources: list[dict[str, Any]] = []
+        while time.monotonic() < deadline:
+            sources = ((seen.get("parent") or {}).get("status") or {}).get("sources") or []
+            if len(sources) == len(wanted_enis) and all(s.get("virtualNetworkId") is not None for s in sources):
+                break
+            time.sleep(0.3)
+        assert {s["networkInterfaceId"] for s in sources} == wanted_enis, (seen.get("parent"), run.stderr)
+        parent = seen["parent"]
+        assert parent["spec"]["source"]["podSelector"] == {"matchLabels": {"app": "web"}}
+        assert parent["spec"]["duration"] == "10s"
+        by_eni = {s["networkInterfaceId"]: s for s in sources}
+        for eni in wanted_enis:
+            assert {p["ip"] for p in by_eni[eni]["pods"]} == {pods[n] for n in chosen if eni_of[n] == eni}
+        while _agent_sessions(agent["metrics"]) < len(wanted_enis) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert _agent_sessions(agent["metrics"]) >= len(wanted_enis), agent["log"].read_text()[-2000:]
+
+        # Datagrams as AWS would send them, each ENI on its own VNI: a selected pod's packets, and on
+        # ENI a the unselected address's too (only the pods' /32s reach AWS's filter in reality; the
+        # agent's own narrowing is what is tested here).
+        selected: list[bytes] = []
+        unselected: list[bytes] = []
+        peer = "10.200.0.9"
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as tx:
+            for i in range(60):
+                name = ("web-1", "web-2", "web-3")[i % 3]
+                if eni_of[name] not in by_eni:
+                    continue  # an ENI not mirrored: AWS sends nothing of it
+                frame = ipv4_udp(pods[name], peer, 40000 + i, 443, b"web-%04d" % i)
+                (selected if name in chosen else unselected).append(frame)
+                tx.sendto(vxlan.header(by_eni[eni_of[name]]["virtualNetworkId"]) + frame, ("127.0.0.1", agent["port"]))
+            for i in range(20):
+                frame = ipv4_udp(stranger, peer, 41000 + i, 5432, b"db-%04d" % i)
+                unselected.append(frame)
+                tx.sendto(vxlan.header(by_eni[eni_a]["virtualNetworkId"]) + frame, ("127.0.0.1", agent["port"]))
+
+        code = run.finish()
+    finally:
+        stop_watching.set()
+        watcher.join(timeout=10)
+    assert code == 0, run.stderr + "\n" + agent["log"].read_text()[-2000:]
+
+    # Completed by itself, with the cost and the agent's counts.
+    completed = seen.get("completed")
+    assert completed is not None, run.stderr
+    status = completed["status"]
+    stop_at, completed_at = (
+        datetime.fromisoformat(status[k].replace("Z", "+00:00")) for k in ("stopAt", "completedAt")
+    )
+    assert completed_at >= stop_at, status
+    print(f"parent Completed {(completed_at - stop_at).total_seconds():.0f} s after its stopAt")
+    cost = status.get("estimatedCost") or {}
+    assert float(cost.get("eniHours", 0)) > 0 and "usdPerEniHour" in cost and "usd" in cost, status
+    nodes = status.get("captureNodes") or {}
+    assert sum(int(n.get("packets") or 0) for n in nodes.values()) == len(selected), nodes
+    assert sum(int(n.get("filteredOut") or 0) for n in nodes.values()) == len(unselected), nodes
+
+    # The merged file: exactly the selected pods' packets, read by tshark.
+    shown = subprocess.run(
+        ["tshark", "-r", str(output), "-T", "fields", "-e", "ip.src", "-e", "udp.srcport"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    got = sorted(tuple(line.split("\t")) for line in shown.stdout.splitlines() if line)
+    names = [("web-1", "web-2", "web-3")[i % 3] for i in range(60)]
+    wanted = sorted((pods[name], str(40000 + i)) for i, name in enumerate(names) if name in chosen)
+    assert got == wanted, shown.stdout
+    assert stranger not in shown.stdout
+
+    # Nothing left: no session, no filter (the command's nor a generated one), no AWS session.
+    assert _created(control_plane, namespace) == {"mirrorsessions": [], "mirrorfilters": []}
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        left = json.loads(control_plane.kubectl("get", "mirrorsessions,mirrorfilters", "-n", namespace,
+                                                "-o", "json").stdout)["items"]  # fmt: skip
+        aws = load.aws_sessions({eni_a, eni_b})
+        if not left and not aws:
+            break
+        time.sleep(0.5)
+    assert [o["metadata"]["name"] for o in left] == [] and aws == {}, (left, aws)
