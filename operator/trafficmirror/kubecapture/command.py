@@ -31,6 +31,10 @@ PACKET_REPORT_SECONDS = 5.0
 # ship and list their files.
 COMPLETION_GRACE_SECONDS = 90.0
 FILES_GRACE_SECONDS = 60.0
+# A selector session is Failed while none of its ENIs is mirrored, which can be a moment's state (a
+# child waiting for its generated filter, a stopped instance starting again): the capture gives up
+# only when Failed has held this long.
+FAILED_GRACE_SECONDS = 20.0
 DELETE_WAIT_SECONDS = 120.0
 CAPTURE_ROLE_HINT = (
     "creating captures needs the built-in edit role in the namespace (the chart aggregates the ClusterRole "
@@ -445,13 +449,18 @@ def _wait(
     path = crd_path(namespace, "mirrorsessions", name)
     completed_at: float | None = None
     stop_requested_at: float | None = None
+    failed_since: float | None = None
     while True:
         session = api.get(path)
         now = time.monotonic()
         progress.update(session, now)
         status = session.get("status") or {}
         if status.get("phase") == "Failed":
-            return session
+            failed_since = failed_since if failed_since is not None else now
+            if now - failed_since > FAILED_GRACE_SECONDS:
+                return session
+        else:
+            failed_since = None
         if is_done(session):
             completed_at = completed_at or now
             if _files_settled(status) or now - completed_at > FILES_GRACE_SECONDS:
