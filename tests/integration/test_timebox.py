@@ -264,6 +264,16 @@ def test_a_time_boxed_pod_selector_session_ends_with_every_child_and_aws_session
 
     workload = Workload(cluster, ec2, world)
     nodes = [workload.add_node("time-a"), workload.add_node("time-b")]
+    try:
+        _time_boxed_selector_story(cluster, ec2, world, workload, nodes)
+    finally:
+        # Nodes are cluster-wide and the emulator's addresses outlive the namespace: leave neither
+        # behind (another test's pod could be given an address these ENIs still hold).
+        for name in list(workload.nodes):
+            workload.delete_node(name)
+
+
+def _time_boxed_selector_story(cluster: Cluster, ec2: Any, world: World, workload: Any, nodes: list[str]) -> None:
     enis = {workload.nodes[n][1] for n in nodes}
     for index, node in enumerate(nodes):
         workload.add_pod(f"web-{index}", node)
