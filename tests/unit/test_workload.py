@@ -6,6 +6,7 @@ AWS is an in-memory stand-in of the three lookups a selector session makes (pure
 from __future__ import annotations
 
 import random
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
 import pytest
@@ -64,10 +65,20 @@ class FakeWorkloadAws:
             self.interfaces[eni] = replace(interface, private_ip_addresses=kept)
 
     def interfaces_by_address(
-        self, addresses: list[str], refresh: frozenset[str] = frozenset()
+        self,
+        addresses: list[str],
+        refresh: frozenset[str] = frozenset(),
+        on_instance: Mapping[str, str] | None = None,
     ) -> dict[str, NetworkInterface]:
+        """As the adapter: every holder of an address, the one on the wanted instance first."""
         self.calls.append("DescribeNetworkInterfaces")
-        return {a: i for i in self.interfaces.values() for a in i.private_ip_addresses if a in addresses}
+        found: dict[str, NetworkInterface] = {}
+        for address in addresses:
+            holders = [i for i in self.interfaces.values() if address in i.private_ip_addresses]
+            wanted = (on_instance or {}).get(address)
+            if holders:
+                found[address] = next((i for i in holders if i.instance_id == wanted), holders[0])
+        return found
 
     def instance_network_interfaces(self, instance_id: str) -> tuple[NetworkInterface, ...]:
         self.calls.append("DescribeNetworkInterfaces")
@@ -129,6 +140,30 @@ def test_three_pods_on_two_nodes_make_two_children_with_the_pods_narrowed_rules(
     assert [c["status"] for c in decided.status["conditions"] if c["type"] == "SourcesFound"] == ["True"]
     source_a = next(s for s in decided.status["sources"] if s["networkInterfaceId"] == eni_a)
     assert [p["name"] for p in source_a["pods"]] == ["web-1", "web-2"] and source_a["narrowed"] is True
+
+
+@pytest.mark.parametrize("other_vpc_first", [True, False])
+def test_an_address_another_vpc_also_holds_is_placed_on_the_pods_own_node(other_vpc_first: bool) -> None:
+    """Private addresses are unique within a VPC only; the ENI on the pod's node is the pod's,
+    whatever order AWS lists the holders in, and it stays so pass after pass (no flapping)."""
+    aws = FakeWorkloadAws()
+    if other_vpc_first:
+        (elsewhere,) = aws.add_instance("i-00000000000000099")
+    (eni_a,) = aws.add_instance("i-0000000000000000a")
+    if not other_vpc_first:
+        (elsewhere,) = aws.add_instance("i-00000000000000099")
+    aws.add_address(eni_a, "10.1.0.11")
+    aws.add_address(elsewhere, "10.1.0.11")
+    nodes = {"a": node("a", "i-0000000000000000a")}
+    session = parent({"podSelector": {"matchLabels": {"app": "web"}}})
+    children: dict[str, ChildFact] = {}
+    for _ in range(3):
+        decided = plan(
+            session, pods=[pod("web-1", "10.1.0.11", "a")], nodes=nodes, namespace_labels={},
+            children=children, parent_filter=ACCEPT_ALL, aws=aws,
+        )  # fmt: skip
+        assert [spec["source"]["networkInterfaceId"] for spec in decided.children.values()] == [eni_a]
+        children = ready_children(decided.children)
 
 
 @pytest.mark.parametrize(

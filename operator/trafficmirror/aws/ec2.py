@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
@@ -628,11 +628,19 @@ class Ec2Mirror:
         }
 
     def interfaces_by_address(
-        self, addresses: list[str], refresh: frozenset[str] = frozenset()
+        self,
+        addresses: list[str],
+        refresh: frozenset[str] = frozenset(),
+        on_instance: Mapping[str, str] | None = None,
     ) -> dict[str, NetworkInterface]:
         """The ENI holding each private address (primary or secondary), from the cache or by
         DescribeNetworkInterfaces filtered by `addresses.private-ip-address`, many addresses per call.
-        Addresses in `refresh` are looked up again; an address no ENI holds is left out."""
+        Addresses in `refresh` are looked up again; an address no ENI holds is left out.
+
+        A private address is unique within a VPC only: another VPC of the account (or a peered one
+        with overlapping CIDRs) may hold it too. `on_instance` names, per address, the instance it
+        should be on (the pod's node): an ENI attached to it wins over the others."""
+        preferred = on_instance or {}
         found: dict[str, NetworkInterface] = {}
         missing = []
         for address in dict.fromkeys(addresses):
@@ -644,6 +652,7 @@ class Ec2Mirror:
         for start in range(0, len(missing), FILTER_VALUES_PER_CALL):
             chunk = missing[start : start + FILTER_VALUES_PER_CALL]
             wanted = set(chunk)
+            holders: dict[str, list[NetworkInterface]] = {}
             for raw in self._pages(
                 "describe_network_interfaces",
                 "NetworkInterfaces",
@@ -652,7 +661,10 @@ class Ec2Mirror:
                 interface = self._interfaces.put(raw["NetworkInterfaceId"], _interface_from_aws(raw))
                 for address in interface.private_ip_addresses:
                     if address in wanted:
-                        found[address] = self._by_address.put(address, interface)
+                        holders.setdefault(address, []).append(interface)
+            for address, candidates in holders.items():
+                chosen = next((i for i in candidates if i.instance_id == preferred.get(address)), candidates[0])
+                found[address] = self._by_address.put(address, chosen)
         return found
 
     def instance_network_interfaces(self, instance_id: str) -> tuple[NetworkInterface, ...]:

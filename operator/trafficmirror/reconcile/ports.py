@@ -3,6 +3,7 @@ implementation, the unit tests' in-memory fakes another. AWS's own vocabulary st
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Protocol
 
 from trafficmirror.aws.ec2 import (
@@ -94,7 +95,10 @@ class WorkloadAws(Protocol):
     ENIs, and the sessions already on an ENI."""
 
     def interfaces_by_address(
-        self, addresses: list[str], refresh: frozenset[str] = frozenset()
+        self,
+        addresses: list[str],
+        refresh: frozenset[str] = frozenset(),
+        on_instance: Mapping[str, str] | None = None,
     ) -> dict[str, NetworkInterface]: ...
 
     def instance_network_interfaces(self, instance_id: str) -> tuple[NetworkInterface, ...]: ...

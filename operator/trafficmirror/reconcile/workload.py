@@ -288,7 +288,14 @@ def pod_sources(
                 place(pod, interfaces[0])
         else:
             looked_up.append(pod)
-    found = aws.interfaces_by_address([p.ip for p in looked_up if p.ip])
+    # A pod's address is on an ENI of its own node (the VPC CNI): where several ENIs of the region hold
+    # the address (other VPCs, overlapping CIDRs), the one on the pod's node is the pod's.
+    on_instance = {
+        p.ip: node.instance_id
+        for p in looked_up
+        if p.ip and (node := nodes.get(p.node_name or "")) is not None and node.instance_id
+    }
+    found = aws.interfaces_by_address([p.ip for p in looked_up if p.ip], on_instance=on_instance)
     # An address that moved to another node since it was cached (pods come and go, addresses are reused).
     stale = frozenset(
         p.ip
@@ -297,7 +304,7 @@ def pod_sources(
         if found[p.ip].instance_id != node.instance_id
     )
     if stale:
-        found.update(aws.interfaces_by_address(sorted(stale), refresh=stale))
+        found.update(aws.interfaces_by_address(sorted(stale), refresh=stale, on_instance=on_instance))
     for pod in looked_up:
         interface = found.get(pod.ip or "")
         if interface is None:
