@@ -9,7 +9,14 @@ A seeded generator draws steps from two families and applies them in bursts:
   session number, a target's ENI swapped (a replacement), tags, deletionPolicy, deletes and re-creates;
 - out-of-band AWS changes made behind the operator's back with boto3: sessions deleted or modified, rules
   deleted, modified or added, targets and filters deleted (their sessions first, as AWS requires), tags removed
-  or changed, and source or target instances resized (stop, ModifyInstanceAttribute, start).
+  or changed, and source or target instances resized (stop, ModifyInstanceAttribute, start);
+
+and, from a generator of its own (so that a seed's plain steps stay what they were), pod and node churn against
+two selector sessions, w0 (podSelector) and w1 (nodeSelector): pods of the selected label created, deleted,
+moved to another node (a new address on that node's ENI) and relabelled; nodes added, deleted (their pods and
+instance with them) and relabelled; a child MirrorSession or a child's AWS session deleted out of band; a parent's
+target or filter swapped. Nodes are Node objects naming emulator instances; a pod's address is a secondary IP of its
+node's ENI, and the test writes status.podIP itself, standing in for the kubelet (none runs here).
 
 After each burst, within two resync periods (the operator's TRAFFICMIRROR_RESYNC_SECONDS, short here):
 
@@ -18,9 +25,13 @@ After each burst, within two resync periods (the operator's TRAFFICMIRROR_RESYNC
   observed fact (ENI, instance type, VNI, rule IDs) equal to what AWS holds;
 - no duplicate (two AWS resources of one object) and no orphan (an owned AWS resource whose object is gone,
   unless it was deleted with deletionPolicy Orphan: that resource must stay, untouched);
+- a selector session mirrors exactly the ENIs holding its selected pods (w0) or of its selected nodes (w1), one AWS
+  session each, owned by a child MirrorSession, through the parent's target and its filter or the child's generated
+  one, and its status.sources says so; children and generated filters count as orphans once their parent is gone;
 
 and then, for one more resync period, no mutating EC2 call at all: every object is in sync (the hot-loop
-detector; calls are attributed to objects by ClientToken and resource ID).
+detector; calls are attributed to objects by ClientToken and resource ID). At the end the selector sessions are
+deleted: no child, no generated MirrorFilter and no AWS session or filter of theirs may stay.
 
 Replay a run:  pytest tests/integration/test_chaos.py --chaos-seed N  (or TRAFFICMIRROR_CHAOS_SEED=N);
 TRAFFICMIRROR_CHAOS_STEPS and TRAFFICMIRROR_CHAOS_BURST set the step count and the burst size.
