@@ -340,6 +340,13 @@ class WorkloadLoop:
         ns = parent.namespace
         for name, spec in decided.children.items():
             current = children.get(name)
+            generated = decided.filters.get(name)
+            existing = _first(self.indexes["filter_specs"], ("generated", ns, name))
+            if current is None and generated is not None and existing is not None:
+                # The previous child of this name (its ENI selected again) is going, and its generated filter with
+                # it (owned: the garbage collector). A new child naming that filter would wait for it to be ready,
+                # the filter for the child to stop using it: the child is created once the filter is gone.
+                continue
             if current is None:
                 uid = await self._create_child(parent, name, spec)
                 eni = spec["source"]["networkInterfaceId"]
@@ -348,8 +355,6 @@ class WorkloadLoop:
                 uid = current.fact.uid
                 if _differs(spec, current.raw_spec):
                     await self._patch(_SESSION_RESOURCE, ns, name, {"spec": _merge(current.raw_spec, spec)})
-            generated = decided.filters.get(name)
-            existing = _first(self.indexes["filter_specs"], ("generated", ns, name))
             if generated is not None and existing is None:
                 await self._create_filter(parent, name, uid, generated)
             elif generated is not None and _differs(generated, existing):
