@@ -1264,6 +1264,8 @@ def chaos_bed(
             api = Api(control_plane, namespace)
             for kind in ("MirrorSession", "MirrorTarget", "MirrorFilter"):
                 for obj in api.list(kind):
+                    if {PARENT_LABEL, GENERATED_FOR_LABEL} & set(obj["metadata"].get("labels") or {}):
+                        continue  # a selector session's: they go with it
                     spec = {**obj["spec"], "deletionPolicy": "Delete"}
                     api.replace_spec(kind, obj["metadata"]["name"], spec)
             control_plane.kubectl("delete", "mirrorsessions", "--all", "-n", namespace, "--wait=true", "--timeout=120s")
