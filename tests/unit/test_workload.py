@@ -16,7 +16,7 @@ from trafficmirror.api import MirrorFilterSpec, MirrorSessionSpec
 from trafficmirror.aws.ec2 import AwsSession, NetworkInterface
 from trafficmirror.reconcile.common import OWNER_TAG
 from trafficmirror.reconcile.workload import (
-    RULES_PER_DIRECTION,
+    RULES_PER_FILTER,
     ChildFact,
     NodeFact,
     Parent,
@@ -192,7 +192,7 @@ def test_too_many_pods_for_ten_rules_mirror_the_eni_through_the_parents_filter()
     aws = FakeWorkloadAws()
     (eni,) = aws.add_instance("i-0000000000000000a")
     pods = []
-    for n in range(11):
+    for n in range(6):  # an accept-all rule each way: 12 rules
         aws.add_address(eni, f"10.1.0.{100 + n}")
         pods.append(pod(f"web-{n}", f"10.1.0.{100 + n}", "a"))
     decided = plan(
@@ -203,7 +203,7 @@ def test_too_many_pods_for_ten_rules_mirror_the_eni_through_the_parents_filter()
     (spec,) = decided.children.values()
     assert spec["filterRef"] == {"name": "accept-all"} and decided.filters == {}
     (source,) = decided.status["sources"]
-    assert source["narrowed"] is False and "exceed AWS's 10 rules per direction" in source["message"]
+    assert source["narrowed"] is False and "exceed AWS's 10 rules per filter" in source["message"]
 
 
 def test_node_selector_takes_the_primary_or_all_enis_and_leaves_fargate_out() -> None:
@@ -402,12 +402,12 @@ def test_children_follow_random_pod_and_node_churn(seed: int, steps: int) -> Non
                 (spec["ingressRules"], "destinationCidrBlock"),
                 (spec["egressRules"], "sourceCidrBlock"),
             ):
-                assert len(rules) <= RULES_PER_DIRECTION
                 assert {r[side] for r in rules} == pod_ips
+            assert len(spec["ingressRules"]) + len(spec["egressRules"]) <= RULES_PER_FILTER
         for source in decided.status["sources"]:
             # One accept-all rule per direction: narrowed exactly when the ENI's pods fit the budget.
             if source["state"] != "Conflict":
-                assert source["narrowed"] is (len({p["ip"] for p in source["pods"]}) <= RULES_PER_DIRECTION)
+                assert source["narrowed"] is (2 * len({p["ip"] for p in source["pods"]}) <= RULES_PER_FILTER)
 
 
 def test_a_completed_session_has_no_children_and_leaves_its_phase_alone() -> None:
@@ -420,3 +420,67 @@ def test_a_completed_session_has_no_children_and_leaves_its_phase_alone() -> Non
         namespace_labels={}, children={}, parent_filter=ACCEPT_ALL, aws=aws,
     )  # fmt: skip
     assert decided.children == {} and decided.status == {"sources": [], "skippedPods": []}
+
+
+CIDRS = ("0.0.0.0/0", "10.0.0.0/8", "10.200.0.0/16", "172.16.0.0/12", "192.168.1.0/24", "::/0")
+
+
+@st.composite
+def mirror_filters(draw: st.DrawFn) -> MirrorFilterSpec:
+    """Any filter a user may write: rules in either direction whose CIDRs may or may not hold the pods."""
+
+    def rules() -> st.SearchStrategy[list[dict[str, object]]]:
+        def rule(number: int) -> st.SearchStrategy[dict[str, object]]:
+            return st.sampled_from(CIDRS).flatmap(
+                lambda near: st.fixed_dictionaries(
+                    {
+                        "ruleNumber": st.just(number),
+                        "action": st.sampled_from(["accept", "reject"]),
+                        "sourceCidrBlock": st.just(near),
+                        "destinationCidrBlock": st.sampled_from([c for c in CIDRS if (":" in c) == (":" in near)]),
+                    }
+                )
+            )
+
+        return st.lists(st.integers(1, 500), max_size=5, unique=True).flatmap(
+            lambda numbers: st.tuples(*[rule(n) for n in numbers]).map(list)
+        )
+
+    body = {"ingressRules": draw(rules()), "egressRules": draw(rules())}
+    if draw(st.booleans()):
+        body["networkServices"] = ["amazon-dns"]
+    if not (body["ingressRules"] or body["egressRules"] or body.get("networkServices")):
+        body["ingressRules"] = [{"ruleNumber": 1, "sourceCidrBlock": draw(st.sampled_from(CIDRS[:5]))}]
+    return MirrorFilterSpec.model_validate(body)
+
+
+@settings(max_examples=200, deadline=None, derandomize=True)
+@given(mirror_filter=mirror_filters(), pod_count=st.integers(1, 12))
+def test_every_generated_filter_is_one_the_apiserver_admits(mirror_filter: MirrorFilterSpec, pod_count: int) -> None:
+    """Whatever the parent's filter, the filter generated for a child is valid (admission refuses a filter with no
+    rule: a child whose filter cannot be created never converges, and held up its siblings' status once), and it
+    mirrors nothing but the pods' addresses: a parent filter none of whose rules can match the pods yields a
+    filter that mirrors nothing."""
+    aws = FakeWorkloadAws()
+    (eni,) = aws.add_instance("i-0000000000000000a")
+    pods = []
+    for n in range(pod_count):
+        address = f"10.200.0.{n + 11}"
+        aws.add_address(eni, address)
+        pods.append(pod(f"web-{n}", address, "a"))
+    decided = plan(
+        parent({"podSelector": {}}), pods=pods, nodes={"a": node("a", "i-0000000000000000a")}, namespace_labels={},
+        children={}, parent_filter=mirror_filter, aws=aws,
+    )  # fmt: skip
+    (source,) = decided.status["sources"]
+    addresses = {f"{p.ip}/32" for p in pods}
+    for spec in decided.filters.values():
+        generated = MirrorFilterSpec.model_validate(spec)  # the CRD's CEL rules are generated from this model
+        sides = ((generated.ingress_rules, "destination_cidr_block"), (generated.egress_rules, "source_cidr_block"))
+        for rules, side in sides:
+            for r in rules or []:
+                assert getattr(r, side) in addresses or (r.action == "reject" and getattr(r, side) == "0.0.0.0/0")
+        narrowed = narrow_rules(mirror_filter, [p.ip for p in pods if p.ip])
+        if narrowed is not None and not (narrowed["ingress"] or narrowed["egress"]):
+            assert "nothing of theirs is mirrored" in source["message"]
+    assert source["narrowed"] is bool(decided.filters)

@@ -14,7 +14,7 @@ Decisions, in order:
 - an ENI that already carries AWS's three sessions (ours and others') gets no child: the source is
   `Conflict`, the others' session IDs named;
 - narrowing: the parent's filter rules, each repeated per pod with the pod's address as the
-  destination (ingress) or source (egress) CIDR, when that fits AWS's 10 rules per direction; a
+  destination (ingress) or source (egress) CIDR, when that fits AWS's 10 rules per filter; a
   MirrorFilter generated for the child holds them. Otherwise the child uses the parent's filter and
   the source says `narrowed: false` and why (the capture agent still keeps only the pods' packets).
 """
@@ -29,7 +29,7 @@ from datetime import datetime
 from typing import Any
 
 from trafficmirror.api.common import Phase
-from trafficmirror.api.filter import FilterRule, MirrorFilterSpec
+from trafficmirror.api.filter import MAX_RULES_PER_FILTER, FilterRule, MirrorFilterSpec
 from trafficmirror.api.session import LabelSelector, MirrorSessionSpec
 from trafficmirror.aws.ec2 import NetworkInterface
 from trafficmirror.aws.target_quotas import Price, TargetQuotas
@@ -42,9 +42,12 @@ GENERATED_FOR_LABEL = "trafficmirror.io/generated-for"
 POD_ENI_ANNOTATION = "vpc.amazonaws.com/pod-eni"  # security groups for pods: the pod has a branch ENI
 COMPUTE_TYPE_LABEL = "eks.amazonaws.com/compute-type"
 SESSIONS_PER_INTERFACE = 3  # AWS quota, not adjustable
-RULES_PER_DIRECTION = 10  # AWS quota, not adjustable
+RULES_PER_FILTER = MAX_RULES_PER_FILTER  # AWS quota, not adjustable: ingress and egress rules together
 MAX_LABEL_VALUE = 63
 SOURCES_FOUND = "SourcesFound"
+NOTHING_RULE = FilterRule(
+    rule_number=1, action="reject", description="no rule of the session's filter can match the pods' addresses"
+)
 COMPLETED = "Completed"
 
 
@@ -187,14 +190,15 @@ def _stable_number(rank: int, host: ipaddress.IPv4Address | ipaddress.IPv6Addres
     filter's order is kept: all numbers of its n-th rule come before those of the next."""
     slot = int(host) % (RANK_STRIDE - 3)
     number = rank * RANK_STRIDE + 1 + slot
-    while number in used:  # two addresses on one slot: the next free number (at most 10 rules per direction)
+    while number in used:  # two addresses on one slot: the next free number (at most 10 rules per filter)
         number += 1
     return number
 
 
 def narrow_rules(mirror_filter: MirrorFilterSpec, addresses: Iterable[str]) -> dict[str, list[FilterRule]] | None:
     """The filter's rules per direction, each repeated for every address it can match with the address's
-    /32 (/128) on the pod's side, in the filter's order; None when a direction would exceed AWS's 10 rules."""
+    /32 (/128) on the pod's side, in the filter's order; None when they would exceed AWS's 10 rules per filter
+    (both directions together: a generated filter with more is refused at admission, like any other)."""
     hosts = sorted({ipaddress.ip_address(a) for a in addresses}, key=lambda a: (a.version, a))
     narrowed: dict[str, list[FilterRule]] = {}
     for direction, rules in (("ingress", mirror_filter.ingress_rules), ("egress", mirror_filter.egress_rules)):
@@ -212,9 +216,9 @@ def narrow_rules(mirror_filter: MirrorFilterSpec, addresses: Iterable[str]) -> d
                 cidr = f"{host}/{host.max_prefixlen}"
                 number = _stable_number(rank, host, {r.rule_number for r in out})
                 out.append(rule.model_copy(update={"rule_number": number, _pod_field(direction): cidr}))
-        if len(out) > RULES_PER_DIRECTION:
-            return None
         narrowed[direction] = out
+    if sum(len(out) for out in narrowed.values()) > RULES_PER_FILTER:
+        return None
     return narrowed
 
 
@@ -431,13 +435,18 @@ def plan(
                 narrowed = narrow_rules(parent_filter, [p.ip for p in source.pods if p.ip])
                 if narrowed is None:
                     note = (
-                        f"the filter's rules for these {len(source.pods)} pods exceed AWS's {RULES_PER_DIRECTION} "
-                        "rules per direction: the whole ENI is mirrored, the capture agent keeps the pods' packets"
+                        f"the filter's rules for these {len(source.pods)} pods exceed AWS's {RULES_PER_FILTER} "
+                        "rules per filter: the whole ENI is mirrored, the capture agent keeps the pods' packets"
                     )
                 else:
                     filter_name = name
                     entry["narrowed"] = True
                     result.filters[name] = _generated_filter(parent_filter, narrowed)
+                    if not (narrowed["ingress"] or narrowed["egress"]):
+                        note = (
+                            f"no rule of MirrorFilter {parent_filter_name} can match these pods' addresses: "
+                            "nothing of theirs is mirrored"
+                        )
         result.children[name] = _child_spec(parent, eni, filter_name)
         state, reason, message = _source_state(child)
         if note is not None:
@@ -480,6 +489,11 @@ def _generated_filter(parent_filter: MirrorFilterSpec, narrowed: dict[str, list[
     }
     if parent_filter.network_services:
         spec["networkServices"] = list(parent_filter.network_services)
+    elif not (narrowed["ingress"] or narrowed["egress"]):
+        # No rule of the parent's filter can match the pods' packets (its CIDRs name other addresses): the
+        # narrowed filter mirrors nothing. A filter with no rule is refused at admission (it usually means a
+        # misspelt field), so it says "nothing" with one rule that rejects everything.
+        spec["ingressRules"] = [NOTHING_RULE.to_k8s()]
     if parent_filter.region is not None:
         spec["region"] = parent_filter.region
     return spec
