@@ -338,32 +338,19 @@ class WorkloadLoop:
         self, parent: Parent, record: ParentRecord, decided: WorkloadPlan, children: Mapping[str, ChildRecord]
     ) -> None:
         ns = parent.namespace
+        failed: list[Exception] = []
         for name, spec in decided.children.items():
-            current = children.get(name)
-            generated = decided.filters.get(name)
-            existing = _first(self.indexes["filter_specs"], ("generated", ns, name))
-            if current is None and generated is not None and existing is not None:
-                # The previous child of this name (its ENI selected again) is going, and its generated filter with
-                # it (owned: the garbage collector). A new child naming that filter would wait for it to be ready,
-                # the filter for the child to stop using it: the child is created once the filter is gone.
-                continue
-            if current is None:
-                uid = await self._create_child(parent, name, spec)
-                eni = spec["source"]["networkInterfaceId"]
-                self.logger.info(f"selector session {ns}/{parent.name}: created {name} for {eni}")
-            else:
-                uid = current.fact.uid
-                if _differs(spec, current.raw_spec):
-                    await self._patch(_SESSION_RESOURCE, ns, name, {"spec": _merge(current.raw_spec, spec)})
-            if generated is not None and existing is None:
-                await self._create_filter(parent, name, uid, generated)
-            elif generated is not None and _differs(generated, existing):
-                await self._patch(_FILTER_RESOURCE, ns, name, {"spec": _merge(existing, generated)})
-            elif generated is None and existing is not None:
-                await self._delete(_FILTER_RESOURCE, ns, name)
+            try:
+                await self._apply_child(parent, name, spec, decided, children.get(name))
+            except Exception as error:  # one child's write failing leaves the others' and the status to be written
+                failed.append(error)
         for name in children:
             if name not in decided.children:
-                await self._delete(_SESSION_RESOURCE, ns, name)  # its generated filter goes with it (owned)
+                try:
+                    await self._delete(_SESSION_RESOURCE, ns, name)  # its generated filter goes with it (owned)
+                except Exception as error:
+                    failed.append(error)
+                    continue
                 eni = children[name].fact.network_interface_id
                 self.logger.info(f"selector session {ns}/{parent.name}: deleted {name} ({eni} no longer selected)")
         status = {k: v for k, v in decided.status.items() if k != "conditions"}
@@ -375,6 +362,34 @@ class WorkloadLoop:
         changed = {k: v for k, v in status.items() if record.raw_status.get(k) != v}
         if changed:
             await self._patch(_SESSION_RESOURCE, ns, parent.name, {"status": changed})
+        if failed:
+            raise failed[0]  # the pass is retried
+
+    async def _apply_child(
+        self, parent: Parent, name: str, spec: dict[str, Any], decided: WorkloadPlan, current: ChildRecord | None
+    ) -> None:
+        ns = parent.namespace
+        generated = decided.filters.get(name)
+        existing = _first(self.indexes["filter_specs"], ("generated", ns, name))
+        if current is None and generated is not None and existing is not None:
+            # The previous child of this name (its ENI selected again) is going, and its generated filter with
+            # it (owned: the garbage collector). A new child naming that filter would wait for it to be ready,
+            # the filter for the child to stop using it: the child is created once the filter is gone.
+            return
+        if current is None:
+            uid = await self._create_child(parent, name, spec)
+            eni = spec["source"]["networkInterfaceId"]
+            self.logger.info(f"selector session {ns}/{parent.name}: created {name} for {eni}")
+        else:
+            uid = current.fact.uid
+            if _differs(spec, current.raw_spec):
+                await self._patch(_SESSION_RESOURCE, ns, name, {"spec": _merge(current.raw_spec, spec)})
+        if generated is not None and existing is None:
+            await self._create_filter(parent, name, uid, generated)
+        elif generated is not None and _differs(generated, existing):
+            await self._patch(_FILTER_RESOURCE, ns, name, {"spec": _merge(existing, generated)})
+        elif generated is None and existing is not None:
+            await self._delete(_FILTER_RESOURCE, ns, name)
 
     async def _say_retrying(self, record: ParentRecord, error: AwsError) -> None:
         """An AWS error while finding the sources: the session says so (its sources stay as they were)."""
