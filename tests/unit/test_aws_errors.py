@@ -2,7 +2,9 @@ from __future__ import annotations
 
 import pytest
 
-from trafficmirror.aws.errors import ErrorClass, classify
+from trafficmirror.aws.errors import AwsError, ErrorClass, classify
+from trafficmirror.handlers.apply import resync_action
+from trafficmirror.reconcile.context import outcome_for_aws_error
 
 
 @pytest.mark.parametrize(
@@ -23,8 +25,42 @@ from trafficmirror.aws.errors import ErrorClass, classify
         ("TrafficMirrorFilterRuleAlreadyExists", 400, ErrorClass.RETRYABLE),
         ("InvalidParameterValue", 400, ErrorClass.TERMINAL),
         ("InvalidTrafficMirrorTarget", 400, ErrorClass.TERMINAL),
+        ("InvalidTrafficMirrorTarget", 400, ErrorClass.NOT_RUNNING),  # with a message naming a stopped instance
         ("UnauthorizedOperation", 403, ErrorClass.TERMINAL),
     ],
 )
 def test_aws_error_codes_are_classified(code: str, http_status: int, expected: ErrorClass) -> None:
-    assert classify(code, http_status) is expected
+    message = STOPPED_TARGET if expected is ErrorClass.NOT_RUNNING else "The traffic mirror target is not valid."
+    assert classify(code, http_status, message) is expected
+
+
+# The emulator's words, modelled on AWS's: the target's network interface is on an instance that is not running.
+STOPPED_TARGET = (
+    "The traffic mirror target 'tmt-0123456789abcdef0' is not valid: network interface 'eni-0123456789abcdef0' is "
+    "attached to instance 'i-0123456789abcdef0', which is {state}, not running."
+)
+
+
+@pytest.mark.parametrize(
+    ("message", "expected"),
+    [
+        *[(STOPPED_TARGET.format(state=s), ErrorClass.NOT_RUNNING) for s in ("stopped", "stopping", "pending")],
+        (
+            "The traffic mirror target 'tmt-0123456789abcdef0' is not valid: its network interface "
+            "'eni-0123456789abcdef0' does not exist.",
+            ErrorClass.TERMINAL,
+        ),
+        ("", ErrorClass.TERMINAL),
+    ],
+)
+def test_a_target_whose_instance_is_not_running_is_a_fact_that_changes(message: str, expected: ErrorClass) -> None:
+    """A session created while its target's instance is stopped (stop, change type, start) fails, and is looked at
+    again every resync, so it converges once the instance runs; a target that is wrong stays AwsRejected."""
+    error_class = classify("InvalidTrafficMirrorTarget", 400, message)
+    assert error_class is expected
+    outcome = outcome_for_aws_error(
+        AwsError("CreateTrafficMirrorSession", "InvalidTrafficMirrorTarget", message, error_class)
+    )
+    assert outcome.ready_reason == ("TargetNotRunning" if expected is ErrorClass.NOT_RUNNING else "AwsRejected")
+    rechecked = resync_action(outcome.phase, outcome.ready_reason) == "reconcile"
+    assert rechecked is (expected is ErrorClass.NOT_RUNNING)

@@ -722,7 +722,7 @@ def _translate(error: botocore.exceptions.ClientError) -> AwsError:
         operation=error.operation_name,
         code=code,
         message=str(details.get("Message", "")),
-        error_class=classify(code, status),
+        error_class=classify(code, status, str(details.get("Message", ""))),
     )
 
 

@@ -55,7 +55,12 @@ def _translate(error: botocore.exceptions.ClientError) -> AwsError:
     details = error.response.get("Error", {})
     code = str(details.get("Code", "Unknown"))
     status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-    return AwsError(error.operation_name, code, str(details.get("Message", "")), classify(code, status))
+    return AwsError(
+        error.operation_name,
+        code,
+        str(details.get("Message", "")),
+        classify(code, status, str(details.get("Message", ""))),
+    )
 
 
 def _guarded(operation: str, call: Callable[[], T]) -> T:

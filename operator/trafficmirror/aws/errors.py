@@ -1,7 +1,8 @@
 """AWS errors in our words: terminal (the spec must change) or retryable (time will fix it).
 
-The classification is a pure function of the error code, so it can be table-tested and read in
-one place. Codes are matched in both spellings AWS uses (its docs and its API differ for some).
+The classification is a pure function of the error code (and, for the one code AWS uses for two
+different facts, its message), so it can be table-tested and read in one place. Codes are matched in
+both spellings AWS uses (its docs and its API differ for some).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ class ErrorClass(enum.Enum):
     IN_USE = "in-use"  # a delete that must wait for dependents
     UNSUPPORTED_INSTANCE = "unsupported-instance"  # NetworkInterfaceNotSupported
     QUOTA = "quota"  # a non-adjustable quota: terminal, with the quota named
+    NOT_RUNNING = "not-running"  # the target's instance is stopped (or starting): terminal until it runs again
 
 
 QUOTA_NAMES = {
@@ -56,11 +58,17 @@ RETRYABLE_CODES = {
     # A rule created by an attempt whose answer was lost, or seen late: the next pass reads it back.
     "TrafficMirrorFilterRuleAlreadyExists",
 }
+# InvalidTrafficMirrorTarget says both "this target is wrong" and "its instance is not running now"
+# (stopped, e.g. to change its type, or still starting): the second is a fact of the world that changes.
+INVALID_TARGET = "InvalidTrafficMirrorTarget"
+NOT_RUNNING_STATES = ("stopped", "stopping", "pending", "shutting-down", "not running")
 
 
-def classify(code: str, http_status: int | None = None) -> ErrorClass:
+def classify(code: str, http_status: int | None = None, message: str = "") -> ErrorClass:
     if code == "NetworkInterfaceNotSupported":
         return ErrorClass.UNSUPPORTED_INSTANCE
+    if code == INVALID_TARGET and any(state in message for state in NOT_RUNNING_STATES):
+        return ErrorClass.NOT_RUNNING
     if code in QUOTA_NAMES or (code.endswith("LimitExceeded") and code != "RequestLimitExceeded"):
         return ErrorClass.QUOTA
     if code in NOT_FOUND_CODES or code.endswith(".NotFound"):

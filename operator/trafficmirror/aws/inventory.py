@@ -80,7 +80,10 @@ class Ec2Inventory:
             code = str(details.get("Code", "Unknown"))
             status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
             raise AwsError(
-                error.operation_name, code, str(details.get("Message", "")), classify(code, status)
+                error.operation_name,
+                code,
+                str(details.get("Message", "")),
+                classify(code, status, str(details.get("Message", ""))),
             ) from error
         except (botocore.exceptions.EndpointConnectionError, botocore.exceptions.ConnectionClosedError) as error:
             raise AwsError(operation, "EndpointUnreachable", str(error), classify("ServiceUnavailable")) from error

@@ -31,10 +31,11 @@ SYNCED = "Synced"  # whether AWS matches the spec
 INVALID_SPEC = "InvalidSpec"
 QUOTA_EXCEEDED = "QuotaExceeded"
 UNSUPPORTED_INSTANCE_TYPE = "UnsupportedInstanceType"
+TARGET_NOT_RUNNING = "TargetNotRunning"
 # Failed reasons that are facts of the world, not of the spec: a quota frees, an instance is resized,
 # a resource AWS did not find appears. The resync looks at them again (cheaply), once a period.
 RECHECKED_AT_RESYNC = frozenset(
-    {QUOTA_EXCEEDED, UNSUPPORTED_INSTANCE_TYPE, "AdoptedResourceNotFound", "OwnedByAnother"}
+    {QUOTA_EXCEEDED, UNSUPPORTED_INSTANCE_TYPE, TARGET_NOT_RUNNING, "AdoptedResourceNotFound", "OwnedByAnother"}
 )
 
 

@@ -16,6 +16,7 @@ from trafficmirror.reconcile.common import (
     CLUSTER_TAG,
     CREATE_INTENT_ANNOTATION,
     QUOTA_EXCEEDED,
+    TARGET_NOT_RUNNING,
     UNSUPPORTED_INSTANCE_TYPE,
     Event,
     LiveOwners,
@@ -78,6 +79,12 @@ def outcome_for_aws_error(error: AwsError, **status_fields: Any) -> Outcome:
         )
     if error.error_class is ErrorClass.UNSUPPORTED_INSTANCE:  # the instance type: a fact of the world
         return failed(UNSUPPORTED_INSTANCE_TYPE, f"{error.operation}: {error.code}: {error.message}", **status_fields)
+    if error.error_class is ErrorClass.NOT_RUNNING:  # the target's instance is stopped: it may start again
+        return failed(
+            TARGET_NOT_RUNNING,
+            f"{error.operation}: {error.code}: {error.message}; checked again every resync",
+            **status_fields,
+        )
     if error.error_class is ErrorClass.TERMINAL:
         return failed("AwsRejected", f"{error.operation} was rejected: {error.code}: {error.message}", **status_fields)
     if error.error_class is ErrorClass.NOT_FOUND:
