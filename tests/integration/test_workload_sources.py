@@ -16,6 +16,7 @@ import secrets
 import time
 from typing import Any
 
+from trafficmirror.reconcile.workload import child_name
 from trafficmirror_testbed.seed import World
 
 from .conftest import RESYNC_SECONDS, Cluster, condition, fresh_instance
@@ -384,3 +385,96 @@ def test_a_node_selector_follows_node_labels_and_takes_all_enis_when_asked(
     wait_sources(set())
     for name in (first, second):
         kubectl("delete", "node", name)
+
+
+def test_a_child_the_apiserver_refuses_holds_up_no_other_sources_status(
+    cluster: Cluster, ec2: Any, world: World
+) -> None:
+    """One child's write refused (here by a ValidatingAdmissionPolicy denying its generated MirrorFilter, as a
+    namespace's policy or quota may) must not freeze the parent's status: every other source follows its child
+    (Mirroring, then a new AWS session ID after its session is deleted out of band) within a few seconds, and the
+    refused source converges once the apiserver accepts the write."""
+    load = Workload(cluster, ec2, world)
+    node_a, node_b = load.add_node("ra"), load.add_node("rb")
+    eni_a, eni_b = load.nodes[node_a][1], load.nodes[node_b][1]
+    refused = child_name("web", eni_a)
+    policy = f"refuse-{refused}-{load.suffix}"
+    kubectl = cluster.control_plane.kubectl
+    manifests = [
+        {
+            "apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicy",
+            "metadata": {"name": policy},
+            "spec": {
+                "failurePolicy": "Fail",
+                "matchConstraints": {"resourceRules": [{
+                    "apiGroups": ["trafficmirror.io"], "apiVersions": ["*"], "operations": ["CREATE"],
+                    "resources": ["mirrorfilters"],
+                }]},
+                "validations": [{"expression": f"object.metadata.name != '{refused}'",
+                                 "message": "refused by the test's admission policy"}],
+            },
+        },
+        {
+            "apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicyBinding",
+            "metadata": {"name": policy},
+            "spec": {
+                "policyName": policy, "validationActions": ["Deny"],
+                "matchResources": {"namespaceSelector": {"matchLabels": {
+                    "kubernetes.io/metadata.name": cluster.namespace}}},
+            },
+        },
+    ]  # fmt: skip
+    for manifest in manifests:
+        kubectl("apply", "-f", "-", input=json.dumps(manifest))
+    try:
+        # The policy is enforced once the apiserver has loaded it: a probe filter of the refused name is denied.
+        probe = {"apiVersion": "trafficmirror.io/v1alpha1", "kind": "MirrorFilter",
+                 "metadata": {"name": refused, "namespace": cluster.namespace},
+                 "spec": {"ingressRules": [{"ruleNumber": 1}]}}  # fmt: skip
+        deadline = time.monotonic() + TIMEOUT
+        while kubectl("create", "--dry-run=server", "-f", "-", input=json.dumps(probe), check=False).returncode == 0:
+            assert time.monotonic() < deadline, "the admission policy was never enforced"
+            time.sleep(0.5)
+        load.add_pod("web-a", node_a)
+        load.add_pod("web-b", node_b)
+        _setup(cluster, ec2, world)
+
+        def source(o: dict[str, Any], eni: str) -> dict[str, Any]:
+            return next((s for s in o.get("status", {}).get("sources") or [] if s["networkInterfaceId"] == eni), {})
+
+        def follows_child(o: dict[str, Any]) -> bool:
+            child = cluster.get("mirrorsession", child_name("web", eni_b)) or {}
+            session_id = child.get("status", {}).get("trafficMirrorSessionId")
+            return (
+                session_id is not None
+                and source(o, eni_b).get("state") == "Mirroring"
+                and source(o, eni_b).get("trafficMirrorSessionId") == session_id
+                and load.aws_sessions({eni_b}).get(eni_b, {}).get("TrafficMirrorSessionId") == session_id
+            )
+
+        parent = cluster.wait_for("mirrorsession", "web", follows_child, timeout=180)
+        assert source(parent, eni_a).get("state") == "Pending" and eni_a not in load.aws_sessions({eni_a})
+        first_id = source(parent, eni_b)["trafficMirrorSessionId"]
+        # The sibling's AWS session deleted behind the operator's back: re-created, and the parent says so.
+        ec2.delete_traffic_mirror_session(TrafficMirrorSessionId=first_id)
+        parent = cluster.wait_for(
+            "mirrorsession", "web",
+            lambda o: follows_child(o) and source(o, eni_b)["trafficMirrorSessionId"] != first_id,
+            timeout=3 * RESYNC_SECONDS + 30,
+        )  # fmt: skip
+        assert source(parent, eni_a).get("state") == "Pending"
+    finally:
+        for manifest in reversed(manifests):
+            kubectl("delete", manifest["kind"], policy, "--ignore-not-found")
+    # Admitted again: the refused source converges too.
+    cluster.wait_for(
+        "mirrorsession", "web",
+        lambda o: {s["networkInterfaceId"]: s["state"] for s in o.get("status", {}).get("sources") or []}
+        == {eni_a: "Mirroring", eni_b: "Mirroring"},
+        timeout=TIMEOUT,
+    )  # fmt: skip
+    cluster.delete("mirrorsession", "web")
+    deadline = time.monotonic() + TIMEOUT
+    while time.monotonic() < deadline and (load.aws_sessions({eni_a, eni_b}) or _children(cluster)):
+        time.sleep(0.5)
+    assert load.aws_sessions({eni_a, eni_b}) == {} and _children(cluster) == []
