@@ -283,6 +283,29 @@ def test_a_session_over_the_source_quota_is_created_once_a_slot_frees(
     cluster.wait_phase("mirrorsession", "fourth", "Ready", timeout=CONVERGE_SECONDS)
 
 
+def test_a_session_to_a_stopped_target_instance_is_created_once_it_runs_again(
+    cluster: Cluster, world: World, ec2: Any, source_eni: str
+) -> None:
+    """A target's instance stopped (e.g. to change its type): AWS refuses sessions to it, a fact that changes.
+    The session says TargetNotRunning, asks AWS again once a resync period (not in a loop), and is Ready once
+    the instance runs."""
+    instance_id, eni = fresh_instance(ec2, world, "c5.large")
+    cluster.apply(_filter())
+    cluster.apply(_target(networkInterfaceId=eni))
+    cluster.wait_phase("mirrortarget", "capture", "Ready")
+    ec2.stop_instances(InstanceIds=[instance_id])
+    cluster.apply(_session(source_eni))
+    failed = cluster.wait_phase("mirrorsession", "web", "Failed")
+    assert ready_condition(failed)["reason"] == "TargetNotRunning", ready_condition(failed)
+    assert "stopped" in ready_condition(failed)["message"]
+    creates = _steady(cluster, ("CreateTrafficMirrorSession",))
+    assert creates <= 4, f"{creates} creates in 3 resync periods while the target's instance was stopped"
+    ec2.start_instances(InstanceIds=[instance_id])
+    ready = cluster.wait_phase("mirrorsession", "web", "Ready", timeout=CONVERGE_SECONDS)
+    found = ec2.describe_traffic_mirror_sessions(TrafficMirrorSessionIds=[ready["status"]["trafficMirrorSessionId"]])
+    assert found["TrafficMirrorSessions"][0]["NetworkInterfaceId"] == source_eni
+
+
 # --- 9. stale status ---------------------------------------------------------------------------------
 
 
