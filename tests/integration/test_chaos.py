@@ -87,7 +87,10 @@ REGRESSION_SEEDS: dict[str, tuple[int, int, int]] = {
     # observedGeneration stayed behind for good.
     "spec-reverted-stale-generation": (3, 125, 25),
     # (The default run with pod churn found: a pod selector child deleted, its ENI selected again at once, the new
-    # child named the old child's generated filter while the garbage collector deleted it; each waited for the other.)
+    # child named the old child's generated filter while the garbage collector deleted it; each waited for the other.
+    # With pod churn, seed 2 found: a parent filter none of whose rules could hold a pod's address gave a generated
+    # filter with no rule, refused at admission, and that refused write kept the parent's whole status.sources stale;
+    # seed 3: a session created while its target's instance was stopped for a resize was AwsRejected for good.)
 }
 
 SESSIONS, TARGETS, FILTERS = 8, 3, 3
