@@ -9,7 +9,14 @@ A seeded generator draws steps from two families and applies them in bursts:
   session number, a target's ENI swapped (a replacement), tags, deletionPolicy, deletes and re-creates;
 - out-of-band AWS changes made behind the operator's back with boto3: sessions deleted or modified, rules
   deleted, modified or added, targets and filters deleted (their sessions first, as AWS requires), tags removed
-  or changed, and source or target instances resized (stop, ModifyInstanceAttribute, start).
+  or changed, and source or target instances resized (stop, ModifyInstanceAttribute, start);
+
+and, from a generator of its own (so that a seed's plain steps stay what they were), pod and node churn against
+two selector sessions, w0 (podSelector) and w1 (nodeSelector): pods of the selected label created, deleted,
+moved to another node (a new address on that node's ENI) and relabelled; nodes added, deleted (their pods and
+instance with them) and relabelled; a child MirrorSession or a child's AWS session deleted out of band; a parent's
+target or filter swapped. Nodes are Node objects naming emulator instances; a pod's address is a secondary IP of its
+node's ENI, and the test writes status.podIP itself, standing in for the kubelet (none runs here).
 
 After each burst, within two resync periods (the operator's TRAFFICMIRROR_RESYNC_SECONDS, short here):
 
@@ -18,9 +25,13 @@ After each burst, within two resync periods (the operator's TRAFFICMIRROR_RESYNC
   observed fact (ENI, instance type, VNI, rule IDs) equal to what AWS holds;
 - no duplicate (two AWS resources of one object) and no orphan (an owned AWS resource whose object is gone,
   unless it was deleted with deletionPolicy Orphan: that resource must stay, untouched);
+- a selector session mirrors exactly the ENIs holding its selected pods (w0) or of its selected nodes (w1), one AWS
+  session each, owned by a child MirrorSession, through the parent's target and its filter or the child's generated
+  one, and its status.sources says so; children and generated filters count as orphans once their parent is gone;
 
 and then, for one more resync period, no mutating EC2 call at all: every object is in sync (the hot-loop
-detector; calls are attributed to objects by ClientToken and resource ID).
+detector; calls are attributed to objects by ClientToken and resource ID). At the end the selector sessions are
+deleted: no child, no generated MirrorFilter and no AWS session or filter of theirs may stay.
 
 Replay a run:  pytest tests/integration/test_chaos.py --chaos-seed N  (or TRAFFICMIRROR_CHAOS_SEED=N);
 TRAFFICMIRROR_CHAOS_STEPS and TRAFFICMIRROR_CHAOS_BURST set the step count and the burst size.
@@ -29,12 +40,14 @@ A seed that once failed is kept in REGRESSION_SEEDS and runs forever.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
 import ssl
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
@@ -73,6 +86,11 @@ REGRESSION_SEEDS: dict[str, tuple[int, int, int]] = {
     # The same with a stale status (s7's targetRef t0 -> t1 -> t0 while target t2 was replaced):
     # observedGeneration stayed behind for good.
     "spec-reverted-stale-generation": (3, 125, 25),
+    # (The default run with pod churn found: a pod selector child deleted, its ENI selected again at once, the new
+    # child named the old child's generated filter while the garbage collector deleted it; each waited for the other.
+    # With pod churn, seed 2 found: a parent filter none of whose rules could hold a pod's address gave a generated
+    # filter with no rule, refused at admission, and that refused write kept the parent's whole status.sources stale;
+    # seed 3: a session created while its target's instance was stopped for a resize was AwsRejected for good.)
 }
 
 SESSIONS, TARGETS, FILTERS = 8, 3, 3
@@ -87,6 +105,13 @@ CLUSTER_TAG = "trafficmirror.io/cluster"
 GROUP_VERSION = "trafficmirror.io/v1alpha1"
 PLURALS = {"MirrorSession": "mirrorsessions", "MirrorTarget": "mirrortargets", "MirrorFilter": "mirrorfilters"}
 KIND_ORDER = ("MirrorFilter", "MirrorTarget", "MirrorSession")
+PARENT_LABEL = "trafficmirror.io/parent-session"
+GENERATED_FOR_LABEL = "trafficmirror.io/generated-for"
+# Pod and node churn: a seeded generator of its own (the plain steps of a seed stay what they were) adds a workload
+# step after a plain one with this chance.
+WORKLOAD_STEP_CHANCE = float(os.environ.get("TRAFFICMIRROR_CHAOS_WORKLOAD_CHANCE", "0.3"))
+NODES = 3
+SELECTED, OTHER = "mirrored", "plain"  # the pods' app label: the pod selector session selects app=mirrored
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -129,6 +154,11 @@ class Api:
     def delete(self, kind: str, name: str) -> None:
         self.request("DELETE", self.path(kind, name))
 
+    def core(self, method: str, path: str, body: Any = None, content_type: str = "application/json") -> Any:
+        """A core v1 object: `path` is "nodes[/name]" or "pods[/name[/status]]" (the test's namespace)."""
+        prefix = "/api/v1/" if path.startswith("nodes") else f"/api/v1/namespaces/{self.namespace}/"
+        return self.request(method, prefix + path, body, content_type)
+
 
 # ----------------------------------------------------------------------------------------------------------------
 # The model: what the user declared, object by object.
@@ -141,6 +171,7 @@ class Declared:
     uid: str = ""
     live: bool = True
     slot: int = 0  # a session's source ENI / a target's first ENI
+    selector: bool = False  # a pod or node selector session: its children hold the AWS sessions
 
 
 @dataclass
@@ -158,6 +189,7 @@ class Chaos:
     # deletionPolicy Orphan always has a settled AWS resource to leave behind.
     touched: set[str] = field(default_factory=set)
     log: list[str] = field(default_factory=list)
+    workload: Workload | None = None
 
     # --- helpers ----------------------------------------------------------------------------------------------
     def live(self, kind: str) -> list[Declared]:
@@ -255,6 +287,14 @@ class Chaos:
 
     # --- one step -----------------------------------------------------------------------------------------------
     def step(self) -> str:
+        done = self.plain_step()
+        if self.workload is not None and self.workload.rng.random() < WORKLOAD_STEP_CHANCE:
+            churn = self.workload.step(self)
+            self.log.append(churn)
+            done = f"{done}; {churn}"
+        return done
+
+    def plain_step(self) -> str:
         moves: list[tuple[int, Callable[[], str | None]]] = [
             (4, self.edit_rules),
             (3, self.swap_session_ref),
@@ -282,7 +322,8 @@ class Chaos:
         return "nothing to do"
 
     def pick(self, kind: str) -> Declared | None:
-        candidates = self.live(kind)
+        # Selector sessions are left to the workload steps (their children's AWS sessions are checked per ENI).
+        candidates = [o for o in self.live(kind) if not o.selector]
         return self.rng.choice(candidates) if candidates else None
 
     def update(self, declared: Declared) -> None:
@@ -388,7 +429,9 @@ class Chaos:
     def delete_object(self) -> str | None:
         kind = self.rng.choice(["MirrorSession", "MirrorSession", "MirrorTarget", "MirrorFilter"])
         # A target or filter still named by a session waits for it (a correct, endless wait): not chosen.
-        candidates = [o for o in self.live(kind) if kind == "MirrorSession" or not self.users_of(o)]
+        candidates = [
+            o for o in self.live(kind) if not o.selector and (kind == "MirrorSession" or not self.users_of(o))
+        ]
         # Nor one an orphaned session of this burst still uses in AWS.
         candidates = [o for o in candidates if not self.used_by_orphans(o) and o.name not in self.touched]
         if not candidates:
@@ -593,6 +636,288 @@ class Chaos:
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# Pods and nodes, and the selector sessions that follow them.
+# ----------------------------------------------------------------------------------------------------------------
+POOL_LABEL = "trafficmirror.io/chaos-pool"
+MAX_PODS = 8
+
+
+@dataclass
+class Workload:
+    """Node objects whose providerID names an emulator instance, pods whose IPs are secondary IPs of their node's
+    ENI (as the VPC CNI assigns them), and two selector sessions: w0 selects pods (app=mirrored), w1 nodes (the
+    run's pool label). No kubelet runs here: the test writes each pod's status.podIP itself, standing in for it."""
+
+    rng: random.Random
+    api: Api
+    ec2: Any
+    world: World
+    mark: str  # the run's node pool label value
+    nodes: dict[str, tuple[str, str]] = field(default_factory=dict)  # name → (instance, primary ENI)
+    pooled: dict[str, bool] = field(default_factory=dict)  # name → selected by w1
+    pods: dict[str, tuple[str, str, str]] = field(default_factory=dict)  # name → (node, IP, app label)
+    counter: int = 0
+
+    # --- the world -------------------------------------------------------------------------------------------
+    def populate(self, chaos: Chaos) -> None:
+        for _ in range(NODES):
+            self.add_node()
+        for _ in range(4):
+            self.add_pod(self.rng.choice(sorted(self.nodes)), self.rng.choice([SELECTED, SELECTED, OTHER]))
+        sources = {
+            "w0": ({"podSelector": {"matchLabels": {"app": SELECTED}}}, 10),
+            "w1": ({"nodeSelector": {"matchLabels": {POOL_LABEL: self.mark}}}, 20),
+        }
+        for name, (source, number) in sources.items():
+            spec = {
+                "source": source,
+                "targetRef": {"name": self.rng.choice(chaos.live("MirrorTarget")).name},
+                "filterRef": {"name": self.rng.choice(chaos.live("MirrorFilter")).name},
+                "sessionNumber": number,  # w0 and w1 share ENIs: distinct numbers
+            }
+            chaos.create(Declared("MirrorSession", name, spec, selector=True))
+
+    def add_node(self) -> str:
+        self.counter += 1
+        name = f"chaos-{self.mark}-{self.counter}"
+        ((instance, eni),) = launch(self.ec2, self.world, 1, SOURCE_TYPES[0])
+        self.pooled[name] = self.rng.random() < 0.6
+        labels = {POOL_LABEL: self.mark if self.pooled[name] else "no"}
+        body = {"apiVersion": "v1", "kind": "Node", "metadata": {"name": name, "labels": labels},
+                "spec": {"providerID": f"aws:///us-east-1a/{instance}"}}  # fmt: skip
+        self.api.core("POST", "nodes", body)
+        self.nodes[name] = (instance, eni)
+        return name
+
+    def addresses(self, eni: str) -> set[str]:
+        raw = self.ec2.describe_network_interfaces(NetworkInterfaceIds=[eni])["NetworkInterfaces"][0]
+        return {a["PrivateIpAddress"] for a in raw["PrivateIpAddresses"]}
+
+    def add_pod(self, node: str, app: str) -> str:
+        eni = self.nodes[node][1]
+        before = self.addresses(eni)
+        self.ec2.assign_private_ip_addresses(NetworkInterfaceId=eni, SecondaryPrivateIpAddressCount=1)
+        (address,) = self.addresses(eni) - before
+        self.counter += 1
+        name = f"pod-{self.counter}"
+        body = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "labels": {"app": app}},
+                "spec": {"nodeName": node, "containers": [{"name": "web", "image": "web:1"}]}}  # fmt: skip
+        self.api.core("POST", "pods", body)
+        # Standing in for the kubelet: the pod runs with its address.
+        status = {"status": {"phase": "Running", "podIP": address, "podIPs": [{"ip": address}]}}
+        self.api.core("PATCH", f"pods/{name}/status", status, "application/merge-patch+json")
+        self.pods[name] = (node, address, app)
+        return name
+
+    def delete_pod(self, name: str) -> None:
+        # No kubelet confirms a graceful deletion: the pod is removed at once.
+        node, address, _app = self.pods.pop(name)
+        self.api.core("DELETE", f"pods/{name}", {"gracePeriodSeconds": 0})
+        if node in self.nodes:
+            Chaos.quietly(
+                self.ec2.unassign_private_ip_addresses,
+                NetworkInterfaceId=self.nodes[node][1],
+                PrivateIpAddresses=[address],
+            )
+
+    def delete_node(self, name: str) -> None:
+        """The node's pods go, then the node, then its instance (its ENI with it)."""
+        for pod in [p for p, (node, _, _) in self.pods.items() if node == name]:
+            self.delete_pod(pod)
+        self.api.core("DELETE", f"nodes/{name}")
+        instance, _eni = self.nodes.pop(name)
+        self.pooled.pop(name)
+        self.ec2.terminate_instances(InstanceIds=[instance])
+
+    def clear(self) -> None:
+        for name in list(self.nodes):
+            with contextlib.suppress(urllib.error.HTTPError):
+                self.delete_node(name)
+
+    # --- one step --------------------------------------------------------------------------------------------
+    def step(self, chaos: Chaos) -> str:
+        moves: list[tuple[int, Callable[[Chaos], str | None]]] = [
+            (3, self.create_pod),
+            (3, self.delete_a_pod),
+            (2, self.move_pod),
+            (2, self.relabel_pod),
+            (1, self.delete_a_node),
+            (1, self.add_a_node),
+            (1, self.relabel_node),
+            (2, self.delete_child),
+            (2, self.aws_delete_child_session),
+            (1, self.swap_parent_ref),
+        ]
+        for _ in range(20):
+            move = self.rng.choices([m for _, m in moves], weights=[w for w, _ in moves])[0]
+            done = move(chaos)
+            if done:
+                return done
+        return "churn: nothing to do"
+
+    def create_pod(self, chaos: Chaos) -> str | None:
+        if len(self.pods) >= MAX_PODS or not self.nodes:
+            return None
+        node, app = self.rng.choice(sorted(self.nodes)), self.rng.choice([SELECTED, SELECTED, OTHER])
+        name = self.add_pod(node, app)
+        return f"churn: create {name} ({app}) on {node} at {self.pods[name][1]}"
+
+    def delete_a_pod(self, chaos: Chaos) -> str | None:
+        if not self.pods:
+            return None
+        name = self.rng.choice(sorted(self.pods))
+        self.delete_pod(name)
+        return f"churn: delete {name}"
+
+    def move_pod(self, chaos: Chaos) -> str | None:
+        """A pod re-scheduled on another node: a new pod there, with a new address of that node's ENI."""
+        if not self.pods or len(self.nodes) < 2:
+            return None
+        name = self.rng.choice(sorted(self.pods))
+        node, _address, app = self.pods[name]
+        other = self.rng.choice([n for n in sorted(self.nodes) if n != node])
+        self.delete_pod(name)
+        moved = self.add_pod(other, app)
+        return f"churn: move {name} from {node} to {other} as {moved} at {self.pods[moved][1]}"
+
+    def relabel_pod(self, chaos: Chaos) -> str | None:
+        if not self.pods:
+            return None
+        name = self.rng.choice(sorted(self.pods))
+        node, address, app = self.pods[name]
+        app = OTHER if app == SELECTED else SELECTED
+        self.api.core("PATCH", f"pods/{name}", {"metadata": {"labels": {"app": app}}}, "application/merge-patch+json")
+        self.pods[name] = (node, address, app)
+        return f"churn: relabel {name} app={app}"
+
+    def delete_a_node(self, chaos: Chaos) -> str | None:
+        if len(self.nodes) < 2:
+            return None
+        name = self.rng.choice(sorted(self.nodes))
+        self.delete_node(name)
+        return f"churn: delete node {name} (and its pods)"
+
+    def add_a_node(self, chaos: Chaos) -> str | None:
+        if len(self.nodes) > NODES:
+            return None
+        name = self.add_node()
+        return f"churn: add node {name} (pooled {self.pooled[name]})"
+
+    def relabel_node(self, chaos: Chaos) -> str | None:
+        if not self.nodes:
+            return None
+        name = self.rng.choice(sorted(self.nodes))
+        self.pooled[name] = not self.pooled[name]
+        labels = {POOL_LABEL: self.mark if self.pooled[name] else "no"}
+        self.api.core("PATCH", f"nodes/{name}", {"metadata": {"labels": labels}}, "application/merge-patch+json")
+        return f"churn: relabel node {name} (pooled {self.pooled[name]})"
+
+    def children(self) -> list[dict[str, Any]]:
+        query = "?labelSelector=" + urllib.parse.quote(PARENT_LABEL)
+        items: list[dict[str, Any]] = self.api.request("GET", self.api.path("MirrorSession") + query)["items"]
+        return sorted(
+            (c for c in items if not c["metadata"].get("deletionTimestamp")), key=lambda c: c["metadata"]["name"]
+        )
+
+    def delete_child(self, chaos: Chaos) -> str | None:
+        children = self.children()
+        if not children:
+            return None
+        name = self.rng.choice(children)["metadata"]["name"]
+        try:
+            self.api.delete("MirrorSession", name)
+        except urllib.error.HTTPError:
+            return None
+        return f"churn: delete child MirrorSession {name}"
+
+    def aws_delete_child_session(self, chaos: Chaos) -> str | None:
+        children = [c for c in self.children() if (c.get("status") or {}).get("trafficMirrorSessionId")]
+        if not children:
+            return None
+        child = self.rng.choice(children)
+        session_id = child["status"]["trafficMirrorSessionId"]
+        chaos.quietly(chaos.ec2.delete_traffic_mirror_session, TrafficMirrorSessionId=session_id)
+        return f"churn: aws delete session {session_id} of child {child['metadata']['name']}"
+
+    def swap_parent_ref(self, chaos: Chaos) -> str | None:
+        parent = self.rng.choice([o for o in chaos.live("MirrorSession") if o.selector])
+        kind, ref = self.rng.choice([("MirrorTarget", "targetRef"), ("MirrorFilter", "filterRef")])
+        others = [o for o in chaos.live(kind) if o.name != parent.spec[ref]["name"]]
+        if not others:
+            return None
+        parent.spec[ref] = {"name": self.rng.choice(others).name}
+        chaos.update(parent)
+        return f"churn: {parent.name} {ref} -> {parent.spec[ref]['name']}"
+
+    # --- the invariants ---------------------------------------------------------------------------------------
+    def expected(self, parent: Declared) -> set[str]:
+        """The ENIs a selector session must mirror: one per ENI holding a selected pod / of a selected node."""
+        if "podSelector" in parent.spec["source"]:
+            return {self.nodes[node][1] for node, _ip, app in self.pods.values() if app == SELECTED}
+        return {eni for name, (_instance, eni) in self.nodes.items() if self.pooled[name]}
+
+    def check(
+        self,
+        chaos: Chaos,
+        cluster: dict[str, dict[str, Any]],
+        owned: dict[str, list[tuple[str, dict[str, Any]]]],
+        aws_id_of: dict[str, str],
+        children: dict[str, list[dict[str, Any]]],
+    ) -> list[str]:
+        problems: list[str] = []
+        by_name = {o.name: o for o in chaos.objects.values() if o.live}
+        for parent in chaos.live("MirrorSession"):
+            if not parent.selector:
+                continue
+            want = self.expected(parent)
+            target_id = aws_id_of.get(by_name[parent.spec["targetRef"]["name"]].uid)
+            filter_id = aws_id_of.get(by_name[parent.spec["filterRef"]["name"]].uid)
+            kids = children[parent.name]
+            generated = {
+                f["metadata"]["labels"][GENERATED_FOR_LABEL]: aws_id_of.get(f["metadata"]["uid"])
+                for f in _generated_filters(cluster, {parent.name: kids})
+            }
+            kid_enis = sorted(c["spec"]["source"].get("networkInterfaceId", "?") for c in kids)
+            if kid_enis != sorted(want):
+                problems.append(f"{parent.name}: children on {kid_enis}, expected one on each of {sorted(want)}")
+            mirrored: dict[str, list[str]] = defaultdict(list)
+            for kid in kids:
+                name = kid["metadata"]["name"]
+                for kind, item in owned.get(kid["metadata"]["uid"], []):
+                    if kind != "MirrorSession":
+                        continue
+                    mirrored[item["NetworkInterfaceId"]].append(item["TrafficMirrorSessionId"])
+                    if item["TrafficMirrorTargetId"] != target_id:
+                        problems.append(f"{name}: AWS target {item['TrafficMirrorTargetId']}, not {target_id}")
+                    if item["TrafficMirrorFilterId"] not in (filter_id, generated.get(name)):
+                        problems.append(
+                            f"{name}: AWS filter {item['TrafficMirrorFilterId']}, not its own or {filter_id}"
+                        )
+                    if item.get("SessionNumber") != parent.spec["sessionNumber"]:
+                        problems.append(f"{name}: session number {item.get('SessionNumber')}")
+            if sorted(mirrored) != sorted(want) or any(len(ids) != 1 for ids in mirrored.values()):
+                problems.append(
+                    f"{parent.name}: AWS mirrors {dict(mirrored)}, expected one session on each of {sorted(want)}"
+                )
+            obj = cluster[f"MirrorSession/{parent.name}"]
+            status = obj.get("status") or {}
+            sources = status.get("sources") or []
+            if status.get("phase") != "Ready" or status.get("observedGeneration") != obj["metadata"].get("generation"):
+                problems.append(
+                    f"{parent.name}: phase {status.get('phase')}, generation {status.get('observedGeneration')}"
+                )
+            states = sorted(
+                (s.get("networkInterfaceId"), s.get("state"), s.get("trafficMirrorSessionId")) for s in sources
+            )
+            wanted = sorted((e, "Mirroring", mirrored[e][0] if mirrored.get(e) else None) for e in want)
+            if states != wanted:
+                problems.append(f"{parent.name}: status.sources {states}, expected {wanted}")
+            if status.get("skippedPods"):
+                problems.append(f"{parent.name}: skipped {status['skippedPods']}")
+        return problems
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # The invariants: what AWS and the statuses must say, given the model.
 # ----------------------------------------------------------------------------------------------------------------
 def _tags(raw: dict[str, Any]) -> dict[str, str]:
@@ -680,8 +1005,12 @@ def check(chaos: Chaos, view: AwsView, cluster: dict[str, dict[str, Any]], names
             owned[tags.get(OWNER_UID_TAG) or _marker_uid(item)].append(("MirrorSession", item))
 
     live = {o.uid: o for o in chaos.objects.values() if o.live}
+    # The children of live selector sessions and their generated filters own AWS resources too.
+    children = _children_of(chaos, cluster)
+    allowed = {c["metadata"]["uid"] for kids in children.values() for c in kids}
+    allowed |= {f["metadata"]["uid"] for f in _generated_filters(cluster, children)}
     for uid, resources in owned.items():
-        if uid not in live and uid not in chaos.orphaned_uids:
+        if uid not in live and uid not in chaos.orphaned_uids and uid not in allowed:
             problems.append(f"orphan: {[(k, r[id_keys[k]]) for k, r in resources]} of deleted object {uid}")
     for uid in chaos.orphaned_uids:
         if uid not in owned:
@@ -691,7 +1020,7 @@ def check(chaos: Chaos, view: AwsView, cluster: dict[str, dict[str, Any]], names
     for uid, resources in owned.items():
         if len(resources) > 1:
             problems.append(f"duplicates for {uid}: {[r[id_keys[k]] for k, r in resources]}")
-        if uid in live and resources:
+        if (uid in live or uid in allowed) and resources:
             kind, item = resources[0]
             aws_id_of[uid] = item[id_keys[kind]]
 
@@ -704,6 +1033,8 @@ def check(chaos: Chaos, view: AwsView, cluster: dict[str, dict[str, Any]], names
         if obj is None or obj["metadata"]["uid"] != declared.uid:
             problems.append(f"{declared.name}: missing in the cluster")
             continue
+        if declared.selector:
+            continue  # checked below, once every object's AWS ID is known
         resources = owned.get(declared.uid, [])
         if not resources:
             status = obj.get("status") or {}
@@ -717,9 +1048,15 @@ def check(chaos: Chaos, view: AwsView, cluster: dict[str, dict[str, Any]], names
         problems += [f"{declared.name}: {p}" for p in _check_status(obj, resources[0][1], id_keys[declared.kind])]
     if problems:
         return problems
+    if chaos.workload is not None:
+        problems += chaos.workload.check(chaos, cluster, owned, aws_id_of, children)
+        if problems:
+            return problems
     # Sessions point at their target's and filter's AWS resources.
     by_name = {o.name: o for o in chaos.objects.values() if o.live}
     for session in chaos.live("MirrorSession"):
+        if session.selector:
+            continue
         item = owned[session.uid][0][1]
         target, mirror_filter = by_name[session.spec["targetRef"]["name"]], by_name[session.spec["filterRef"]["name"]]
         if item["TrafficMirrorTargetId"] != aws_id_of.get(target.uid):
@@ -727,6 +1064,30 @@ def check(chaos: Chaos, view: AwsView, cluster: dict[str, dict[str, Any]], names
         if item["TrafficMirrorFilterId"] != aws_id_of.get(mirror_filter.uid):
             problems.append(f"{session.name}: AWS filter {item['TrafficMirrorFilterId']}, not {mirror_filter.name}'s")
     return problems
+
+
+def _children_of(chaos: Chaos, cluster: dict[str, dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """Selector session name → the MirrorSessions it controls (its ownerReference, not merely the label)."""
+    parents = {o.uid: o.name for o in chaos.objects.values() if o.live and o.selector}
+    found: dict[str, list[dict[str, Any]]] = {name: [] for name in parents.values()}
+    for key, obj in cluster.items():
+        if not key.startswith("MirrorSession/") or PARENT_LABEL not in (obj["metadata"].get("labels") or {}):
+            continue
+        for owner in obj["metadata"].get("ownerReferences") or []:
+            if owner.get("controller") and owner["uid"] in parents:
+                found[parents[owner["uid"]]].append(obj)
+    return found
+
+
+def _generated_filters(
+    cluster: dict[str, dict[str, Any]], children: dict[str, list[dict[str, Any]]]
+) -> list[dict[str, Any]]:
+    names = {c["metadata"]["name"] for kids in children.values() for c in kids}
+    return [
+        obj
+        for key, obj in cluster.items()
+        if key.startswith("MirrorFilter/") and (obj["metadata"].get("labels") or {}).get(GENERATED_FOR_LABEL) in names
+    ]
 
 
 def _marker_uid(item: dict[str, Any]) -> str:
@@ -906,6 +1267,8 @@ def chaos_bed(
             api = Api(control_plane, namespace)
             for kind in ("MirrorSession", "MirrorTarget", "MirrorFilter"):
                 for obj in api.list(kind):
+                    if {PARENT_LABEL, GENERATED_FOR_LABEL} & set(obj["metadata"].get("labels") or {}):
+                        continue  # a selector session's: they go with it
                     spec = {**obj["spec"], "deletionPolicy": "Delete"}
                     api.replace_spec(kind, obj["metadata"]["name"], spec)
             control_plane.kubectl("delete", "mirrorsessions", "--all", "-n", namespace, "--wait=true", "--timeout=120s")
@@ -962,6 +1325,28 @@ def run_chaos(
         instance_of_eni={eni: instance for instance, eni in [*sources, *targets]},
     )
     enis = [*chaos.source_enis, *chaos.target_enis]
+    chaos.populate()
+    workload = Workload(random.Random(f"workload-{seed}"), api, ec2, world, mark=f"{seed % 100000}-{os.getpid()}")
+    chaos.workload = workload
+    try:
+        workload.populate(chaos)
+        _run_bursts(seed, steps, burst, chaos, proxy, operator, ec2, enis, api, replay)
+    finally:
+        workload.clear()
+
+
+def _run_bursts(
+    seed: int,
+    steps: int,
+    burst: int,
+    chaos: Chaos,
+    proxy: FaultProxy,
+    operator: ProxiedOperator,
+    ec2: Any,
+    enis: list[str],
+    api: Api,
+    replay: str,
+) -> None:
     owner_of_id: dict[str, str] = {}
     per_object_mutations: Counter[str] = Counter()
     figures: list[str] = []
@@ -987,7 +1372,6 @@ def run_chaos(
                 )
             time.sleep(0.5)
 
-    chaos.populate()
     took = converge(SETUP_SECONDS, "creating the objects")
     figures.append(f"setup: {len(chaos.objects)} objects Ready in {took:.1f}s")
     cleanup_orphans(chaos, ec2)
@@ -1024,6 +1408,8 @@ def run_chaos(
         describes = Counter(c.action for c in burst_calls if not is_mutating(c))
         figures.append(f"{what}: converged in {took:.1f}s; {len(mutating)} mutating calls, describes {dict(describes)}")
         cleanup_orphans(chaos, ec2)
+    took = _selector_sessions_leave_nothing(chaos, ec2, api, CONVERGE_PERIODS * RESYNC_SECONDS * 2)
+    figures.append(f"selector sessions deleted: their children, AWS sessions and generated filters gone in {took:.1f}s")
     counters = proxy.counters()
     print("\n".join(figures))
     print(f"chaos seed {seed}: {done} steps in {time.monotonic() - started:.0f}s; steps taken:")
@@ -1031,6 +1417,37 @@ def run_chaos(
     print(f"EC2 calls through the proxy: {sum(counters['calls'].values())} {counters['calls']}")
     print(f"mutating calls per object during the bursts: {sorted(per_object_mutations.values(), reverse=True)}")
     assert done >= steps
+
+
+def _selector_sessions_leave_nothing(chaos: Chaos, ec2: Any, api: Api, budget: float) -> float:
+    """Delete the selector sessions: no child, no generated MirrorFilter, and nothing of theirs in AWS may stay."""
+    started = time.monotonic()
+    for parent in chaos.live("MirrorSession"):
+        if parent.selector:
+            api.delete("MirrorSession", parent.name)
+            parent.live = False
+    declared = _uids(chaos)
+    left: list[str] = []
+    while time.monotonic() < started + budget:
+        left = [
+            f"{o['kind']} {o['metadata']['name']}"
+            for kind in ("MirrorSession", "MirrorFilter")
+            for o in api.list(kind)
+            if {PARENT_LABEL, GENERATED_FOR_LABEL} & set(o["metadata"].get("labels") or {})
+        ]
+        sessions = ec2.describe_traffic_mirror_sessions()["TrafficMirrorSessions"]
+        filters = ec2.describe_traffic_mirror_filters()["TrafficMirrorFilters"]
+        left += [
+            f"AWS {_tags(item).get(OWNER_TAG)}"
+            for item in [*sessions, *filters]
+            if _tags(item).get(OWNER_TAG, "").split("/")[1:2] == [api.namespace]
+            and _tags(item).get(OWNER_UID_TAG) not in declared
+            and _tags(item).get(OWNER_UID_TAG) not in chaos.orphaned_uids
+        ]
+        if not left:
+            return time.monotonic() - started
+        time.sleep(0.5)
+    raise AssertionError(f"left behind {budget:.0f}s after the selector sessions were deleted: {left}")
 
 
 def cleanup_orphans(chaos: Chaos, ec2: Any) -> None:

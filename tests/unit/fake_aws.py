@@ -41,7 +41,7 @@ def _new_id(prefix: str) -> str:
 
 
 def error(operation: str, code: str, message: str = "") -> AwsError:
-    return AwsError(operation, code, message or code, classify(code))
+    return AwsError(operation, code, message or code, classify(code, None, message))
 
 
 @dataclass

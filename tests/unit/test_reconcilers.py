@@ -151,9 +151,15 @@ ERRORS = {
     ErrorClass.NOT_FOUND: "InvalidNetworkInterfaceID.NotFound",
     ErrorClass.QUOTA: "TrafficMirrorTargetLimitExceeded",
     ErrorClass.UNSUPPORTED_INSTANCE: "NetworkInterfaceNotSupported",
+    ErrorClass.NOT_RUNNING: "InvalidTrafficMirrorTarget",
+}
+# The words that tell one class from another where AWS uses one code for both.
+MESSAGES = {
+    ErrorClass.NOT_RUNNING: "The traffic mirror target 'tmt-0123456789abcdef0' is not valid: network interface "
+    "'eni-0123456789abcdef0' is attached to instance 'i-0123456789abcdef0', which is stopped, not running.",
 }
 # Errors that are facts of the world (they change without a spec change): Failed, looked at again.
-WORLD_FACTS = {ErrorClass.QUOTA, ErrorClass.UNSUPPORTED_INSTANCE}
+WORLD_FACTS = {ErrorClass.QUOTA, ErrorClass.UNSUPPORTED_INSTANCE, ErrorClass.NOT_RUNNING}
 
 
 # NotFound from the Describe of the recorded resource is no failure: it was deleted outside, and is
@@ -180,7 +186,7 @@ def test_every_aws_failure_reaches_status(kind: str, operation: str, error_class
         obj.status.clear()
         obj.annotations.clear()
         obj.uid = f"{obj.uid}-new"
-    world.region.fail[operation] = error("Op", ERRORS[error_class])
+    world.region.fail[operation] = error("Op", ERRORS[error_class], MESSAGES.get(error_class, ""))
     outcome = obj.reconcile(world.ctx)
     assert world.region.calls[operation] >= 1, "the failing call was never made"
     assert outcome.phase.value in ("Failed", "Pending") and obj.reason and outcome.conditions[0].message
@@ -421,7 +427,9 @@ def test_every_failed_reason_is_either_the_specs_or_rechecked() -> None:
     spec_facts = {"AwsRejected", "InvalidSpec", "NoSource"}
     for error_class, code in ERRORS.items():
         try:
-            outcome = outcome_for_aws_error(error("Op", code))
+            raised = error("Op", code, MESSAGES.get(error_class, ""))
+            assert raised.error_class is error_class
+            outcome = outcome_for_aws_error(raised)
         except RetryLater:
             continue
         assert outcome.ready_reason in RECHECKED_AT_RESYNC | spec_facts, (error_class, outcome.ready_reason)
