@@ -44,9 +44,11 @@ from moto.core.responses import ActionResult
 from moto.core.utils import get_service_model
 from moto.ec2.exceptions import EC2ClientError
 from moto.ec2.models import EC2Backend, ec2_backends
+from moto.ec2.models import elastic_network_interfaces as moto_enis
 from moto.ec2.models.elastic_network_interfaces import NetworkInterfaceBackend
 from moto.ec2.responses import EC2Response
 from moto.ec2.utils import EC2_PREFIX_TO_RESOURCE, EC2_RESOURCE_TO_PREFIX, random_id, simple_aws_filter_to_re
+from moto.ec2.utils import random_private_ip as moto_random_private_ip
 from moto.moto_api._internal import mock_random
 
 from trafficmirror.aws.target_quotas import TargetQuotas
@@ -1214,6 +1216,38 @@ def _addresses_filter(moto_get_all: Callable[..., Any]) -> Callable[..., Any]:
     return get_all_network_interfaces
 
 
+def _free_private_ip(cidr: str | None = None, ipv6: bool = False) -> str:
+    """A private IPv4 address of the subnet that no ENI holds, as AWS hands out. moto picks any address
+    of the CIDR at random (the network address included) and checks only the ENI's own list, so two
+    ENIs of a subnet end up with one address: a pod's address then seems to be on two ENIs.
+    AWS reserves the first four addresses of a subnet and the last one."""
+    if ipv6 or cidr is None:
+        return moto_random_private_ip(cidr, ipv6=ipv6)
+    network = ipaddress.IPv4Network(cidr)
+    used = {
+        str(address)
+        for account in ec2_backends.values()
+        for region_backend in account.values()
+        for eni in region_backend.enis.values()
+        for address in (
+            eni.private_ip_address,
+            *(a.get("PrivateIpAddress") for a in eni.private_ip_addresses if isinstance(a, dict)),
+        )
+    }
+    first, last = int(network.network_address) + 4, int(network.broadcast_address) - 1
+    for _ in range(64):
+        candidate = str(ipaddress.IPv4Address(mock_random.randint(first, last)))
+        if candidate not in used:
+            return candidate
+    free = [a for n in range(first, last + 1) if (a := str(ipaddress.IPv4Address(n))) not in used]
+    if not free:
+        raise _error(
+            "InsufficientFreeAddressesInSubnet",
+            "The specified subnet does not have enough free addresses to satisfy the request.",
+        )
+    return mock_random.choice(free)
+
+
 def _create_network_interface(moto_create: Callable[[Any], ActionResult]) -> Callable[[Any], ActionResult]:
     """InterfaceType (branch, trunk, efa, ...) as AWS takes it; moto makes every ENI an `interface`."""
 
@@ -1248,6 +1282,7 @@ def install() -> None:
     for handler in _HANDLERS:
         setattr(EC2Response, handler.__name__, handler)
     _correct_instance_type_data()
+    moto_enis.random_private_ip = _free_private_ip  # type: ignore[assignment]
 
     for resource_type, prefix in _PREFIXES.items():
         old = EC2_RESOURCE_TO_PREFIX.get(resource_type)

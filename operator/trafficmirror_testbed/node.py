@@ -676,7 +676,7 @@ def running_node(images: list[Path], log: Callable[[str], None] = lambda _msg: N
     The node's paths (/var/lib/kubelet, /run/containerd, the CNI bridge) are the machine's own, so
     two runs on one machine (two checkouts' test suites, a demo during a test run) take turns: the
     second waits on a lock rather than sharing a kubelet's directories with the first."""
-    with _machine_lock(log):
+    with machine_lock(log):
         cleanup_stale()
         work = Path(tempfile.mkdtemp(prefix="trafficmirror-node-"))
         node = Node(work_dir=work, images=images, log=log)
@@ -687,7 +687,8 @@ def running_node(images: list[Path], log: Callable[[str], None] = lambda _msg: N
 
 
 @contextlib.contextmanager
-def _machine_lock(log: Callable[[str], None]) -> Iterator[None]:
+def machine_lock(log: Callable[[str], None] = lambda _msg: None) -> Iterator[None]:
+    """The machine's one node slot: held while a node runs, released when its holder's file closes."""
     RUN_BASE.mkdir(parents=True, exist_ok=True)
     with open(RUN_BASE.parent / "trafficmirror-node.lock", "a") as lock:
         try:

@@ -212,12 +212,20 @@ def test_a_completed_pod_selector_session_lists_each_pods_files_and_children_are
                 time.sleep(0.2)
             _patch_status(control_plane, namespace, {"phase": "Completed"}, "web")
             entry: dict[str, Any] = {}
+            # A closed file waiting in the spool is listed where it waits, then where it was shipped:
+            # this test reads the shipped ones (the spool's copy is gone once shipped).
+            shipped = str(work / "out") + "/"
             while time.monotonic() < end:
                 entry = _status(control_plane, namespace, "web").get("captureNodes", {}).get("node-done", {})
-                if len(entry.get("files", [])) == 2:
+                files = entry.get("files", [])
+                if len(files) == 2 and all(f.startswith(shipped) for f in files):
                     break
                 time.sleep(0.3)
-            assert len(entry.get("files", [])) == 2, (entry, (work / "agent.log").read_text()[-3000:])
+            files = entry.get("files", [])
+            assert len(files) == 2 and all(f.startswith(shipped) for f in files), (
+                entry,
+                (work / "agent.log").read_text()[-3000:],
+            )
             assert entry["packets"] == 300 and entry["filteredOut"] == 100  # a->b counted once
             by_pod = {Path(f).parent.name: f for f in entry["files"]}
             assert set(by_pod) == {f"{namespace}_web-1", f"{namespace}_web-2"}

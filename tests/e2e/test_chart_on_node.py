@@ -22,7 +22,15 @@ import pytest
 from tests.e2e.conftest import BUCKET, CLUSTER, E2E, EXAMPLES_NAMESPACE
 from trafficmirror_testbed import story, traffic
 from trafficmirror_testbed.kube import running_control_plane
-from trafficmirror_testbed.node import FIXED_PATHS, RUN_BASE, SYSCTLS, image_reference, product_image
+from trafficmirror_testbed.node import (
+    FIXED_PATHS,
+    RUN_BASE,
+    SYSCTLS,
+    cleanup_stale,
+    image_reference,
+    machine_lock,
+    product_image,
+)
 
 KINDS = "mirrorsessions,mirrortargets,mirrorfilters"
 
@@ -53,8 +61,13 @@ def _host_state() -> dict[str, object]:
 def test_ctrl_c_leaves_the_host_as_it_was() -> None:
     """A node interrupted (SIGINT, as Ctrl-C) with a pod running removes everything it made. Runs before
     the shared node of the tests below starts: two nodes cannot share the node's address."""
-    before = _host_state()
-    # Nothing else here makes KUBE-* chains: any found now were left by an earlier run.
+    # A run killed outright (SIGKILL, a machine's job limit) cannot clean up after itself: the next node
+    # does it before it starts. Done here, under the machine's node slot, so that "before" is a host
+    # without a node rather than whatever an earlier run left.
+    with machine_lock():
+        cleanup_stale()
+        before = _host_state()
+    # Nothing else here makes KUBE-* chains: any found now survived the stale cleanup.
     assert not before["kube_chains"] and not before["links"], before
     script = textwrap.dedent(
         f"""

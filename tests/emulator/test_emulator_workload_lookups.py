@@ -5,6 +5,7 @@ batched and cached, calls counted."""
 
 from __future__ import annotations
 
+import ipaddress
 from collections import Counter
 from typing import Any
 
@@ -79,3 +80,30 @@ def test_sessions_on_enis_counts_everyones_in_one_call(
     found = aws.sessions_on([source, other])
     assert (len(found[source]), found[other]) == (2, [])
     assert calls["DescribeTrafficMirrorSessions"] == 1
+
+
+def test_no_two_enis_of_a_subnet_share_an_address_until_it_is_full(ec2: Any, world: World, expect_error: Any) -> None:
+    """A subnet's private addresses are unique (moto alone handed one address to two ENIs, so a pod's
+    address seemed to be on an unrelated ENI). A /28 has 16 addresses, AWS reserves the first four and
+    the last: 11 to hand out, each once, whether primary or secondary; then the subnet is full."""
+    vpc = world.vpc_id
+    cidr = "10.42.250.0/28"
+    subnet = ec2.create_subnet(VpcId=vpc, CidrBlock=cidr)["Subnet"]["SubnetId"]
+    enis: list[str] = []
+    try:
+        for _ in range(3):
+            enis.append(ec2.create_network_interface(SubnetId=subnet)["NetworkInterface"]["NetworkInterfaceId"])
+        for eni in enis:
+            ec2.assign_private_ip_addresses(NetworkInterfaceId=eni, SecondaryPrivateIpAddressCount=2)
+        ec2.assign_private_ip_addresses(NetworkInterfaceId=enis[0], SecondaryPrivateIpAddressCount=2)
+        raw = ec2.describe_network_interfaces(NetworkInterfaceIds=enis)["NetworkInterfaces"]
+        held = [a["PrivateIpAddress"] for r in raw for a in r["PrivateIpAddresses"]]
+        assert len(held) == 11 and len(set(held)) == 11, held
+        hosts = [str(h) for h in ipaddress.IPv4Network(cidr)]
+        assert set(held) == set(hosts[4:-1])
+        expect_error("InsufficientFreeAddressesInSubnet", ec2.assign_private_ip_addresses,
+                     NetworkInterfaceId=enis[1], SecondaryPrivateIpAddressCount=1)  # fmt: skip
+    finally:
+        for eni in enis:
+            ec2.delete_network_interface(NetworkInterfaceId=eni)
+        ec2.delete_subnet(SubnetId=subnet)
