@@ -38,6 +38,8 @@ from typing import Annotated, Any, Literal, TypeVar
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, ValidationError
 
+from trafficmirror.aws.cited import SourceDocument, SourceIds, StrictModel
+
 AWS_REJECTION_CODE = "NetworkInterfaceNotSupported"
 """Error code of CreateTrafficMirrorSession for an ENI on an unsupported instance type."""
 
@@ -213,26 +215,10 @@ class SupportOverrides:
 
 _FamilyName = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9-]*$")]
 _SizeName = Annotated[str, StringConstraints(pattern=r"^[a-z0-9-]+$")]
-_SourceIds = Annotated[list[str], Field(min_length=1)]
 
 
-class _StrictModel(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class _SourceDocument(_StrictModel):
-    id: str
-    cite: str
-    says: str
-    url: str | None = None
-    also: str | None = None
-    ref: str | None = None
-    date: datetime.date | None = None
-    retrieved: datetime.date | None = None
-
-
-class _CitedFamiliesDocument(_StrictModel):
-    sources: _SourceIds
+class _CitedFamiliesDocument(StrictModel):
+    sources: SourceIds
     families: list[_FamilyName]
 
 
@@ -240,19 +226,19 @@ class _DeniedFamiliesDocument(_CitedFamiliesDocument):
     since: datetime.date | str
 
 
-class _DeniedPrefixDocument(_StrictModel):
+class _DeniedPrefixDocument(StrictModel):
     prefix: Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9.-]*$")]
-    sources: _SourceIds
+    sources: SourceIds
     note: str | None = None
 
 
-class _CitedRuleDocument(_StrictModel):
-    sources: _SourceIds
+class _CitedRuleDocument(StrictModel):
+    sources: SourceIds
 
 
-class _TableDocument(_StrictModel):
+class _TableDocument(StrictModel):
     version: datetime.date | str
-    sources: Annotated[list[_SourceDocument], Field(min_length=1)]
+    sources: Annotated[list[SourceDocument], Field(min_length=1)]
     supported_xen_families: _CitedFamiliesDocument
     denied_families: list[_DeniedFamiliesDocument]
     denied_prefixes: list[_DeniedPrefixDocument]

@@ -14,7 +14,9 @@ from importlib import resources
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from pydantic import Field, StringConstraints, ValidationError
+
+from trafficmirror.aws.cited import SourceDocument, SourceIds, StrictModel
 
 PACKAGED_QUOTAS_RESOURCE = ("aws", "target_quotas.yaml")
 
@@ -23,48 +25,38 @@ class TargetQuotasConfigError(ValueError):
     """The packaged quota table is malformed; the message says what."""
 
 
-class _StrictModel(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class _SourceDocument(SourceDocument):
+    url: str  # every quota is read on a page: its address is required
 
 
-class _SourceDocument(_StrictModel):
-    id: str
-    cite: str
-    says: str
-    url: str
-    date: datetime.date | None = None
-    retrieved: datetime.date | None = None
-
-
-_SourceIds = Annotated[list[str], Field(min_length=1)]
 _TypeName = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9-]*\.[a-z0-9-]+$")]
 
 
-class _LimitDocument(_StrictModel):
+class _LimitDocument(StrictModel):
     limit: Annotated[int, Field(ge=1)]
-    sources: _SourceIds
+    sources: SourceIds
 
 
-class _DefaultDocument(_StrictModel):
+class _DefaultDocument(StrictModel):
     default: Annotated[int, Field(ge=1)]
-    sources: _SourceIds
+    sources: SourceIds
 
 
 class _LargeTargetsDocument(_LimitDocument):
     types: Annotated[list[_TypeName], Field(min_length=1)]
 
 
-class _CitedDocument(_StrictModel):
-    sources: _SourceIds
+class _CitedDocument(StrictModel):
+    sources: SourceIds
 
 
-class _PriceDocument(_StrictModel):
+class _PriceDocument(StrictModel):
     usd_per_eni_hour: Annotated[float, Field(gt=0)]
     region: str
-    sources: _SourceIds
+    sources: SourceIds
 
 
-class _QuotasDocument(_StrictModel):
+class _QuotasDocument(StrictModel):
     version: datetime.date | str
     sources: Annotated[list[_SourceDocument], Field(min_length=1)]
     sessions_per_source_eni: _LimitDocument
