@@ -1,0 +1,54 @@
+"""kopf keeps no full body of an object that has no daemon or timer running.
+
+For a kind with any daemon or timer (the recheck timer of every kind, the timebox daemon of
+sessions), kopf keeps the latest full body of *every* object (metadata with managedFields and
+annotations, spec, status) in its per-object memory, so that a daemon started later sees a fresh
+body; it lets go of it only when a daemon exits for good. With thousands of objects and few
+daemons that is most of the operator's memory: ~17 KB of parsed JSON per object, kept for its
+whole life.
+
+After kopf has spawned or stopped an object's daemons, the body is dropped when none runs. kopf
+sets it again, from the event being handled, as soon as it spawns a daemon for the object (its
+own `process_spawning_cause` does that when none is kept), and keeps it current while one runs.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from kopf._core.reactor import processing
+
+_INSTALLED = "_trafficmirror_releases_idle_bodies"
+
+
+def release_idle_body(memory: Any) -> None:
+    """Drop kopf's copy of an object's body unless a daemon or timer of the object is running."""
+    daemons_memory = memory.daemons_memory
+    if not daemons_memory.running_daemons:
+        daemons_memory.live_fresh_body = None
+
+
+def install() -> bool:
+    """Wrap kopf's spawning step (once); False when this kopf has no such step to wrap."""
+    original: Callable[..., Awaitable[Any]] | None = getattr(processing, "process_spawning_cause", None)
+    if original is None:
+        return False
+    if getattr(original, _INSTALLED, False):
+        return True
+
+    @functools.wraps(original)
+    async def process_spawning_cause(*args: Any, memory: Any, **kwargs: Any) -> Any:
+        try:
+            return await original(*args, memory=memory, **kwargs)
+        finally:
+            release_idle_body(memory)
+
+    setattr(process_spawning_cause, _INSTALLED, True)
+    processing.process_spawning_cause = process_spawning_cause  # type: ignore[assignment]
+    return True
+
+
+def installed() -> bool:
+    return bool(getattr(getattr(processing, "process_spawning_cause", None), _INSTALLED, False))
