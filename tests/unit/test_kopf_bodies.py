@@ -1,4 +1,5 @@
-"""kopf keeps a full body only for objects with a running daemon or timer (handlers.bodies).
+"""What kopf holds of each object (handlers.bodies): a full body only for objects with a running
+daemon or timer, and no managedFields in any event it queues.
 
 kopf's own spawning step runs against a real kopf registry with a daemon whose filter follows the
 object's spec, through a seeded random sequence of watch events of many objects: after every step
@@ -8,12 +9,16 @@ objects), and a running daemon always sees the newest body of its object."""
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
 import random
+from collections.abc import AsyncIterator
 from typing import Any
 
 import kopf
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from kopf._cogs.structs import bodies, ephemera, patches
 from kopf._core.engines import daemons as kopf_daemons
 from kopf._core.intents import causes, registries
@@ -22,6 +27,11 @@ from kopf._core.reactor import inventory, processing
 import trafficmirror.handlers  # noqa: F401  (installs the release of idle bodies)
 from trafficmirror.handlers import bodies as idle_bodies
 
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=5),
+    lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=5), children, max_size=3),
+    max_leaves=8,
+)
 RESOURCE = kopf.Resource("trafficmirror.io", "v1alpha1", "mirrorsessions", kind="MirrorSession", namespaced=True)
 
 
@@ -106,9 +116,44 @@ async def _events(seed: int) -> None:
             await asyncio.sleep(0.005)
             assert seen[uid][-1] == generations[uid], "a running daemon sees the newest body"
 
-    kept = sum(1 for m in memories.values() if m.daemons_memory.live_fresh_body is not None)
+    bodies_kept = sum(1 for m in memories.values() if m.daemons_memory.live_fresh_body is not None)
     running = sum(1 for m in memories.values() if m.daemons_memory.running_daemons)
-    assert kept <= running
+    assert bodies_kept <= running
     for memory in memories.values():
         await kopf_daemons.stop_daemons(settings=settings, daemons=memory.daemons_memory.running_daemons)
     await asyncio.sleep(0.05)
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    st.lists(
+        st.one_of(
+            st.just("bookmark"),
+            st.fixed_dictionaries(
+                {
+                    "type": st.sampled_from([None, "ADDED", "MODIFIED", "DELETED", "BOOKMARK"]),
+                    "object": st.fixed_dictionaries(
+                        {"metadata": st.dictionaries(st.sampled_from(["name", "uid", "managedFields"]), JSON)},
+                        optional={"spec": JSON, "status": JSON},
+                    ),
+                }
+            ),
+        ),
+        max_size=20,
+    )
+)
+def test_the_watch_stream_drops_managed_fields_and_nothing_else(events: list[Any]) -> None:
+    """Every event of the wrapped stream, in order: the same but for metadata.managedFields."""
+    expected = copy.deepcopy(events)
+    for event in expected:
+        if isinstance(event, dict):
+            event["object"]["metadata"].pop("managedFields", None)
+
+    async def original(**_: Any) -> AsyncIterator[Any]:
+        for event in events:
+            yield event
+
+    async def collect() -> list[Any]:
+        return [event async for event in idle_bodies.stripping(original)(resource=RESOURCE)]
+
+    assert asyncio.run(collect()) == expected

@@ -1,4 +1,11 @@
-"""kopf keeps no full body of an object that has no daemon or timer running.
+"""What kopf holds of each object: no managedFields, and no full body without a running daemon.
+
+Every watched object arrives with `metadata.managedFields` (server-side apply's field owners), as
+large as the rest of the object, and read by nobody here: it is dropped from each watch event (and
+from the initial listing) before kopf queues it, so that no body kopf holds or handlers see carries
+it. A patch sent by kopf or by the handlers never names it, so nothing is lost on the server.
+
+kopf also keeps no full body of an object that has no daemon or timer running.
 
 For a kind with any daemon or timer (the recheck timer of every kind, the timebox daemon of
 sessions), kopf keeps the latest full body of *every* object (metadata with managedFields and
@@ -15,12 +22,25 @@ own `process_spawning_cause` does that when none is kept), and keeps it current 
 from __future__ import annotations
 
 import functools
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
+from kopf._cogs.clients import watching
 from kopf._core.reactor import processing
 
 _INSTALLED = "_trafficmirror_releases_idle_bodies"
+_STRIPS = "_trafficmirror_strips_managed_fields"
+
+
+def strip_managed_fields(raw_event: Any) -> Any:
+    """The watch event without its object's managedFields (the same dict, changed in place)."""
+    if isinstance(raw_event, dict):
+        obj = raw_event.get("object")
+        if isinstance(obj, dict):
+            meta = obj.get("metadata")
+            if isinstance(meta, dict):
+                meta.pop("managedFields", None)
+    return raw_event
 
 
 def release_idle_body(memory: Any) -> None:
@@ -31,7 +51,32 @@ def release_idle_body(memory: Any) -> None:
 
 
 def install() -> bool:
-    """Wrap kopf's spawning step (once); False when this kopf has no such step to wrap."""
+    """Wrap kopf's watch stream and spawning step (once); False when this kopf lacks either."""
+    return _install_stripping() and _install_release()
+
+
+def _install_stripping() -> bool:
+    original: Callable[..., AsyncIterator[Any]] | None = getattr(watching, "infinite_watch", None)
+    if original is None:
+        return False
+    if not getattr(original, _STRIPS, False):
+        watching.infinite_watch = stripping(original)  # type: ignore[assignment]
+    return True
+
+
+def stripping(original: Callable[..., AsyncIterator[Any]]) -> Callable[..., AsyncIterator[Any]]:
+    """A watch stream like `original`, whose events carry no managedFields."""
+
+    @functools.wraps(original)
+    async def infinite_watch(*args: Any, **kwargs: Any) -> AsyncIterator[Any]:
+        async for raw_event in original(*args, **kwargs):
+            yield strip_managed_fields(raw_event)
+
+    setattr(infinite_watch, _STRIPS, True)
+    return infinite_watch
+
+
+def _install_release() -> bool:
     original: Callable[..., Awaitable[Any]] | None = getattr(processing, "process_spawning_cause", None)
     if original is None:
         return False
@@ -51,4 +96,7 @@ def install() -> bool:
 
 
 def installed() -> bool:
-    return bool(getattr(getattr(processing, "process_spawning_cause", None), _INSTALLED, False))
+    return bool(
+        getattr(getattr(processing, "process_spawning_cause", None), _INSTALLED, False)
+        and getattr(getattr(watching, "infinite_watch", None), _STRIPS, False)
+    )
