@@ -281,25 +281,41 @@ def removed_rule_fields(params: RuleParams) -> list[str]:
     return removed
 
 
+PRUNE_MIN_ENTRIES = 256
+
+
 class TtlCache(Generic[Key, Value]):
     """A thread-safe map whose entries expire: lookups that many reconciles repeat within seconds."""
 
-    def __init__(self, ttl_seconds: float) -> None:
+    def __init__(self, ttl_seconds: float, clock: Callable[[], float] = time.monotonic) -> None:
         self._ttl = ttl_seconds
+        self._clock = clock
         self._items: dict[Key, tuple[float, Value]] = {}
         self._loading: dict[Key, threading.Lock] = {}
         self._lock = threading.Lock()
+        self._prune_at = PRUNE_MIN_ENTRIES
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._items)
 
     def get(self, key: Key) -> Value | None:
         with self._lock:
             entry = self._items.get(key)
-        if entry is None or time.monotonic() - entry[0] > self._ttl:
+        if entry is None or self._clock() - entry[0] > self._ttl:
             return None
         return entry[1]
 
     def put(self, key: Key, value: Value) -> Value:
+        now = self._clock()
         with self._lock:
-            self._items[key] = (time.monotonic(), value)
+            self._items[key] = (now, value)
+            if len(self._items) >= self._prune_at:
+                # Expired entries go once the map has doubled since the last pruning: keys that are
+                # never asked again (gone ENIs, pods' old addresses) do not pile up, at a cost
+                # spread over the puts.
+                self._items = {k: e for k, e in self._items.items() if now - e[0] <= self._ttl}
+                self._prune_at = max(PRUNE_MIN_ENTRIES, 2 * len(self._items))
         return value
 
     def get_or_load(self, key: Key, load: Callable[[], Value]) -> Value:
