@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import subprocess
@@ -16,25 +17,32 @@ from trafficmirror_testbed.node import controller_manager_command, node_bin_dir
 CRD_DIR = REPO_ROOT / "crds"
 
 
+@contextlib.contextmanager
+def controller_manager(plane: ControlPlane, controllers: str) -> Iterator[None]:
+    """kube-controller-manager running only `controllers` against `plane`, for as long as the block runs."""
+    command = controller_manager_command(plane, node_bin_dir(), controllers)
+    with (plane.work_dir / "kube-controller-manager.log").open("ab") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        yield
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
 @pytest.fixture(scope="session")
 def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
     plane = ControlPlane(bin_dir=testbed_bin_dir(), work_dir=tmp_path_factory.mktemp("kube"))
     plane.start()
-    controller_manager: subprocess.Popen[bytes] | None = None
     try:
         plane.kubectl("apply", "--server-side", "-f", str(CRD_DIR))
         plane.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd", "--all")
         # The namespace controller (and the garbage collector): deleted namespaces finish deleting. Started once the
         # CRDs are served: a garbage collector started before them cannot map their kinds until its next discovery
         # (30 s), and the owned objects of a custom resource (a child session's generated filter) would wait.
-        command = controller_manager_command(plane, node_bin_dir(), "namespace-controller,garbage-collector-controller")
-        log = (plane.work_dir / "kube-controller-manager.log").open("ab")
-        controller_manager = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-        yield plane
+        with controller_manager(plane, "namespace-controller,garbage-collector-controller"):
+            yield plane
     finally:
-        if controller_manager is not None:
-            controller_manager.terminate()
-            controller_manager.wait(timeout=30)
         plane.stop()
 
 

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.conftest import controller_manager
 from tests.integration.conftest import Cluster, OperatorProcess, ec2, emulator, world
 from trafficmirror_testbed.emulator import Emulator
 from trafficmirror_testbed.kube import REPO_ROOT, ControlPlane, kubeconfig_text, testbed_bin_dir
@@ -60,7 +61,10 @@ def control_plane(tmp_path_factory: pytest.TempPathFactory, bin_dir: Path) -> It
     plane = ControlPlane(bin_dir=bin_dir, work_dir=tmp_path_factory.mktemp("chart-kube"))
     plane.start()
     try:
-        yield plane
+        # The namespace controller: without it each test's namespace never finishes deleting, and the
+        # namespace fixture's teardown waits out its whole timeout (60 s a test).
+        with controller_manager(plane, "namespace-controller"):
+            yield plane
     finally:
         plane.stop()
 
