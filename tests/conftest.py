@@ -46,14 +46,20 @@ def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlP
         plane.stop()
 
 
-@pytest.fixture
-def namespace(control_plane: ControlPlane, request: pytest.FixtureRequest) -> Iterator[str]:
-    """A fresh namespace per test, so tests never see each other's objects."""
+def create_test_namespace(plane: ControlPlane, request: pytest.FixtureRequest) -> str:
+    """A fresh namespace named after the test, so tests never see each other's objects."""
     readable = "".join(c if c.isalnum() else "-" for c in request.node.name.lower())[:40].strip("-")
     # The hash keeps parametrized cases apart and a name never comes back while its namespace finishes deleting.
     digest = hashlib.sha1(f"{request.node.nodeid}-{os.getpid()}".encode()).hexdigest()[:8]
     name = f"t-{readable}-{digest}"
-    control_plane.kubectl("create", "namespace", name)
+    plane.kubectl("create", "namespace", name)
+    return name
+
+
+@pytest.fixture
+def namespace(control_plane: ControlPlane, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh namespace per test, deleted and waited for afterwards."""
+    name = create_test_namespace(control_plane, request)
     yield name
     # The namespace controller deletes what is in it; a running operator's finalizers clean up AWS first.
     control_plane.kubectl("delete", "namespace", name, "--wait=false", check=False)
