@@ -69,6 +69,15 @@ def namespace(control_plane: ControlPlane, request: pytest.FixtureRequest) -> It
     control_plane.kubectl("wait", "--for=delete", f"namespace/{name}", "--timeout=60s", check=False)
 
 
+@pytest.fixture
+def bare_namespace(control_plane: ControlPlane, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh namespace per test whose deletion is not waited for, for tests where no operator and no pod
+    runs: nothing there carries a finalizer, and waiting for the namespace controller cost about 5 s a test."""
+    name = create_test_namespace(control_plane, request)
+    yield name
+    control_plane.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
 def kubectl_output(result: subprocess.CompletedProcess[str]) -> str:
     return (result.stdout or "") + (result.stderr or "")
 

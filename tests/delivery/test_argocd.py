@@ -27,6 +27,12 @@ STALE = re.compile(r"^Waiting for the operator to observe generation \d+$")
 lupa = pytest.importorskip("lupa", reason="lupa (Lua for Python) is in pyproject's test extra")
 
 
+@pytest.fixture
+def namespace(bare_namespace: str) -> str:
+    """No operator and no pod runs in these tests: nothing holds their namespaces once deleted."""
+    return bare_namespace
+
+
 def cases() -> list[tuple[str, dict[str, Any]]]:
     out = []
     for kind in KINDS:
