@@ -286,16 +286,20 @@ class PyReceiver:
         batch.kernel_drops = drops
         return batch
 
+    def take_held(self) -> Batch:
+        return Batch()  # holds nothing: every batch hands out all it framed
+
 
 def make_receiver(
-    sock: socket.socket, *, fmt: str, snaplen: int, keep_malformed: bool, accelerate: bool = True
+    sock: socket.socket, *, fmt: str, snaplen: int, keep_malformed: bool, accelerate: bool = True, hold: bool = False
 ) -> Receiver:
-    """The compiled receiver when available (and not disabled), else the Python one."""
+    """The compiled receiver when available (and not disabled), else the Python one. ``hold``:
+    the compiled one holds records back to hand them out in larger groups (``take_held``)."""
     if accelerate:
         try:
             from trafficmirror.capture.fastrecv import FastReceiver
 
-            return FastReceiver(sock, fmt=fmt, snaplen=snaplen, keep_malformed=keep_malformed)
+            return FastReceiver(sock, fmt=fmt, snaplen=snaplen, keep_malformed=keep_malformed, hold=hold)
         except ImportError:
             log.info("compiled receive loop not available; using the Python one")
     return PyReceiver(sock, fmt=fmt, snaplen=snaplen, keep_malformed=keep_malformed)
