@@ -1,7 +1,8 @@
 /* drain: the floor for receiving VXLAN in user space. The same socket options as the agent
  * (SO_TIMESTAMPNS, SO_RXQ_OVFL, a large SO_RCVBUF) and the same wake-up policy as the agent's
  * worker: poll, then up to 64 recvmmsg batches of 256; a short batch that is not empty means
- * traffic is flowing but we are ahead of it, so sleep 1 ms and let the next batch accumulate.
+ * traffic is flowing but we are ahead of it, so sleep 1 ms, let the next batch accumulate and
+ * read again; an empty batch ends the round (back to poll).
  * It touches nothing and writes nothing, so whatever the agent does on top costs more.
  * -w FILE: also write each batch's datagrams to FILE with one writev (no framing, no split): the
  * floor for receiving *and* writing the bytes, i.e. what is left of the agent's cost once the
@@ -69,7 +70,7 @@ int main(int argc, char **argv) {
                 m[i].msg_hdr.msg_controllen = sizeof ctrl[i];
             }
             int n = recvmmsg(fd, m, B, MSG_DONTWAIT, NULL);
-            if (n < 0) n = 0;
+            if (n <= 0) break;
             if (n > 0) {
                 got += n;
                 if (out >= 0) {
@@ -83,10 +84,7 @@ int main(int argc, char **argv) {
                 for (struct cmsghdr *c = CMSG_FIRSTHDR(h); c; c = CMSG_NXTHDR(h, c))
                     if (c->cmsg_type == 40) memcpy(&drops, CMSG_DATA(c), 4);
             }
-            if (n < B) {
-                if (n > 0) nanosleep(&coalesce, NULL);
-                break;
-            }
+            if (n < B) nanosleep(&coalesce, NULL);
         }
     }
     printf("received=%ld drops=%u wakeups=%ld\n", got, drops, wakeups);

@@ -16,6 +16,7 @@
  *      rejected: (short_header, bad_flags, short_frame, receive_truncated, spoofed),
  *      kept: [(ts, datagram, (host, port), reason index)], datagrams, kernel_drops, held_full)
  *   .take_held() -> groups: every VNI's held records (hold only), the table emptied.
+ *   .set_hold([vni, ...]): hold only these VNIs (the sessions'); others go out batch by batch.
  *   .set_sources({vni: [ipv4 address as 4 bytes, ...]}): a VNI in the map accepts datagrams
  *     only from those outer source addresses; the rest count as spoofed.
  *
@@ -133,6 +134,9 @@ typedef struct {
     group_t *order[MAX_BATCH]; /* the batch's groups in order of first appearance */
     set64_t checked;           /* VNIs with a source check */
     set64_t allowed;           /* (vni << 32 | ipv4) pairs */
+    Py_ssize_t nchecked;       /* VNIs in checked: without any (and without keep) the kernel
+                                  need not copy each datagram's source address out */
+    set64_t holdable;          /* the VNIs hold applies to */
     held_t held[HOLD_SLOTS];
     int nheld;                 /* slots in use */
 } Receiver;
@@ -232,6 +236,7 @@ static void Receiver_dealloc(Receiver *self) {
     free(self->bufs);
     free(self->checked.keys);
     free(self->allowed.keys);
+    free(self->holdable.keys);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -276,6 +281,7 @@ static PyObject *Receiver_set_sources(Receiver *self, PyObject *arg) {
     free(self->checked.keys);
     free(self->allowed.keys);
     self->checked = checked;
+    self->nchecked = PyDict_Size(arg);
     self->allowed = allowed;
     Py_RETURN_NONE;
 fail:
@@ -317,6 +323,24 @@ static int emit_held(held_t *h, PyObject *groups) {
     return rc;
 }
 
+static PyObject *Receiver_set_hold(Receiver *self, PyObject *arg) {
+    PyObject *seq = PySequence_Fast(arg, "set_hold: a list of VNIs");
+    if (!seq) return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    size_t cap = pow2_at_least(2 * (size_t)n + 1);
+    set64_t s = {calloc(cap, 8), cap};
+    if (!s.keys) { Py_DECREF(seq); return PyErr_NoMemory(); }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        unsigned long vni = PyLong_AsUnsignedLong(PySequence_Fast_GET_ITEM(seq, i));
+        if (PyErr_Occurred()) { Py_DECREF(seq); free(s.keys); return NULL; }
+        set_add(&s, vni);
+    }
+    Py_DECREF(seq);
+    free(self->holdable.keys);
+    self->holdable = s;
+    Py_RETURN_NONE;
+}
+
 static PyObject *Receiver_take_held(Receiver *self, PyObject *Py_UNUSED(ignored)) {
     PyObject *groups = PyDict_New();
     if (!groups) return NULL;
@@ -336,14 +360,15 @@ static PyObject *Receiver_recv_batch(Receiver *self, PyObject *args) {
     int maxn = MAX_BATCH;
     if (!PyArg_ParseTuple(args, "|i", &maxn)) return NULL;
     if (maxn < 1 || maxn > MAX_BATCH) maxn = MAX_BATCH;
+    int names = self->nchecked > 0 || self->keep;
     for (int i = 0; i < maxn; i++) {
         self->iov[i].iov_base = self->bufs + (size_t)i * DGRAM_MAX;
         self->iov[i].iov_len = DGRAM_MAX;
         memset(&self->msgs[i].msg_hdr, 0, sizeof self->msgs[i].msg_hdr);
         self->msgs[i].msg_hdr.msg_iov = &self->iov[i];
         self->msgs[i].msg_hdr.msg_iovlen = 1;
-        self->msgs[i].msg_hdr.msg_name = &self->addr[i];
-        self->msgs[i].msg_hdr.msg_namelen = sizeof self->addr[i];
+        self->msgs[i].msg_hdr.msg_name = names ? &self->addr[i] : NULL;
+        self->msgs[i].msg_hdr.msg_namelen = names ? sizeof self->addr[i] : 0;
         self->msgs[i].msg_hdr.msg_control = self->ctrl[i];
         self->msgs[i].msg_hdr.msg_controllen = sizeof self->ctrl[i];
     }
@@ -437,7 +462,7 @@ static PyObject *Receiver_recv_batch(Receiver *self, PyObject *args) {
     if (!outs || !holds) { PyErr_NoMemory(); goto fail; }
     for (int k = 0; k < ngroups; k++) {
         group_t *g = self->order[k];
-        held_t *h = self->hold ? held_for(self, g->vni) : NULL;
+        held_t *h = self->hold && set_has(&self->holdable, g->vni) ? held_for(self, g->vni) : NULL;
         if (h) {
             if (h->buf && h->len + g->len > h->cap && emit_held(h, groups) < 0) goto fail;
             if (!h->buf) {
@@ -525,6 +550,7 @@ fail:
 static PyMethodDef Receiver_methods[] = {
     {"recv_batch", (PyCFunction)Receiver_recv_batch, METH_VARARGS,
      "Receive, check, decapsulate and frame one batch of VXLAN datagrams."},
+    {"set_hold", (PyCFunction)Receiver_set_hold, METH_O, "Hold only these VNIs' records (hold only)."},
     {"take_held", (PyCFunction)Receiver_take_held, METH_NOARGS,
      "Hand out every VNI's held records and empty the table (hold only)."},
     {"set_sources", (PyCFunction)Receiver_set_sources, METH_O,

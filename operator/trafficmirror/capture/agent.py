@@ -142,6 +142,7 @@ def worker_main(idx: int, sock: socket.socket, ctrl: socket.socket, cfg: AgentCo
         hold=True,
     )
     recv.set_sources(_source_checks(cfg, cfg.sessions))
+    recv.set_hold(s.vni for s in cfg.sessions)
     poller = select.poll()
     sfd, cfd = sock.fileno(), ctrl.fileno()
     poller.register(sfd, select.POLLIN)
@@ -175,14 +176,14 @@ def worker_main(idx: int, sock: socket.socket, ctrl: socket.socket, cfg: AgentCo
                 write_held()
             if b.datagrams < BATCH:
                 watermark = started  # the queue was empty at some point after this
-                if b.datagrams:
-                    # Traffic is flowing but we are ahead of it: let a batch accumulate rather
-                    # than pay a wake-up per handful of packets. The receive buffer holds far
-                    # more than COALESCE_S of traffic, and a capture file tolerates the latency.
-                    time.sleep(COALESCE_S)
-                else:
+                if not b.datagrams:
                     write_held()  # the socket is idle: nothing is worth holding back for
-                return
+                    return
+                # Traffic is flowing but we are ahead of it: let a batch accumulate rather than
+                # pay a wake-up per handful of packets, then read again (an empty read ends the
+                # round). The receive buffer holds far more than COALESCE_S of traffic, and a
+                # capture file tolerates the latency.
+                time.sleep(COALESCE_S)
 
     while not stop:
         polled = time.time_ns()
@@ -211,6 +212,7 @@ def worker_main(idx: int, sock: socket.socket, ctrl: socket.socket, cfg: AgentCo
                         sessions = [Session.from_json(s) for s in msg["sessions"]]
                         write_held()  # received under the sessions as they were
                         recv.set_sources(_source_checks(cfg, sessions))
+                        recv.set_hold(s.vni for s in sessions)
                         writer.update_sessions({s.vni: s for s in sessions})
         now = time.monotonic()
         if now - last_tick >= TICK_EVERY_S:

@@ -7,7 +7,7 @@ writer only appends bytes; plus the count of every datagram it did not frame, by
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping, Set
+from collections.abc import Iterable, Mapping, Set
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -59,6 +59,12 @@ class Receiver(Protocol):
         """The records held back, every one (groups only; no datagrams counted). Call it before
         anything that needs every received packet written: a time boundary, a change of
         sessions, shutdown, an idle socket; and when a batch says ``held_full``."""
+        ...
+
+    def set_hold(self, vnis: Iterable[int]) -> None:
+        """Hold records back (see ``take_held``) only for these VNIs, the sessions': traffic for
+        unknown VNIs (a flood of random ones) is handed out batch by batch. Call ``take_held``
+        first when the set changes."""
         ...
 
     def set_sources(self, sources: Mapping[int, Set[str]]) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import socket
 from collections import Counter
-from collections.abc import Mapping, Set
+from collections.abc import Iterable, Mapping, Set
 
 from trafficmirror.capture import _fastrecv  # ImportError when built without a compiler
 from trafficmirror.capture.batch import MAX_BATCH, Batch, Group, Kept
@@ -53,6 +53,9 @@ class FastReceiver:
             kernel_drops=drops,
             held_full=bool(full),
         )
+
+    def set_hold(self, vnis: Iterable[int]) -> None:
+        self._rx.set_hold(list(vnis))
 
     def take_held(self) -> Batch:
         groups = self._rx.take_held()

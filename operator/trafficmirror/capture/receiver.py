@@ -14,7 +14,7 @@ import os
 import socket
 import struct
 import time
-from collections.abc import Mapping, Set
+from collections.abc import Iterable, Mapping, Set
 
 from trafficmirror.capture import pcapng, vxlan
 from trafficmirror.capture.batch import MAX_BATCH, Batch, Group, Kept, Receiver
@@ -288,6 +288,9 @@ class PyReceiver:
 
     def take_held(self) -> Batch:
         return Batch()  # holds nothing: every batch hands out all it framed
+
+    def set_hold(self, vnis: Iterable[int]) -> None:
+        pass
 
 
 def make_receiver(
