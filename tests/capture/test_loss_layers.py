@@ -33,7 +33,10 @@ LAYER = "trafficmirror_capture_layer_drops_total"
 def _children(pid: int) -> list[int]:
     out = []
     for tid in os.listdir(f"/proc/{pid}/task"):
-        out += [int(x) for x in Path(f"/proc/{pid}/task/{tid}/children").read_text().split()]
+        try:
+            out += [int(x) for x in Path(f"/proc/{pid}/task/{tid}/children").read_text().split()]
+        except FileNotFoundError:  # a thread that ended meanwhile (e.g. a metrics request's) has none
+            continue
     return out
 
 
