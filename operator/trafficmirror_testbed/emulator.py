@@ -1203,17 +1203,21 @@ def _addresses_filter(moto_get_all: Callable[..., Any]) -> Callable[..., Any]:
         found = moto_get_all(backend, eni_ids, filters or None)
         if wanted is None:
             return found
-        return [
-            eni
-            for eni in found
-            if wanted
-            & {
-                eni.private_ip_address,
-                *(a.get("PrivateIpAddress") for a in eni.private_ip_addresses if isinstance(a, dict)),
-            }
-        ]
+        return [eni for eni in found if wanted & _eni_addresses(eni)]
 
     return get_all_network_interfaces
+
+
+def _eni_addresses(eni: Any) -> set[str]:
+    """Every private IPv4 address of a moto ENI, the primary and the secondary ones."""
+    return {
+        str(address)
+        for address in (
+            eni.private_ip_address,
+            *(a.get("PrivateIpAddress") for a in eni.private_ip_addresses if isinstance(a, dict)),
+        )
+        if address
+    }
 
 
 def _free_private_ip(cidr: str | None = None, ipv6: bool = False) -> str:
@@ -1225,14 +1229,11 @@ def _free_private_ip(cidr: str | None = None, ipv6: bool = False) -> str:
         return moto_random_private_ip(cidr, ipv6=ipv6)
     network = ipaddress.IPv4Network(cidr)
     used = {
-        str(address)
+        address
         for account in ec2_backends.values()
         for region_backend in account.values()
         for eni in region_backend.enis.values()
-        for address in (
-            eni.private_ip_address,
-            *(a.get("PrivateIpAddress") for a in eni.private_ip_addresses if isinstance(a, dict)),
-        )
+        for address in _eni_addresses(eni)
     }
     first, last = int(network.network_address) + 4, int(network.broadcast_address) - 1
     for _ in range(64):

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from trafficmirror.aws.ec2 import Ec2Mirror
+from trafficmirror.aws.ec2 import Ec2Mirror, TtlCache
 from trafficmirror_testbed.emulator import Emulator
 from trafficmirror_testbed.seed import World
 
@@ -48,3 +48,23 @@ def test_a_reconcile_reuses_an_instance_type_no_longer_than_told(
     ec2.start_instances(InstanceIds=[instance_id])
     time.sleep(0.6)
     assert aws.instance_types([instance_id]) == {instance_id: "c5.large"}
+
+
+def test_an_observation_slower_than_the_type_reuse_still_knows_every_type(
+    emulator: Emulator, ec2: Any, world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With thousands of ENIs the observation's batches take longer than a type may be reused: each
+    type it read must still be in its answer (a type read as unknown is a drift, every period)."""
+    for key, value in emulator.env().items():
+        monkeypatch.setenv(key, value)
+    instances = ec2.run_instances(
+        ImageId=world.image_id, InstanceType="t3.small", MinCount=5, MaxCount=5, SubnetId=world.subnet_ids["a"]
+    )["Instances"]
+    enis = [i["NetworkInterfaces"][0]["NetworkInterfaceId"] for i in instances]
+    aws = Ec2Mirror.connect(emulator.region)
+    # A clock that moves a minute at every look: every cached entry has expired when it is read back,
+    # as after a long observation.
+    ticks = iter(range(0, 10**9, 60))
+    monkeypatch.setattr(aws, "_instance_types", TtlCache(15.0, clock=lambda: float(next(ticks))))
+    monkeypatch.setattr(aws, "_interfaces", TtlCache(15.0, clock=lambda: float(next(ticks))))
+    assert aws.instance_types_behind(enis) == dict.fromkeys(enis, "t3.small")

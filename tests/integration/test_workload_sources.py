@@ -16,6 +16,8 @@ import secrets
 import time
 from typing import Any
 
+import pytest
+
 from trafficmirror.reconcile.workload import child_name
 from trafficmirror_testbed.seed import World
 
@@ -240,6 +242,22 @@ def test_aws_sessions_follow_a_deployment_scaled_moved_and_its_node_deleted(
     assert max(calls) <= 12  # a step changes at most two ENIs: their session and filter rules, nothing else
 
 
+def _wait_no_child_deleting(cluster: Cluster, timeout: float = 120.0) -> None:
+    """Until no child MirrorSession or generated MirrorFilter is being deleted: a filter's delete waits for
+    its session's (retried a few seconds later), the last of a step's work, not the steady state."""
+    deadline = time.monotonic() + timeout
+    deleting = ""
+    while time.monotonic() < deadline:
+        deleting = cluster.control_plane.kubectl(
+            "get", "mirrorsessions,mirrorfilters", "-n", cluster.namespace, "-l", "trafficmirror.io/parent-session",
+            "-o", "jsonpath={range .items[?(@.metadata.deletionTimestamp)]}{.kind}/{.metadata.name} {end}",
+        ).stdout.strip()  # fmt: skip
+        if not deleting:
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"still deleting after {timeout} s: {deleting}\n{cluster.operator.log_tail()}")
+
+
 def _children(cluster: Cluster) -> list[str]:
     out = cluster.control_plane.kubectl(
         "get", "mirrorsessions", "-n", cluster.namespace, "-l", "trafficmirror.io/parent-session", "-o", "name"
@@ -338,12 +356,15 @@ def test_seeded_random_pod_churn_keeps_aws_equal_to_the_pods_enis_and_quiet_at_s
             add()
         steps.append(move)
         load.wait_aws(enis, expected())
+    _wait_no_child_deleting(cluster)
     time.sleep(2.0)  # the last status writes
     before = _mutating_by_operation(cluster)
     time.sleep(RESYNC_SECONDS + 2.0)
     after = _mutating_by_operation(cluster)
     changed = {name: after[name] - before[name] for name in MUTATING if after[name] != before[name]}
-    assert not changed, (f"mutating calls at steady state after {steps}: {changed}", cluster.operator.log_tail(80))
+    if changed:
+        lines = [ln for ln in cluster.operator.log_tail(400).splitlines() if "succeeded." not in ln]
+        pytest.fail(f"mutating calls at steady state after {steps}: {changed}\n" + "\n".join(lines[-60:]))
     cluster.delete("mirrorsession", "web")
     deadline = time.monotonic() + TIMEOUT
     while time.monotonic() < deadline and (load.aws_sessions(enis) or _children(cluster)):

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from trafficmirror.aws.ec2 import TtlCache
+from trafficmirror.aws.ec2 import PRUNE_MIN_ENTRIES, TtlCache
 
 
 def test_concurrent_misses_of_one_key_load_once() -> None:
@@ -48,3 +48,32 @@ def test_an_expired_entry_is_loaded_again_and_a_failed_load_is_not_cached() -> N
     with pytest.raises(RuntimeError):
         fresh.get_or_load("k", fail)
     assert fresh.get_or_load("k", lambda: 3) == 3
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_expired_keys_do_not_pile_up(seed: int) -> None:
+    """Keys never asked again (gone ENIs, old addresses) are dropped once expired: over a long run of
+    fresh keys at a varying rate, the map holds at most twice the most keys ever live at once, and
+    every live key stays."""
+    import collections
+    import random
+
+    rng = random.Random(seed)
+    now = [0.0]
+    ttl = 50.0
+    cache: TtlCache[int, int] = TtlCache(ttl_seconds=ttl, clock=lambda: now[0])
+    put_at: dict[int, float] = {}
+    window: collections.deque[float] = collections.deque()
+    peak_live = 0
+    for key in range(20_000):
+        now[0] += rng.uniform(0.0, 0.2) if (key // 2000) % 2 else rng.uniform(0.0, 0.05)
+        cache.put(key, key)
+        put_at[key] = now[0]
+        window.append(now[0])
+        while now[0] - window[0] > ttl:
+            window.popleft()
+        peak_live = max(peak_live, len(window))
+        assert len(cache) <= max(PRUNE_MIN_ENTRIES, 2 * peak_live)
+    for key, at in put_at.items():
+        assert (cache.get(key) == key) is (now[0] - at <= ttl)
+    assert len(cache) < 20_000 / 4

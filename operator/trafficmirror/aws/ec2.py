@@ -281,25 +281,41 @@ def removed_rule_fields(params: RuleParams) -> list[str]:
     return removed
 
 
+PRUNE_MIN_ENTRIES = 256
+
+
 class TtlCache(Generic[Key, Value]):
     """A thread-safe map whose entries expire: lookups that many reconciles repeat within seconds."""
 
-    def __init__(self, ttl_seconds: float) -> None:
+    def __init__(self, ttl_seconds: float, clock: Callable[[], float] = time.monotonic) -> None:
         self._ttl = ttl_seconds
+        self._clock = clock
         self._items: dict[Key, tuple[float, Value]] = {}
         self._loading: dict[Key, threading.Lock] = {}
         self._lock = threading.Lock()
+        self._prune_at = PRUNE_MIN_ENTRIES
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._items)
 
     def get(self, key: Key) -> Value | None:
         with self._lock:
             entry = self._items.get(key)
-        if entry is None or time.monotonic() - entry[0] > self._ttl:
+        if entry is None or self._clock() - entry[0] > self._ttl:
             return None
         return entry[1]
 
     def put(self, key: Key, value: Value) -> Value:
+        now = self._clock()
         with self._lock:
-            self._items[key] = (time.monotonic(), value)
+            self._items[key] = (now, value)
+            if len(self._items) >= self._prune_at:
+                # Expired entries go once the map has doubled since the last pruning: keys that are
+                # never asked again (gone ENIs, pods' old addresses) do not pile up, at a cost
+                # spread over the puts.
+                self._items = {k: e for k, e in self._items.items() if now - e[0] <= self._ttl}
+                self._prune_at = max(PRUNE_MIN_ENTRIES, 2 * len(self._items))
         return value
 
     def get_or_load(self, key: Key, load: Callable[[], Value]) -> Value:
@@ -594,7 +610,11 @@ class Ec2Mirror:
         Filters, not ID lists: an ENI or instance deleted meanwhile is left out instead of failing
         the whole call. Attachments come from the ENI cache; types are read anew.
         """
-        unknown = [e for e in dict.fromkeys(network_interface_ids) if self._interfaces.get(e) is None]
+        # What this call reads is answered from what it read, not from the caches: with thousands of
+        # ENIs the batches take longer than a type may be reused, and a type that expired while the
+        # later batches were read would read as unknown (a drift for every object, every period).
+        known = {e: i for e in dict.fromkeys(network_interface_ids) if (i := self._interfaces.get(e)) is not None}
+        unknown = [e for e in dict.fromkeys(network_interface_ids) if e not in known]
         for start in range(0, len(unknown), FILTER_VALUES_PER_CALL):
             chunk = unknown[start : start + FILTER_VALUES_PER_CALL]
             for raw in self._pages(
@@ -602,7 +622,7 @@ class Ec2Mirror:
                 "NetworkInterfaces",
                 Filters=[{"Name": "network-interface-id", "Values": chunk}],
             ):
-                self._interfaces.put(
+                known[raw["NetworkInterfaceId"]] = self._interfaces.put(
                     raw["NetworkInterfaceId"],
                     NetworkInterface(
                         network_interface_id=raw["NetworkInterfaceId"],
@@ -611,21 +631,21 @@ class Ec2Mirror:
                         interface_type=raw.get("InterfaceType", "interface"),
                     ),
                 )
-        attached = {e: i.instance_id for e in network_interface_ids if (i := self._interfaces.get(e)) is not None}
+        attached = {e: known[e].instance_id for e in network_interface_ids if e in known}
         # Every type afresh: this is the once-a-period observation, and a resize must show within a period
         # however short (the cache then serves the reconciles of the period with what was just seen).
         instances = [i for i in dict.fromkeys(attached.values()) if i]
+        types: dict[str, str] = {}
         for start in range(0, len(instances), FILTER_VALUES_PER_CALL):
             chunk = instances[start : start + FILTER_VALUES_PER_CALL]
             for reservation in self._pages(
                 "describe_instances", "Reservations", Filters=[{"Name": "instance-id", "Values": chunk}]
             ):
                 for instance in reservation["Instances"]:
-                    self._instance_types.put(instance["InstanceId"], instance["InstanceType"])
-        return {
-            eni: (self._instance_types.get(instance_id) if instance_id else None)
-            for eni, instance_id in attached.items()
-        }
+                    types[instance["InstanceId"]] = self._instance_types.put(
+                        instance["InstanceId"], instance["InstanceType"]
+                    )
+        return {eni: (types.get(instance_id) if instance_id else None) for eni, instance_id in attached.items()}
 
     def interfaces_by_address(
         self,

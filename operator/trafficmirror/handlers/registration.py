@@ -27,7 +27,7 @@ from trafficmirror.handlers import apply
 from trafficmirror.handlers.patching import patch_annotations
 from trafficmirror.reconcile.common import ANNOTATION_PREFIX, CREATE_INTENT_ANNOTATION, Outcome
 from trafficmirror.reconcile.context import ReconcileContext
-from trafficmirror.reconcile.seam import ClusterFacts, Reconciler, Request
+from trafficmirror.reconcile.seam import ClusterFacts, Reconciler, Request, parse_request
 
 # Written by the resync loop to ask for a reconcile; outside the operator's own annotation prefix,
 # so that kopf sees it as a change of the object (its own prefix is left out of the diff).
@@ -35,6 +35,8 @@ NUDGE_ANNOTATION = f"resync.{GROUP}/requested"
 # The indexes every change handler may need: nodes (ENIs by node name), live owners (adoption).
 COMMON_INDEXES = ("node_provider_ids", "target_owners", "filter_owners", "session_owners")
 
+# Status fields the resync does not read, left out of what it keeps of each object.
+TRACKED_STATUS_LEFT_OUT = frozenset({"conditions"})
 # What a kind needs to know from the cluster: (namespace, name, raw spec, indexes, for a delete) → facts.
 FactsOf = Callable[[str, str, Mapping[str, Any], Mapping[str, Any], bool], ClusterFacts]
 
@@ -102,7 +104,15 @@ def track(binding: Binding, body: kopf.Body, context: ReconcileContext) -> Track
     meta = body["metadata"]
     status = body.get("status") or {}
     ready = ready_condition(status)
-    request = apply.request_of(binding.reconciler, body, context)
+    # Kept for every object for its whole life: the resync compares only the spec and the status's
+    # IDs and recorded facts, so neither the conditions (their messages) nor the annotations (kopf's
+    # records) are parsed into it.
+    request = parse_request(
+        binding.reconciler,
+        apply.owner_of(binding.reconciler.kind, body, context),
+        body.get("spec") or {},
+        {key: value for key, value in status.items() if key not in TRACKED_STATUS_LEFT_OUT},
+    )
     return Tracked(
         namespace=meta["namespace"],
         name=meta["name"],

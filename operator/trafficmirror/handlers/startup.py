@@ -40,6 +40,11 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: lo
         prefix=ANNOTATION_PREFIX, key="last-handled-configuration"
     )
     settings.posting.level = logging.WARNING  # our own Events say what matters; kopf's would repeat them
+    # A request caught by an apiserver restart can hang until its timeout, and with it that object's
+    # worker: kopf's default (5 min) left sessions without a status for minutes after a restart.
+    # 2 min still covers listing 10,000 objects of a kind on a slow apiserver.
+    settings.networking.connect_timeout = 10
+    settings.networking.request_timeout = 120
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.batching.error_delays = (1, 2, 5, 10, 30, 60)
