@@ -16,7 +16,8 @@
  *      rejected: (short_header, bad_flags, short_frame, receive_truncated, spoofed),
  *      kept: [(ts, datagram, (host, port), reason index)], datagrams, kernel_drops, held_full)
  *   .take_held() -> groups: every VNI's held records (hold only), the table emptied.
- *   .set_hold([vni, ...]): hold only these VNIs (the sessions'); others go out batch by batch.
+ *   .set_hold([vni, ...]): hold only these VNIs (sessions that have their files to themselves);
+ *     others go out batch by batch.
  *   .set_sources({vni: [ipv4 address as 4 bytes, ...]}): a VNI in the map accepts datagrams
  *     only from those outer source addresses; the rest count as spoofed.
  *

@@ -33,7 +33,7 @@ from trafficmirror.capture.report import StatusReporter
 from trafficmirror.capture.report import collector as report_collector
 from trafficmirror.capture.sessions import KubeWatcher, Session, source_checks
 from trafficmirror.capture.ship import DirDestination, S3Destination, Shipper, recover_open_files
-from trafficmirror.capture.writer import UnknownVniPolicy, Writer, WriterConfig
+from trafficmirror.capture.writer import UnknownVniPolicy, Writer, WriterConfig, holdable_vnis
 
 log = logging.getLogger("trafficmirror.capture")
 
@@ -142,7 +142,7 @@ def worker_main(idx: int, sock: socket.socket, ctrl: socket.socket, cfg: AgentCo
         hold=True,
     )
     recv.set_sources(_source_checks(cfg, cfg.sessions))
-    recv.set_hold(s.vni for s in cfg.sessions)
+    recv.set_hold(holdable_vnis(cfg.sessions))
     poller = select.poll()
     sfd, cfd = sock.fileno(), ctrl.fileno()
     poller.register(sfd, select.POLLIN)
@@ -159,7 +159,9 @@ def worker_main(idx: int, sock: socket.socket, ctrl: socket.socket, cfg: AgentCo
         # The receive loop hands each VNI's records out in groups of up to 64 KiB across
         # batches (with 100 sessions a batch has a few packets per VNI, and the per-group work
         # was most of the agent's user time); what it holds is written here, before anything
-        # that needs every received packet in its file.
+        # that needs every received packet in its file. Only VNIs that have their streams to
+        # themselves are held (holdable_vnis): in a stream several VNIs feed, records of
+        # different VNIs stay within one receive batch of each other.
         held = recv.take_held()
         if held.groups:
             writer.write(held)
@@ -212,7 +214,7 @@ def worker_main(idx: int, sock: socket.socket, ctrl: socket.socket, cfg: AgentCo
                         sessions = [Session.from_json(s) for s in msg["sessions"]]
                         write_held()  # received under the sessions as they were
                         recv.set_sources(_source_checks(cfg, sessions))
-                        recv.set_hold(s.vni for s in sessions)
+                        recv.set_hold(holdable_vnis(sessions))
                         writer.update_sessions({s.vni: s for s in sessions})
         now = time.monotonic()
         if now - last_tick >= TICK_EVERY_S:

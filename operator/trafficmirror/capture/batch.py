@@ -62,9 +62,10 @@ class Receiver(Protocol):
         ...
 
     def set_hold(self, vnis: Iterable[int]) -> None:
-        """Hold records back (see ``take_held``) only for these VNIs, the sessions': traffic for
-        unknown VNIs (a flood of random ones) is handed out batch by batch. Call ``take_held``
-        first when the set changes."""
+        """Hold records back (see ``take_held``) only for these VNIs: the sessions' that have
+        their files to themselves (``writer.holdable_vnis``). Traffic for unknown VNIs (a flood of
+        random ones) and for VNIs that share a file is handed out batch by batch. Call
+        ``take_held`` first when the set changes."""
         ...
 
     def set_sources(self, sources: Mapping[int, Set[str]]) -> None:
