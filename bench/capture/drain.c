@@ -1,11 +1,16 @@
 /* drain: the floor for receiving VXLAN in user space. The same socket options as the agent
  * (SO_TIMESTAMPNS, SO_RXQ_OVFL, a large SO_RCVBUF) and the same wake-up policy as the agent's
  * worker: poll, then up to 64 recvmmsg batches of 256; a short batch that is not empty means
- * traffic is flowing but we are ahead of it, so sleep 1 ms and let the next batch accumulate.
+ * traffic is flowing but we are ahead of it, so sleep 1 ms, let the next batch accumulate and
+ * read again; an empty batch ends the round (back to poll).
  * It touches nothing and writes nothing, so whatever the agent does on top costs more.
+ * -w FILE: also write each batch's datagrams to FILE with one writev (no framing, no split): the
+ * floor for receiving *and* writing the bytes, i.e. what is left of the agent's cost once the
+ * file system's share is taken out.
  * Exits after -n datagrams or -t seconds of silence; prints "received=<n> drops=<d> wakeups=<w>".
  */
 #define _GNU_SOURCE
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <stdint.h>
@@ -13,6 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -24,9 +30,12 @@
 int main(int argc, char **argv) {
     int port = 4789, opt;
     long want = 0;
-    int idle_ms = 3000;
-    while ((opt = getopt(argc, argv, "p:n:t:")) != -1) {
-        if (opt == 'p') port = atoi(optarg);
+    int idle_ms = 3000, out = -1;
+    while ((opt = getopt(argc, argv, "p:n:t:w:")) != -1) {
+        if (opt == 'w') {
+            out = open(optarg, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+            if (out < 0) { perror("open"); return 1; }
+        } else if (opt == 'p') port = atoi(optarg);
         else if (opt == 'n') want = atol(optarg);
         else if (opt == 't') idle_ms = atoi(optarg) * 1000;
     }
@@ -41,6 +50,7 @@ int main(int argc, char **argv) {
     static struct mmsghdr m[B];
     static struct iovec iov[B];
     static char ctrl[B][64];
+    static struct iovec wv[B];
     char *buf = malloc((size_t)B * SZ);
     long got = 0, wakeups = 0;
     uint32_t drops = 0;
@@ -60,17 +70,21 @@ int main(int argc, char **argv) {
                 m[i].msg_hdr.msg_controllen = sizeof ctrl[i];
             }
             int n = recvmmsg(fd, m, B, MSG_DONTWAIT, NULL);
-            if (n < 0) n = 0;
+            if (n <= 0) break;
             if (n > 0) {
                 got += n;
+                if (out >= 0) {
+                    for (int i = 0; i < n; i++) {
+                        wv[i].iov_base = iov[i].iov_base;
+                        wv[i].iov_len = m[i].msg_len;
+                    }
+                    if (writev(out, wv, n) < 0) { perror("writev"); return 1; }
+                }
                 struct msghdr *h = &m[n - 1].msg_hdr;
                 for (struct cmsghdr *c = CMSG_FIRSTHDR(h); c; c = CMSG_NXTHDR(h, c))
                     if (c->cmsg_type == 40) memcpy(&drops, CMSG_DATA(c), 4);
             }
-            if (n < B) {
-                if (n > 0) nanosleep(&coalesce, NULL);
-                break;
-            }
+            if (n < B) nanosleep(&coalesce, NULL);
         }
     }
     printf("received=%ld drops=%u wakeups=%ld\n", got, drops, wakeups);

@@ -8,6 +8,7 @@ it only up to the rise the agent reports for that layer.
 
 from __future__ import annotations
 
+import bisect
 import json
 import random
 import socket
@@ -21,6 +22,7 @@ from frames import ipv4_udp
 from netbed import UND_AGT, UND_SRC, AgentProc, Bed
 
 from trafficmirror.capture import pcapng, receiver, vxlan
+from trafficmirror.capture.batch import MAX_BATCH
 
 SPOOF_SRC = "10.99.0.3"  # a host in the "VPC" that is not the session's source
 LAYER = "trafficmirror_capture_layer_drops_total"
@@ -43,6 +45,9 @@ class Mix:
     # two pods each; their frames run between the pods and an address no pod has.
     selector: int = 0
     files: str = "perPod"
+    # The share of frames that go to the first known VNI (a busy ENI among quiet ones); the rest
+    # spread evenly over every VNI. 0: all spread evenly.
+    skew: float = 0.0
 
 
 SELECTOR = "sel"
@@ -71,6 +76,7 @@ class Expected:
     pod_frames: dict[str, list[bytes]] = field(default_factory=dict)
     filtered: int = 0
     unknown_frames: dict[int, list[bytes]] = field(default_factory=dict)
+    source_of: dict[bytes, int] = field(default_factory=dict)  # a selected pod's IP -> its source's VNI
     reasons: Counter[str] = field(default_factory=Counter)  # rejections, incl. spoofed and unknown_vni
     sessions: list[object] = field(default_factory=list)
     kernel_drops: int = 0  # what the kernel VNI filter, when on, drops before the socket
@@ -102,6 +108,7 @@ def build(mix: Mix, kernel_filter: bool = False) -> Expected:
             ips = pod_ips(j)
             pods = [{"namespace": "mix", "name": f"p{j}-{k}", "ip": ip} for k, ip in enumerate(ips)]
             pods_of[v] = {socket.inet_aton(p["ip"]): f"mix_{p['name']}" for p in pods}
+            exp.source_of.update(dict.fromkeys(pods_of[v], v))
             src = {"networkInterfaceId": f"eni-{v:017x}", "nodeName": f"node-{j}", "virtualNetworkId": v, "pods": pods}
             src["sourceAddresses"] = [UND_SRC] if v in checked else []
             sources.append(src)
@@ -116,7 +123,7 @@ def build(mix: Mix, kernel_filter: bool = False) -> Expected:
     weights = [mix.weights[k] for k in kinds]
     for i in range(mix.datagrams):
         kind = rng.choices(kinds, weights)[0]
-        vni = rng.choice(vnis)
+        vni = ordered_known[0] if mix.skew and ordered_known and rng.random() < mix.skew else rng.choice(vnis)
         if kind == "garbage":
             d = rng.randbytes(rng.randint(0, 40))
         elif kind == "short_header":
@@ -220,6 +227,59 @@ def _is_subsequence(part: list[bytes], whole: list[bytes]) -> bool:
     return all(any(x == y for y in it) for x in part)
 
 
+def _by_source(frames: list[bytes], exp: Expected) -> dict[int, list[bytes]]:
+    """A selector session's frames by the VNI of the source whose pod they are to or from."""
+    out: dict[int, list[bytes]] = {}
+    for f in frames:
+        out.setdefault(_source_vni(f, exp), []).append(f)
+    return out
+
+
+def _source_vni(frame: bytes, exp: Expected) -> int:
+    vnis = {exp.source_of[a] for a in addresses_of(frame) or () if a in exp.source_of}
+    assert len(vnis) == 1, f"a frame of no single source in a selector session's file: {frame[:34].hex()}"
+    return vnis.pop()
+
+
+def order_in_file(records: list[tuple[int, int]]) -> tuple[int, int]:
+    """Over one file's (timestamp, VNI) records in file order: how many records are earlier
+    than the record of their VNI before them, and the most records of a later timestamp that
+    any record follows."""
+    last: dict[int, int] = {}
+    backwards = 0
+    seen: list[int] = []
+    most_later = 0
+    for ts, vni in records:
+        backwards += ts < last.get(vni, 0)
+        last[vni] = ts
+        most_later = max(most_later, len(seen) - bisect.bisect_right(seen, ts))
+        bisect.insort(seen, ts)
+    return backwards, most_later
+
+
+def check_order(out: Path, exp: Expected) -> int:
+    """Every file: each VNI's records in timestamp order; records of different VNIs (a
+    selector session's sources in one file) out of order by less than one receive batch, the
+    bound the README gives: no record follows MAX_BATCH or more records stamped after it.
+    Returns the most such records seen."""
+    worst = 0
+    for f in sorted(p for p in out.rglob("*") if p.is_file()):
+        rel = f.relative_to(out).parts
+        packets = pcapng.read_file(str(f)).packets
+        if rel[0] == "mix" and rel[1] == SELECTOR:
+            records = [(p.ts_ns, _source_vni(p.data, exp)) for p in packets]
+        elif rel[0] == "mix" and rel[1].startswith("s"):
+            records = [(p.ts_ns, int(rel[1][1:])) for p in packets]
+        else:
+            assert rel[0] == "_unknown" and rel[1].startswith("vni-"), f
+            records = [(p.ts_ns, int(rel[1][4:])) for p in packets]
+        backwards, later = order_in_file(records)
+        assert backwards == 0, f"{f}: {backwards} records earlier than their VNI's record before them"
+        assert later < MAX_BATCH, f"{f}: a record follows {later} records stamped after it"
+        worst = max(worst, later)
+    return worst
+
+
 def check(agent: AgentProc, m: dict[str, float], exp: Expected, out: Path, sent: int) -> dict[str, int]:
     """sent = written + counted drops, per reason and per layer, exactly; each session's files
     hold exactly its frames in order (a subsequence, if a layer counted drops)."""
@@ -266,15 +326,22 @@ def check(agent: AgentProc, m: dict[str, float], exp: Expected, out: Path, sent:
             assert got == frames, f"VNI {vni}: {len(got)} frames on disk, {len(frames)} sent"
         else:
             assert _is_subsequence(got, frames), f"VNI {vni}: frames out of order or foreign"
-    # The selector session's files: each pod's hold exactly the frames to or from it, in order.
+    # The selector session's files: each pod's hold exactly the frames to or from it, each
+    # source's in order (perSession: the sources' frames interleave within a receive batch, see
+    # check_order).
     sel = out / "mix" / SELECTOR
     for pod, frames in exp.pod_frames.items():
         d = sel / pod if pod else sel
         got = _frames_in(sorted(p for p in d.iterdir() if p.is_file()) if d.exists() else [])
+        mine, sent_frames = _by_source(got, exp), _by_source(frames, exp)
+        assert mine.keys() <= sent_frames.keys()
         if lossless:
-            assert got == frames, f"pod {pod or '(session)'}: {len(got)} frames on disk, {len(frames)} sent"
-        else:
-            assert _is_subsequence(got, frames), f"pod {pod or '(session)'}: frames out of order or foreign"
+            assert len(got) == len(frames), f"pod {pod or '(session)'}: {len(got)} frames on disk, {len(frames)} sent"
+        for vni, frames_of in sent_frames.items():
+            if lossless:
+                assert mine.get(vni, []) == frames_of, f"pod {pod or '(session)'}, VNI {vni}: frames differ"
+            else:
+                assert _is_subsequence(mine.get(vni, []), frames_of), f"pod {pod or '(session)'}: out of order"
     if sel.exists():
         assert {p.name for p in sel.iterdir() if p.is_dir()} <= set(exp.pod_frames)
     unknown_on_disk = 0
@@ -284,4 +351,5 @@ def check(agent: AgentProc, m: dict[str, float], exp: Expected, out: Path, sent:
         assert _is_subsequence(got, frames), f"unknown VNI {vni}: frames out of order or foreign"
         unknown_on_disk += len(got)
     assert unknown_on_disk == unknown_written
-    return {"datagrams": datagrams, "socket": socket_drops, "nic": nic, "before": before, **refused}
+    later = check_order(out, exp)
+    return {"datagrams": datagrams, "socket": socket_drops, "nic": nic, "before": before, "later": later, **refused}

@@ -234,3 +234,67 @@ def test_two_receivers_on_two_threads_never_mix_frames(rx_cls: type[Receiver]) -
 
 def _numbered(vni: int, fill: int, k: int) -> bytes:
     return vxlan.header(vni) + FRAME + bytes([fill]) * 40 + k.to_bytes(4, "big")
+
+
+@pytest.mark.parametrize("nvni", [1, 3, 40, 256, 257, 600])
+@pytest.mark.parametrize("fmt", ["pcapng", "pcap"])
+def test_holding_hands_out_every_record_in_order_once(nvni: int, fmt: str) -> None:
+    """The compiled loop with ``hold``: over the batches and take_held, each VNI's records are
+    exactly those the loop without hold frames (same bytes, same order), at most one group per
+    VNI per batch, packet and wire counts adding up; and with more VNIs than it may hold, it says
+    so (held_full) and hands the rest out batch by batch. Only the VNIs given to set_hold are
+    held (one VNI is left out: it is handed out in every batch). Seeded random VNIs, sizes,
+    malformed datagrams in between, several sends with receives in between."""
+    rng = random.Random(nvni)
+    vnis = [rng.randrange(1, 1 << 24) for _ in range(nvni)]
+    holdable = set(vnis[1:]) if nvni > 1 else set(vnis)
+    rounds = [
+        [
+            vxlan.header(rng.choice(vnis)) + FRAME + rng.randbytes(rng.choice([0, 50, 1400, 9000]))
+            if rng.random() > 0.05
+            else b"\0" * 20
+            for _ in range(rng.randrange(1, 3 * MAX_BATCH))
+        ]
+        for _ in range(rng.randrange(1, 6))
+    ]
+    outputs: dict[bool, dict[int, bytearray]] = {}
+    for hold in (False, True):
+        per_vni: dict[int, bytearray] = {}
+        packets: dict[int, int] = {}
+        full_seen = False
+        sock = _socket()
+        try:
+            rx = FastReceiver(sock, fmt=fmt, hold=hold)
+            rx.set_hold(holdable)
+            batches: list[Batch] = []
+            for datagrams in rounds:
+                _send(sock, datagrams)
+                got = _receive_all(rx, len(datagrams))
+                batches += got
+                for b in got:
+                    full_seen |= b.held_full
+                    if b.held_full:
+                        held = rx.take_held()
+                        assert not held.groups.keys() - holdable
+                        batches.append(held)
+            held = rx.take_held()
+            assert not held.groups.keys() - holdable
+            batches.append(held)
+            assert rx.take_held().groups == {}
+        finally:
+            sock.close()
+        for b in batches:
+            for vni, g in b.groups.items():  # a dict: one group per VNI per batch by construction
+                recs = list(pcapng.iter_records(bytes(g.buf), fmt))
+                assert len(recs) == g.packets > 0
+                assert sum(orig for *_x, orig in recs) == g.wire_bytes
+                assert (recs[0][2], recs[-1][2]) == (g.first_ts, g.last_ts)
+                per_vni.setdefault(vni, bytearray()).extend(_strip_ts(bytes(g.buf), fmt))
+                packets[vni] = packets.get(vni, 0) + g.packets
+        sent = sum(1 for r in rounds for d in r if len(d) > 20)
+        assert sum(packets.values()) == sent
+        if hold:
+            used = {vxlan.parse(d, len(d))[0] for r in rounds for d in r if len(d) > 20}  # type: ignore[index]
+            assert full_seen == (len(used & holdable) >= 256)
+        outputs[hold] = per_vni
+    assert outputs[True] == outputs[False]

@@ -234,7 +234,9 @@ class CaptureOptions(CamelModel):
     files: Literal["perPod", "perSession"] | None = Field(
         default=None,
         description="With podSelector: one capture file per pod (perPod, the default), or one per session holding "
-        "only the selected pods' packets (perSession).",
+        "only the selected pods' packets (perSession). A perSession file holds each source ENI's packets in time "
+        "order; packets of different ENIs in it are out of order by less than one receive batch of the agent "
+        "(256 datagrams; a few milliseconds while the agent keeps up).",
     )
 
 

@@ -33,7 +33,7 @@ from trafficmirror.capture.report import StatusReporter
 from trafficmirror.capture.report import collector as report_collector
 from trafficmirror.capture.sessions import KubeWatcher, Session, source_checks
 from trafficmirror.capture.ship import DirDestination, S3Destination, Shipper, recover_open_files
-from trafficmirror.capture.writer import UnknownVniPolicy, Writer, WriterConfig
+from trafficmirror.capture.writer import UnknownVniPolicy, Writer, WriterConfig, holdable_vnis
 
 log = logging.getLogger("trafficmirror.capture")
 
@@ -134,9 +134,15 @@ def worker_main(idx: int, sock: socket.socket, ctrl: socket.socket, cfg: AgentCo
         keep_malformed=cfg.keep_malformed,
     )
     recv = rx.make_receiver(
-        sock, fmt=wcfg.fmt, snaplen=wcfg.snaplen, keep_malformed=cfg.keep_malformed, accelerate=cfg.accelerate
+        sock,
+        fmt=wcfg.fmt,
+        snaplen=wcfg.snaplen,
+        keep_malformed=cfg.keep_malformed,
+        accelerate=cfg.accelerate,
+        hold=True,
     )
     recv.set_sources(_source_checks(cfg, cfg.sessions))
+    recv.set_hold(holdable_vnis(cfg.sessions))
     poller = select.poll()
     sfd, cfd = sock.fileno(), ctrl.fileno()
     poller.register(sfd, select.POLLIN)
@@ -144,10 +150,21 @@ def worker_main(idx: int, sock: socket.socket, ctrl: socket.socket, cfg: AgentCo
     ctrl.setblocking(False)
     pending = b""
     last_report = last_tick = 0.0
-    # Every datagram the kernel stamped before this instant has been written: time-based
-    # rotation follows it (packet time), not the wall clock, so a file never closes while
-    # earlier packets still wait in the socket queue.
+    # Every datagram the kernel stamped before this instant has been received (and is written
+    # once the held records are taken): time-based rotation follows it (packet time), not the
+    # wall clock, so a file never closes while earlier packets still wait in the socket queue.
     watermark = time.time_ns()
+
+    def write_held() -> None:
+        # The receive loop hands each VNI's records out in groups of up to 64 KiB across
+        # batches (with 100 sessions a batch has a few packets per VNI, and the per-group work
+        # was most of the agent's user time); what it holds is written here, before anything
+        # that needs every received packet in its file. Only VNIs that have their streams to
+        # themselves are held (holdable_vnis): in a stream several VNIs feed, records of
+        # different VNIs stay within one receive batch of each other.
+        held = recv.take_held()
+        if held.groups:
+            writer.write(held)
 
     def drain_socket() -> None:
         nonlocal watermark
@@ -157,14 +174,18 @@ def worker_main(idx: int, sock: socket.socket, ctrl: socket.socket, cfg: AgentCo
             b = recv.recv_batch(BATCH)
             if b.datagrams:
                 writer.write(b)
+            if b.held_full:
+                write_held()
             if b.datagrams < BATCH:
                 watermark = started  # the queue was empty at some point after this
-                if b.datagrams:
-                    # Traffic is flowing but we are ahead of it: let a batch accumulate rather
-                    # than pay a wake-up per handful of packets. The receive buffer holds far
-                    # more than COALESCE_S of traffic, and a capture file tolerates the latency.
-                    time.sleep(COALESCE_S)
-                return
+                if not b.datagrams:
+                    write_held()  # the socket is idle: nothing is worth holding back for
+                    return
+                # Traffic is flowing but we are ahead of it: let a batch accumulate rather than
+                # pay a wake-up per handful of packets, then read again (an empty read ends the
+                # round). The receive buffer holds far more than COALESCE_S of traffic, and a
+                # capture file tolerates the latency.
+                time.sleep(COALESCE_S)
 
     while not stop:
         polled = time.time_ns()
@@ -191,13 +212,16 @@ def worker_main(idx: int, sock: socket.socket, ctrl: socket.socket, cfg: AgentCo
                     msg = json.loads(line)
                     if "sessions" in msg:
                         sessions = [Session.from_json(s) for s in msg["sessions"]]
+                        write_held()  # received under the sessions as they were
                         recv.set_sources(_source_checks(cfg, sessions))
+                        recv.set_hold(holdable_vnis(sessions))
                         writer.update_sessions({s.vni: s for s in sessions})
         now = time.monotonic()
         if now - last_tick >= TICK_EVERY_S:
             last_tick = now
             with contextlib.suppress(OSError):
                 writer.stats.kernel_drops = max(writer.stats.kernel_drops, rx.kernel_drops(sock))
+            write_held()
             writer.tick(watermark - WATERMARK_GRACE_NS)
         if now - last_report >= REPORT_EVERY_S:
             last_report = now
@@ -207,6 +231,7 @@ def worker_main(idx: int, sock: socket.socket, ctrl: socket.socket, cfg: AgentCo
                 stop = True
     # What the kernel has already queued was received before SIGTERM: write it too.
     drain_socket()
+    write_held()
     writer.close_all()
     try:
         ctrl.setblocking(True)

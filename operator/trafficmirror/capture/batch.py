@@ -7,7 +7,7 @@ writer only appends bytes; plus the count of every datagram it did not frame, by
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping, Set
+from collections.abc import Iterable, Mapping, Set
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -42,6 +42,7 @@ class Batch:
     kept: list[Kept] = field(default_factory=list)
     datagrams: int = 0
     kernel_drops: int = 0  # cumulative sk_drops as of the last datagram
+    held_full: bool = False  # the loop holds as many VNIs as it may: take_held() now
 
 
 class Receiver(Protocol):
@@ -49,7 +50,22 @@ class Receiver(Protocol):
 
     def recv_batch(self, max_datagrams: int = MAX_BATCH) -> Batch:
         """Take up to ``max_datagrams`` off the socket without blocking; every one of them is in
-        ``datagrams`` and either framed in a group or counted in ``malformed``."""
+        ``datagrams`` and either framed in a group or counted in ``malformed``. A loop that
+        holds records (to hand them out in larger groups) may count a datagram here and hand out
+        its record in a later batch or in ``take_held``."""
+        ...
+
+    def take_held(self) -> Batch:
+        """The records held back, every one (groups only; no datagrams counted). Call it before
+        anything that needs every received packet written: a time boundary, a change of
+        sessions, shutdown, an idle socket; and when a batch says ``held_full``."""
+        ...
+
+    def set_hold(self, vnis: Iterable[int]) -> None:
+        """Hold records back (see ``take_held``) only for these VNIs: the sessions' that have
+        their files to themselves (``writer.holdable_vnis``). Traffic for unknown VNIs (a flood of
+        random ones) and for VNIs that share a file is handed out batch by batch. Call
+        ``take_held`` first when the set changes."""
         ...
 
     def set_sources(self, sources: Mapping[int, Set[str]]) -> None:

@@ -14,7 +14,7 @@ import os
 import socket
 import struct
 import time
-from collections.abc import Mapping, Set
+from collections.abc import Iterable, Mapping, Set
 
 from trafficmirror.capture import pcapng, vxlan
 from trafficmirror.capture.batch import MAX_BATCH, Batch, Group, Kept, Receiver
@@ -286,16 +286,23 @@ class PyReceiver:
         batch.kernel_drops = drops
         return batch
 
+    def take_held(self) -> Batch:
+        return Batch()  # holds nothing: every batch hands out all it framed
+
+    def set_hold(self, vnis: Iterable[int]) -> None:
+        pass
+
 
 def make_receiver(
-    sock: socket.socket, *, fmt: str, snaplen: int, keep_malformed: bool, accelerate: bool = True
+    sock: socket.socket, *, fmt: str, snaplen: int, keep_malformed: bool, accelerate: bool = True, hold: bool = False
 ) -> Receiver:
-    """The compiled receiver when available (and not disabled), else the Python one."""
+    """The compiled receiver when available (and not disabled), else the Python one. ``hold``:
+    the compiled one holds records back to hand them out in larger groups (``take_held``)."""
     if accelerate:
         try:
             from trafficmirror.capture.fastrecv import FastReceiver
 
-            return FastReceiver(sock, fmt=fmt, snaplen=snaplen, keep_malformed=keep_malformed)
+            return FastReceiver(sock, fmt=fmt, snaplen=snaplen, keep_malformed=keep_malformed, hold=hold)
         except ImportError:
             log.info("compiled receive loop not available; using the Python one")
     return PyReceiver(sock, fmt=fmt, snaplen=snaplen, keep_malformed=keep_malformed)

@@ -16,7 +16,7 @@ import os
 import socket
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -58,6 +58,32 @@ def format_start(ts_ns: int) -> str:
 
 def file_basename(node: str, start_ns: int, seq: int, fmt: str) -> str:
     return f"{safe_component(node)}-{format_start(start_ns)}-{seq:06d}.{fmt}"
+
+
+def stream_keys(s: Session) -> list[tuple[str, str]]:
+    """The streams a session VNI's packets may go to: its own (a plain session's, keyed by the
+    VNI), or its selector session's, one per pod (perPod) or one per session (none for a
+    podSelector source without pods: its packets are all filtered out)."""
+    if not s.files:
+        return [("", str(s.vni))]
+    if s.files == PER_POD:
+        return [(s.key, p.key) for p in s.pods]
+    return [(s.key, "")] if s.files == ALL or s.pods else []
+
+
+def holdable_vnis(sessions: Iterable[Session]) -> set[int]:
+    """The session VNIs whose streams no other VNI writes to: the receive loop may hold their
+    records back across batches (``batch.Receiver.set_hold``). Records reach a stream one
+    receive batch at a time, grouped by VNI, so in a stream that several VNIs feed (a perSession
+    or nodeSelector session's sources, a pod seen on two ENIs) a record can follow records of
+    other VNIs that arrived after it, by less than one batch (``MAX_BATCH`` datagrams); holding
+    one VNI's records until its buffer fills or the next tick would stretch that to the tick."""
+    sessions = list(sessions)
+    feeders: dict[tuple[str, str], set[int]] = {}
+    for s in sessions:
+        for key in stream_keys(s):
+            feeders.setdefault(key, set()).add(s.vni)
+    return {s.vni for s in sessions if all(feeders[k] == {s.vni} for k in stream_keys(s))}
 
 
 # --- the streams ----------------------------------------------------------------------------

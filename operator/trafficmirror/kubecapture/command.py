@@ -17,6 +17,7 @@ import sys
 import threading
 import time
 import urllib.parse
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any, TextIO
@@ -498,7 +499,12 @@ def _download(
 
     status = session.get("status") or {}
     packets, _ = packet_totals(status)
-    source, refs = _file_source(args, api, namespace, name, capture_files(status))
+    locations = capture_files(status)
+    source, refs = _file_source(args, api, namespace, name, locations)
+    if args.dir:
+        source, refs = _await_shipped(
+            lambda: _file_source(args, api, namespace, name, locations), locations, refs, source, args.dir, progress
+        )
     output = args.output or f"{name}.pcapng"
     if not refs:
         if packets:
@@ -521,6 +527,35 @@ def _download(
     where = "stdout" if output == "-" else output
     progress.say(f"{where}: {stats.packets} packets from {len(refs)} file(s)")
     return 0
+
+
+def _plain_name(location: str) -> str:
+    base = location.rstrip("/").rsplit("/", 1)[-1]
+    return base.removesuffix(".gz")
+
+
+def _await_shipped(
+    relist: Callable[[], tuple[Any, list[Any]]],
+    locations: list[tuple[str, str]],
+    refs: list[Any],
+    source: Any,
+    directory: str,
+    progress: Progress,
+) -> tuple[Any, list[Any]]:
+    """With --dir: an agent lists a Completed session's files as soon as it has closed them, some still in
+    its spool; the directory has them once they are shipped, moments later. Wait (up to FILES_GRACE_SECONDS)
+    until every listed file is there (compressed or not); a file listed by a node that ships elsewhere is
+    waited for that long, then left out."""
+    listed = {_plain_name(loc) for _node, loc in locations}
+    deadline = time.monotonic() + FILES_GRACE_SECONDS
+    said = False
+    while (missing := listed - {_plain_name(r.name) for r in refs}) and time.monotonic() < deadline:
+        if not said:
+            progress.say(f"waiting for {len(missing)} listed file(s) to be shipped to {directory}")
+            said = True
+        time.sleep(POLL_SECONDS / 4)
+        source, refs = relist()
+    return source, refs
 
 
 def _file_source(
