@@ -6,7 +6,8 @@ PYTEST_ARGS ?=
 
 .PHONY: test demo crds lint unit deps testbed node image builds e2e bench-operator bench-capture clean checkov manifests chart-test
 
-$(VENV)/.installed: pyproject.toml
+# The C extension is built by the editable install: a change to its source needs a new one.
+$(VENV)/.installed: pyproject.toml operator/trafficmirror/capture/_fastrecv.c
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q -U pip
 	$(PY) -m pip install -q -e '.[test]'
