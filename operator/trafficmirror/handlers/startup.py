@@ -16,6 +16,7 @@ from trafficmirror.aws.elbv2 import LoadBalancers
 from trafficmirror.aws.instance_support import load_support_table
 from trafficmirror.aws.target_quotas import TargetQuotas
 from trafficmirror.config import OperatorConfig
+from trafficmirror.handlers.heap import release_free_heap
 from trafficmirror.handlers.patching import patch_annotations
 from trafficmirror.handlers.registration import BINDINGS, NUDGE_ANNOTATION, Binding, Tracked, nudge_value
 from trafficmirror.handlers.resync import ResyncLoop, Snapshot
@@ -110,6 +111,10 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: lo
         )
         for binding in BINDINGS.values()
     ]
+    # The memory a burst of objects freed goes back to the system, not only to the allocator.
+    memo.resync_tasks.append(
+        asyncio.create_task(release_free_heap(config.resync_seconds, logger), name="release free heap")
+    )
     if config.metrics_port:
         prometheus_client.start_http_server(config.metrics_port)
         logger.info(f"metrics on :{config.metrics_port}/metrics")
