@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import signal
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -76,6 +77,13 @@ def bare_namespace(control_plane: ControlPlane, request: pytest.FixtureRequest) 
     name = create_test_namespace(control_plane, request)
     yield name
     control_plane.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+def sigint_as_default() -> None:
+    """For `preexec_fn` of a child that a test interrupts as Ctrl-C would: a shell starts background
+    jobs with SIGINT ignored, an ignored signal stays ignored across exec, and Python then installs no
+    KeyboardInterrupt handler. The test would be testing how it was started."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def kubectl_output(result: subprocess.CompletedProcess[str]) -> str:

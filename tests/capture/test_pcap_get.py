@@ -22,6 +22,7 @@ import pytest
 from netbed import NOBODY, PYTHON, REPO, Bed, in_netns, tshark_clean
 from pcapgen import NS, Spec, random_specs, write
 from test_s3 import BUCKET, ENV, Moto
+from tests.conftest import sigint_as_default
 
 from trafficmirror.capture import pcapng
 from trafficmirror.capture.ship import s3_key
@@ -206,7 +207,10 @@ def test_ctrl_c_and_a_failed_input_leave_nothing_behind(root: Path) -> None:
     spec = Spec("node-0", T0, 200_000, 1_000, frame_len=200, tag=b"0.1.")
     feeders = _fifo_inputs(root, [spec], hold=True)  # all packets, then the input stalls
     proc = subprocess.Popen(
-        [*CLI, "--dir", str(root / "in"), "-o", str(out_dir / "x.pcapng")], stderr=subprocess.PIPE, text=True
+        [*CLI, "--dir", str(root / "in"), "-o", str(out_dir / "x.pcapng")],
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=sigint_as_default,
     )
     try:
         end = time.monotonic() + 60

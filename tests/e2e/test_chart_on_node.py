@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from tests.conftest import sigint_as_default
 from tests.e2e.conftest import BUCKET, CLUSTER, E2E, EXAMPLES_NAMESPACE
 from trafficmirror_testbed import story, traffic
 from trafficmirror_testbed.kube import running_control_plane
@@ -83,14 +84,25 @@ def test_ctrl_c_leaves_the_host_as_it_was() -> None:
         """
     )
     env = {**os.environ, "PYTHONPATH": str(story.REPO_ROOT / "operator")}
-    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    assert line.strip() == b"READY", (line, proc.stderr.read() if proc.poll() is not None else b"")
-    during = _host_state()
-    assert during["links"] and during["kube_chains"] and during["mounts"], "the node was up"
-    proc.send_signal(signal.SIGINT)
-    proc.wait(timeout=180)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+        preexec_fn=sigint_as_default,
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert line.strip() == b"READY", (line, proc.stderr.read() if proc.poll() is not None else b"")
+        during = _host_state()
+        assert during["links"] and during["kube_chains"] and during["mounts"], "the node was up"
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=180)
+    finally:
+        if proc.poll() is None:  # never leave a node running for the tests that follow: SIGTERM cleans up too
+            proc.terminate()
+            proc.wait(timeout=180)
     assert _host_state() == before
 
 
