@@ -20,7 +20,7 @@ import pytest
 
 from trafficmirror.aws.ec2 import AwsSession
 from trafficmirror.handlers import session as session_handlers
-from trafficmirror.handlers.registration import Binding, Tracked, promised_retry
+from trafficmirror.handlers.registration import Binding, Handling, Tracked, promised_retry
 from trafficmirror.handlers.resync import ResyncLoop
 from trafficmirror.reconcile.common import Owner, owner_description, owner_tags
 from trafficmirror.reconcile.kinds import SESSION
@@ -259,3 +259,187 @@ def test_kopf_progress_records_give_the_promised_retry() -> None:
     }
     assert promised_retry(annotations) == datetime.fromisoformat(delayed).timestamp()
     assert promised_retry({"trafficmirror.io/aws-id": "tms-1"}) is None
+
+
+# --- a call that never answers: the loop goes on ----------------------------------------------------
+# The loop awaits two things per pass: the shared Describe (a thread) and the nudges (API patches). Either
+# may not answer (a hung connection, a thread that never finishes); the loop also carries the nudges of
+# work nobody else carries on, so one pass that waits for good stops them all, with no log line.
+
+
+class HangingSnapshot(FakeSnapshot):
+    """A Describe that answers only once `answer` is set (never, unless the test sets it)."""
+
+    def __init__(self, sessions: dict[str, Observed[AwsSession]]) -> None:
+        super().__init__(sessions)
+        self.answer = asyncio.Event()
+
+    async def fetch(self, kind: str, region: str | None) -> tuple[float, dict[str, Any]]:
+        self.calls += 1
+        started = time.time()
+        await self.answer.wait()
+        return started, dict(self.sessions)
+
+
+def _stalled(objects: list[Tracked], indexes: dict[str, Any], names: list[str]) -> None:
+    key = session_handlers.BINDING.index_name
+    for tracked in objects:
+        if tracked.name in names:  # a retry promised long ago, nothing seen since: nudged every follow period
+            indexes[key][("ns", tracked.name)] = [replace(tracked, phase="Pending", retry_at=time.time() - 600)]
+
+
+def _fast_loop(
+    indexes: dict[str, Any], snapshot: FakeSnapshot, nudge: Any, logger: logging.Logger | None = None
+) -> ResyncLoop:
+    return ResyncLoop(
+        session_handlers.BINDING,
+        snapshot,  # type: ignore[arg-type]
+        indexes,
+        nudge,
+        period=0.05,
+        follow_period=0.01,
+        logger=logger or logging.getLogger("test"),
+        describe_wait=0.05,
+        nudge_timeout=0.05,
+    )
+
+
+async def _run_until(loop: ResyncLoop, done: Any, deadline: float = 20.0) -> bool:
+    """Runs the loop until `done()` holds (True) or the deadline passes (False: the loop stopped)."""
+    task = asyncio.create_task(loop.run())
+    started = time.monotonic()
+    while not done() and time.monotonic() - started < deadline:
+        await asyncio.sleep(0.01)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    return bool(done())
+
+
+def test_a_describe_that_never_answers_does_not_stop_the_nudges_nor_start_another(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    indexes, _, objects = _world(5)
+    snapshot = HangingSnapshot({})
+    _stalled(objects, indexes, ["s0"])
+    nudged: list[tuple[str, str]] = []
+
+    async def nudge(binding: Binding, tracked: Tracked, why: str) -> None:
+        nudged.append((tracked.name, why))
+
+    with caplog.at_level(logging.WARNING, logger="test"):
+        # the passes go on past it: s0 is nudged once per follow period
+        assert asyncio.run(_run_until(_fast_loop(indexes, snapshot, nudge), lambda: len(nudged) >= 5))
+    assert set(nudged) == {("s0", "stalled")}
+    assert snapshot.calls == 1  # one Describe in flight, however many periods pass
+    assert any("has not answered" in r.getMessage() for r in caplog.records)
+
+
+def test_a_describe_that_answers_late_is_compared_then_the_next_one_starts() -> None:
+    indexes, _, objects = _world(4)
+    snapshot = HangingSnapshot({})  # s0 .. s3 are all missing from it: each is nudged "missing" once compared
+    nudged: list[tuple[str, str]] = []
+
+    async def nudge(binding: Binding, tracked: Tracked, why: str) -> None:
+        nudged.append((tracked.name, why))
+
+    async def scenario() -> None:
+        loop = _fast_loop(indexes, snapshot, nudge)
+        task = asyncio.create_task(loop.run())
+        await asyncio.sleep(0.3)
+        assert nudged == [] and snapshot.calls == 1
+        snapshot.answer.set()
+        started = time.monotonic()
+        while (len(set(nudged)) < len(objects) or snapshot.calls < 2) and time.monotonic() - started < 20:
+            await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(scenario())
+    assert set(nudged) == {(t.name, "missing") for t in objects}
+    assert snapshot.calls >= 2  # the answered one is done with: later periods ask AWS again
+
+
+def test_a_nudge_that_never_answers_is_dropped_and_the_loop_goes_on(caplog: pytest.LogCaptureFixture) -> None:
+    indexes, snapshot, objects = _world(3)
+    _stalled(objects, indexes, ["s0", "s1"])
+    calls: list[str] = []
+
+    async def nudge(binding: Binding, tracked: Tracked, why: str) -> None:
+        calls.append(tracked.name)
+        if tracked.name == "s0":
+            await asyncio.Event().wait()  # an API call that never answers
+
+    with caplog.at_level(logging.WARNING, logger="test"):
+        loop = _fast_loop(indexes, snapshot, nudge)
+        # s0's nudge is dropped, and s1 still nudged pass after pass; the periods' Describes go on too
+        assert asyncio.run(_run_until(loop, lambda: calls.count("s0") >= 3 and snapshot.calls >= 3))
+    assert calls.count("s1") >= 3
+    assert any("not answered within" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_random_hangs_never_stop_the_loop(seed: int) -> None:
+    """Seeded: a random subset of the objects' nudges, and maybe the Describe, never answer; every other
+    stalled object is still nudged pass after pass."""
+    rng = random.Random(seed)
+    print(f"seed={seed}")
+    count = rng.randint(2, 40)
+    indexes, snapshot, objects = _world(count)
+    hanging_describe = rng.random() < 0.5
+    if hanging_describe:
+        snapshot = HangingSnapshot(dict(snapshot.sessions))
+    stalled = [t.name for t in rng.sample(objects, rng.randint(1, count))]
+    hanging = set(rng.sample(stalled, rng.randint(0, len(stalled) - 1)))
+    _stalled(objects, indexes, stalled)
+    calls: list[str] = []
+
+    async def nudge(binding: Binding, tracked: Tracked, why: str) -> None:
+        calls.append(tracked.name)
+        if tracked.name in hanging:
+            await asyncio.sleep(3600)
+
+    answering = set(stalled) - hanging
+
+    def went_on() -> bool:
+        return all(calls.count(name) >= 3 for name in answering) and (hanging_describe or snapshot.calls >= 3)
+
+    assert asyncio.run(_run_until(_fast_loop(indexes, snapshot, nudge), went_on)), (hanging_describe, sorted(hanging))
+    assert snapshot.calls == 1 if hanging_describe else snapshot.calls >= 3
+
+
+def test_a_late_retry_whose_handler_waits_its_turn_is_not_nudged_until_the_handler_is_done() -> None:
+    """With thousands of objects at once, a handler waits for a reconcile slot long past the retry kopf
+    promised: that retry is late, not dropped. Nudging it queues one more reconcile of the object (and
+    a patch every follow period), so a handler at work, or just ended, counts as seen."""
+    indexes, snapshot, objects = _world(3)
+    _stalled(objects, indexes, ["s0", "s1", "s2"])
+    handling = Handling()
+    nudged: list[tuple[str, str]] = []
+
+    async def nudge(binding: Binding, tracked: Tracked, why: str) -> None:
+        nudged.append((tracked.name, why))
+
+    loop = ResyncLoop(
+        session_handlers.BINDING,
+        snapshot,  # type: ignore[arg-type]
+        indexes,
+        nudge,
+        period=PERIOD,
+        follow_period=0.2,
+        logger=logging.getLogger("test"),
+        handling=handling,
+    )
+    with handling.at("uid-0"):  # s0: its handler waits for a slot
+        with handling.at("uid-1"):  # s1: its handler ends now
+            pass
+        asyncio.run(loop.tick(compare=False))
+        assert nudged == [("s2", "stalled")]
+        time.sleep(0.25)
+        asyncio.run(loop.tick(compare=False))
+        assert ("s1", "stalled") in nudged and ("s0", "stalled") not in nudged
+    time.sleep(0.25)  # s0's handler ended a follow period ago and its retry is still overdue: dropped
+    nudged.clear()
+    asyncio.run(loop.tick(compare=False))
+    assert sorted(nudged) == [("s0", "stalled"), ("s1", "stalled"), ("s2", "stalled")]

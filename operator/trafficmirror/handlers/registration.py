@@ -11,10 +11,12 @@ the objects that need a reconcile.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
+import math
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -98,6 +100,41 @@ class Binding:
 
 
 BINDINGS: dict[str, Binding] = {}
+
+
+class Handling:
+    """The objects a change handler of this process is at (waiting for a reconcile slot included), and
+    when the last one of each ended.
+
+    A retry that kopf promised is late while its handler waits its turn behind thousands of others: that
+    is no retry nobody runs, and nudging it only queues one more reconcile of it (and, nudged again every
+    follow period, a patch each time). The resync takes a handler at work, or just ended, as seen.
+    """
+
+    def __init__(self) -> None:
+        self._active: dict[str, int] = {}  # uid → handlers in progress
+        self._ended: dict[str, float] = {}  # uid → wall clock when the last one ended
+
+    @contextlib.contextmanager
+    def at(self, uid: str) -> Iterator[None]:
+        self._active[uid] = self._active.get(uid, 0) + 1
+        try:
+            yield
+        finally:
+            left = self._active.pop(uid) - 1
+            if left:
+                self._active[uid] = left
+            self._ended[uid] = time.time()
+
+    def seen_at(self, uid: str) -> float | None:
+        """Now (infinity) while a handler is at it, when the last one ended, or None."""
+        return math.inf if uid in self._active else self._ended.get(uid)
+
+    def forget_ended_before(self, when: float) -> None:
+        self._ended = {uid: at for uid, at in self._ended.items() if at >= when}
+
+
+HANDLING = Handling()
 
 
 def track(binding: Binding, body: kopf.Body, context: ReconcileContext) -> Tracked:
@@ -187,10 +224,11 @@ def register(binding: Binding) -> Binding:
         if body["metadata"].get("deletionTimestamp"):
             return
         meta, spec, indexes = body["metadata"], body.get("spec") or {}, indexes_of(kwargs)
-        if binding.before_reconcile is not None and not (nudged or from_timer):
-            await binding.before_reconcile(meta["namespace"], spec, indexes)
-        async with kwargs["memo"].reconcile_slots:
-            await decide_and_write(kwargs, meta, spec, indexes, from_timer)
+        with HANDLING.at(meta["uid"]):
+            if binding.before_reconcile is not None and not (nudged or from_timer):
+                await binding.before_reconcile(meta["namespace"], spec, indexes)
+            async with kwargs["memo"].reconcile_slots:
+                await decide_and_write(kwargs, meta, spec, indexes, from_timer)
 
     async def decide_and_write(
         kwargs: dict[str, Any],

@@ -18,11 +18,19 @@ from typing import Any
 
 from trafficmirror.aws.ec2 import Ec2Mirror
 from trafficmirror.handlers.apply import resync_action
-from trafficmirror.handlers.registration import Binding, Tracked
+from trafficmirror.handlers.registration import HANDLING, Binding, Handling, Tracked
 from trafficmirror.metrics import RESYNC_DESCRIBES, RESYNC_NUDGES
 from trafficmirror.reconcile.observed import observe
 
 Nudge = Callable[[Binding, Tracked, str], Awaitable[None]]
+
+# How long one pass waits for the shared Describe, and for each nudge. The loop must go on past a call
+# that does not answer (a thread or a connection that hangs): it also carries the nudges of work nobody
+# else carries on, and one pass waiting for good would stop them all, without a log line. A Describe
+# still running is picked up by a later pass (never two of a kind and region at the same time); a nudge
+# not answered in time is dropped, and the object nudged again if it still needs it.
+DESCRIBE_WAIT_SECONDS = 60.0
+NUDGE_TIMEOUT_SECONDS = 60.0
 
 
 class Snapshot:
@@ -56,6 +64,9 @@ class ResyncLoop:
         period: float,
         follow_period: float,
         logger: logging.Logger,
+        describe_wait: float = DESCRIBE_WAIT_SECONDS,
+        nudge_timeout: float = NUDGE_TIMEOUT_SECONDS,
+        handling: Handling = HANDLING,
     ) -> None:
         self.binding = binding
         self.snapshot = snapshot
@@ -64,7 +75,11 @@ class ResyncLoop:
         self.period = period
         self.follow_period = min(follow_period, period)
         self.logger = logger
+        self.describe_wait = describe_wait
+        self.nudge_timeout = nudge_timeout
+        self.handling = handling
         self._nudged: dict[str, float] = {}  # uid → when it was last nudged
+        self._describes: dict[str | None, asyncio.Future[tuple[float, dict[str, Any]]]] = {}  # by region
 
     async def run(self) -> None:
         next_compare = time.monotonic() + self.period
@@ -86,6 +101,7 @@ class ResyncLoop:
         if self.binding.follows is not None:
             due += [(t, "follow") for t in objects if t.phase == "Ready" and self.binding.follows(t, self.indexes)]
         now_wall = time.time()
+        self.handling.forget_ended_before(now_wall - self.follow_period)
         due += [(t, "stalled") for t in objects if self.stalled(t, now_wall)]
         if compare:
             taken = {t.uid for t, _ in due}
@@ -106,8 +122,34 @@ class ResyncLoop:
                     f"{tracked.generation}, status of {tracked.observed_generation}) has a retry nobody runs"
                 )
             nudged.append((tracked, why))
-        await asyncio.gather(*(self.nudge(self.binding, t, why) for t, why in nudged), return_exceptions=True)
+        results = await asyncio.gather(*(self._nudge(t, why) for t, why in nudged), return_exceptions=True)
+        unanswered = sum(isinstance(result, TimeoutError) for result in results)
+        if unanswered:
+            self.logger.warning(
+                f"{unanswered} of {len(nudged)} resync nudges of {self.binding.api.plural} not answered within "
+                f"{self.nudge_timeout:.0f} s; dropped, the next passes nudge again what still needs it"
+            )
         return nudged
+
+    async def _nudge(self, tracked: Tracked, why: str) -> None:
+        await asyncio.wait_for(self.nudge(self.binding, tracked, why), self.nudge_timeout)
+
+    async def _describe(self, region: str | None) -> tuple[float, dict[str, Any]] | None:
+        """The shared Describe of the region, or None when it has not answered within `describe_wait`:
+        it keeps running, and a later pass uses its answer instead of starting another one."""
+        task = self._describes.get(region)
+        if task is None:
+            task = asyncio.ensure_future(self.snapshot.fetch(self.binding.snapshot_kind, region))
+            self._describes[region] = task
+        done, _ = await asyncio.wait({task}, timeout=self.describe_wait)
+        if not done:
+            self.logger.warning(
+                f"the Describe of {self.binding.api.plural} ({region or 'default region'}) has not answered "
+                f"within {self.describe_wait:.0f} s; the resync goes on and compares once it has"
+            )
+            return None
+        del self._describes[region]
+        return task.result()  # its error fails this pass; the next period asks again
 
     def stalled(self, tracked: Tracked, now: float) -> bool:
         """Work that nobody carries on: no watch event for a follow period, and either a retry kopf
@@ -118,7 +160,10 @@ class ResyncLoop:
         and a stale status behind for good. A nudge is a difference of its own: the reconcile runs,
         the status is written, and kopf forgets the dead retry.
         """
-        if now - tracked.seen_at < self.follow_period:
+        # A handler of this process at it (even waiting for a slot), or just done, counts as seen: its
+        # retry is late, not dropped, and the event its status patch makes is on its way.
+        seen_at = max(tracked.seen_at, self.handling.seen_at(tracked.uid) or 0.0)
+        if now - seen_at < self.follow_period:
             return False
         if tracked.retry_at is not None:  # a retry still to come is kopf's (a backoff is kept)
             return now - tracked.retry_at >= self.follow_period
@@ -133,7 +178,10 @@ class ResyncLoop:
                 by_region.setdefault(tracked.region, []).append(tracked)
         reconciler = self.binding.reconciler
         for region, ready in by_region.items():
-            fetched_at, observed = await self.snapshot.fetch(self.binding.snapshot_kind, region)
+            fetched = await self._describe(region)
+            if fetched is None:
+                continue
+            fetched_at, observed = fetched
             for tracked in ready:
                 if tracked.seen_at >= fetched_at - 1.0:
                     continue  # changed while (or after) AWS was asked: the next period compares it
