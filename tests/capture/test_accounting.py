@@ -18,7 +18,7 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from netbed import AgentProc, bed_up
-from trafficmix import SPOOF_SRC, UND_SRC, Mix, build, check, send, sessions_file, settle, write_pool
+from trafficmix import SPOOF_SRC, UND_SRC, Mix, build, check, empty_work_dir, send, sessions_file, settle, write_pool
 
 pytestmark = pytest.mark.root
 
@@ -68,9 +68,7 @@ def test_sent_equals_written_plus_counted_drops(case: tuple[Mix, dict[str, objec
     mix, a = case
     event(f"podSelector sources: {min(mix.selector, 1)}, files: {mix.files if mix.selector else '-'}")
     exp = build(mix, kernel_filter=bool(a["kernel_filter"]))
-    for sub in ("out", "work"):
-        for p in sorted((work / sub).rglob("*"), reverse=True):  # one work dir serves every example
-            p.unlink() if p.is_file() else p.rmdir()
+    empty_work_dir(work)
     with bed_up() as bed:
         bed.ns(bed.srv, f"ip addr add {SPOOF_SRC}/24 dev und0")
         args = ["--output-dir", str(work / "out"), "--sessions-file", str(sessions_file(work, exp))]

@@ -19,7 +19,7 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from netbed import AgentProc, bed_up
-from trafficmix import UND_SRC, Mix, build, check, send, sessions_file, settle, write_pool
+from trafficmix import UND_SRC, Mix, build, check, empty_work_dir, send, sessions_file, settle, write_pool
 
 pytestmark = pytest.mark.root
 
@@ -63,9 +63,7 @@ def test_each_file_is_in_timestamp_order_per_vni_and_within_a_batch_across_vnis(
     mix, a = case
     event(f"files: {mix.files}, workers: {a['workers']}, accelerate: {a['accelerate']}")
     exp = build(mix)
-    for sub in ("out", "work"):
-        for p in sorted((work / sub).rglob("*"), reverse=True):  # one work dir serves every example
-            p.unlink() if p.is_file() else p.rmdir()
+    empty_work_dir(work)
     with bed_up() as bed:
         args = ["--output-dir", str(work / "out"), "--sessions-file", str(sessions_file(work, exp))]
         args += ["--workers", str(a["workers"]), "--rotate-interval", "0", "--rotate-size", "0"]

@@ -180,6 +180,13 @@ def build(mix: Mix, kernel_filter: bool = False) -> Expected:
     return exp
 
 
+def empty_work_dir(work: Path) -> None:
+    """Empty the output and spool directories: one work dir serves every hypothesis example."""
+    for sub in ("out", "work"):
+        for p in sorted((work / sub).rglob("*"), reverse=True):
+            p.unlink() if p.is_file() else p.rmdir()
+
+
 def write_pool(path: Path, datagrams: list[bytes]) -> Path:
     path.write_bytes(b"".join(struct.pack("=I", len(d)) + d for d in datagrams))
     return path

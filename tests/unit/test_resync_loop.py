@@ -20,7 +20,7 @@ import pytest
 
 from trafficmirror.aws.ec2 import AwsSession
 from trafficmirror.handlers import session as session_handlers
-from trafficmirror.handlers.registration import Binding, Handling, Tracked, promised_retry
+from trafficmirror.handlers.registration import HANDLING, Binding, Handling, Tracked, promised_retry
 from trafficmirror.handlers.resync import ResyncLoop
 from trafficmirror.reconcile.common import Owner, owner_description, owner_tags
 from trafficmirror.reconcile.kinds import SESSION
@@ -112,7 +112,13 @@ def _change(snapshot: FakeSnapshot, session_id: str, **fields: Any) -> None:
     snapshot.sessions[session_id] = replace(observed, resource=replace(observed.resource, **fields))
 
 
-def _loop(indexes: dict[str, Any], snapshot: FakeSnapshot, nudged: list[tuple[str, str]]) -> ResyncLoop:
+def _loop(
+    indexes: dict[str, Any],
+    snapshot: FakeSnapshot,
+    nudged: list[tuple[str, str]],
+    follow_period: float = 5.0,
+    handling: Handling = HANDLING,
+) -> ResyncLoop:
     async def nudge(binding: Binding, tracked: Tracked, why: str) -> None:
         nudged.append((tracked.name, why))
 
@@ -122,8 +128,9 @@ def _loop(indexes: dict[str, Any], snapshot: FakeSnapshot, nudged: list[tuple[st
         indexes,
         nudge,
         period=PERIOD,
-        follow_period=5.0,
+        follow_period=follow_period,
         logger=logging.getLogger("test"),
+        handling=handling,
     )
 
 
@@ -417,20 +424,7 @@ def test_a_late_retry_whose_handler_waits_its_turn_is_not_nudged_until_the_handl
     _stalled(objects, indexes, ["s0", "s1", "s2"])
     handling = Handling()
     nudged: list[tuple[str, str]] = []
-
-    async def nudge(binding: Binding, tracked: Tracked, why: str) -> None:
-        nudged.append((tracked.name, why))
-
-    loop = ResyncLoop(
-        session_handlers.BINDING,
-        snapshot,  # type: ignore[arg-type]
-        indexes,
-        nudge,
-        period=PERIOD,
-        follow_period=0.2,
-        logger=logging.getLogger("test"),
-        handling=handling,
-    )
+    loop = _loop(indexes, snapshot, nudged, follow_period=0.2, handling=handling)
     with handling.at("uid-0"):  # s0: its handler waits for a slot
         with handling.at("uid-1"):  # s1: its handler ends now
             pass
