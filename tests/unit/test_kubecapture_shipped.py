@@ -41,7 +41,7 @@ def _await(out: Path, status: dict[str, object], progress: Progress) -> list[fet
         return source, source.list("ns", "web")
 
     locations = command.capture_files(status)
-    _, refs = command._await_shipped(relist, locations, relist()[1], source, str(out), progress)
+    _, refs = command._await_shipped(relist, locations, str(out), progress)
     return refs
 
 

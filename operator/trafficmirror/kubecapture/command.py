@@ -500,11 +500,11 @@ def _download(
     status = session.get("status") or {}
     packets, _ = packet_totals(status)
     locations = capture_files(status)
-    source, refs = _file_source(args, api, namespace, name, locations)
-    if args.dir:
-        source, refs = _await_shipped(
-            lambda: _file_source(args, api, namespace, name, locations), locations, refs, source, args.dir, progress
-        )
+
+    def listing() -> tuple[Any, list[Any]]:
+        return _file_source(args, api, namespace, name, locations)
+
+    source, refs = _await_shipped(listing, locations, args.dir, progress) if args.dir else listing()
     output = args.output or f"{name}.pcapng"
     if not refs:
         if packets:
@@ -534,18 +534,17 @@ def _plain_name(location: str) -> str:
     return base.removesuffix(".gz")
 
 
+Listing = Callable[[], tuple[Any, list[Any]]]
+
+
 def _await_shipped(
-    relist: Callable[[], tuple[Any, list[Any]]],
-    locations: list[tuple[str, str]],
-    refs: list[Any],
-    source: Any,
-    directory: str,
-    progress: Progress,
+    relist: Listing, locations: list[tuple[str, str]], directory: str, progress: Progress
 ) -> tuple[Any, list[Any]]:
     """With --dir: an agent lists a Completed session's files as soon as it has closed them, some still in
     its spool; the directory has them once they are shipped, moments later. Wait (up to FILES_GRACE_SECONDS)
     until every listed file is there (compressed or not); a file listed by a node that ships elsewhere is
     waited for that long, then left out."""
+    source, refs = relist()
     listed = {_plain_name(loc) for _node, loc in locations}
     deadline = time.monotonic() + FILES_GRACE_SECONDS
     said = False
