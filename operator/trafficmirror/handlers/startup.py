@@ -26,6 +26,8 @@ from trafficmirror.reconcile.context import ReconcileContext
 
 FINALIZER = f"{ANNOTATION_PREFIX}/finalizer"
 FOLLOW_SECONDS = 5.0  # how soon a session notices that its target or filter got a new AWS ID
+# How long kopf waits for the watch to bring the version its own PATCH made (see `configure`).
+CONSISTENCY_SECONDS = 60.0
 
 
 def _observe(operation: str, result: str) -> None:
@@ -49,6 +51,13 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: lo
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.batching.error_delays = (1, 2, 5, 10, 30, 60)
+    # After its own PATCH kopf waits for the watch to bring that version before it runs a handler on an
+    # older event; past this wait it takes the older body as current. Its default (5 s) is shorter than
+    # the watch's lag when thousands of objects change at once: an object created at the start of a burst
+    # was then handled twice (its spec without kopf's own record of the first run, so a second create),
+    # and an edit could be undone by its stale event and redone by the next. A newer event of the object
+    # ends the wait at once; only a version the watch skips (a re-list) costs the whole wait.
+    settings.persistence.consistency_timeout = CONSISTENCY_SECONDS
     # Events are posted by a bounded number of workers (thousands of objects changing at once would
     # otherwise hold thousands of posting tasks). kopf's per-object workers stay unlimited: a limit
     # there can deadlock with the indexes, which must see every object before any handler runs.
