@@ -10,6 +10,7 @@ from typing import Any
 import kopf
 
 from trafficmirror.api import GROUP, VERSION, ready_condition
+from trafficmirror.handlers import onloop
 from trafficmirror.reconcile.seam import ClusterFacts, Dependency
 
 TARGETS = (GROUP, VERSION, "mirrortargets")
@@ -17,12 +18,12 @@ FILTERS = (GROUP, VERSION, "mirrorfilters")
 SESSIONS = (GROUP, VERSION, "mirrorsessions")
 
 
-@kopf.index("nodes")
+@onloop.index("nodes")
 def node_provider_ids(name: str, spec: kopf.Spec, **_: Any) -> dict[str, str]:
     return {name: spec.get("providerID", "")}
 
 
-@kopf.index("services", when=lambda spec, **_: spec.get("type") == "LoadBalancer")
+@onloop.index("services", when=lambda spec, **_: spec.get("type") == "LoadBalancer")
 def service_load_balancers(namespace: str, name: str, status: kopf.Status, **_: Any) -> dict[tuple[str, str], str]:
     """(namespace, name) of a Service of type LoadBalancer → its load balancer's hostname ("" until known)."""
     ingress = (status.get("loadBalancer") or {}).get("ingress") or [{}]
@@ -44,7 +45,7 @@ def _dependency(name: str, status: kopf.Status, id_field: str, labels: kopf.Labe
     )
 
 
-@kopf.index(*TARGETS)
+@onloop.index(*TARGETS)
 def target_states(
     namespace: str, name: str, status: kopf.Status, labels: kopf.Labels, meta: kopf.Meta, **_: Any
 ) -> dict[tuple[str, str], Dependency]:
@@ -54,7 +55,7 @@ def target_states(
     return {(namespace, name): dependency}
 
 
-@kopf.index(*FILTERS)
+@onloop.index(*FILTERS)
 def filter_states(namespace: str, name: str, status: kopf.Status, **_: Any) -> dict[tuple[str, str], Dependency]:
     return {(namespace, name): _dependency(name, status, "trafficMirrorFilterId")}
 
@@ -64,7 +65,7 @@ def _completed(status: kopf.Status) -> bool:
     return bool(status.get("phase") == "Completed")
 
 
-@kopf.index(*SESSIONS)
+@onloop.index(*SESSIONS)
 def session_users(
     namespace: str, name: str, spec: kopf.Spec, status: kopf.Status, **_: Any
 ) -> dict[tuple[str, str, str], str]:
@@ -77,7 +78,7 @@ def session_users(
     }
 
 
-@kopf.index(*SESSIONS)
+@onloop.index(*SESSIONS)
 def session_placements(uid: str, namespace: str, status: kopf.Status, **_: Any) -> dict[str, tuple[str, str]]:
     """Session UID → (target ID, source ENI) as its status says: the load of each target, for pools."""
     if _completed(status):
@@ -85,7 +86,7 @@ def session_placements(uid: str, namespace: str, status: kopf.Status, **_: Any) 
     return {uid: (str(status.get("trafficMirrorTargetId") or ""), str(status.get("sourceNetworkInterfaceId") or ""))}
 
 
-@kopf.index(*SESSIONS)
+@onloop.index(*SESSIONS)
 def session_choices(
     uid: str, namespace: str, name: str, status: kopf.Status, **_: Any
 ) -> dict[tuple[str, str], tuple[str, str]]:
@@ -107,17 +108,17 @@ def pool_of(index: kopf.Index[Any, Any], namespace: str, match_labels: dict[str,
 
 
 # UID → "Kind namespace/name": whether the owner an AWS resource's tags name is alive (adoption).
-@kopf.index(*TARGETS)
+@onloop.index(*TARGETS)
 def target_owners(uid: str, namespace: str, name: str, **_: Any) -> dict[str, str]:
     return {uid: f"MirrorTarget {namespace}/{name}"}
 
 
-@kopf.index(*FILTERS)
+@onloop.index(*FILTERS)
 def filter_owners(uid: str, namespace: str, name: str, **_: Any) -> dict[str, str]:
     return {uid: f"MirrorFilter {namespace}/{name}"}
 
 
-@kopf.index(*SESSIONS)
+@onloop.index(*SESSIONS)
 def session_owners(uid: str, namespace: str, name: str, **_: Any) -> dict[str, str]:
     return {uid: f"MirrorSession {namespace}/{name}"}
 

@@ -26,6 +26,7 @@ import kopf
 from trafficmirror.api import GROUP, VERSION, Kind, Phase, ready_condition
 from trafficmirror.config import RESYNC_SECONDS
 from trafficmirror.handlers import apply
+from trafficmirror.handlers.onloop import on_loop
 from trafficmirror.handlers.patching import patch_annotations
 from trafficmirror.reconcile.common import ANNOTATION_PREFIX, CREATE_INTENT_ANNOTATION, Outcome
 from trafficmirror.reconcile.context import ReconcileContext
@@ -333,5 +334,5 @@ def register(binding: Binding) -> Binding:
         initial_delay=RESYNC_SECONDS,
         when=lambda **kwargs: ours(**kwargs) and recheckable(**kwargs),
     )(on_recheck)
-    kopf.index(*resource, id=binding.index_name, when=ours)(tracked)
+    kopf.index(*resource, id=binding.index_name, when=ours)(on_loop(tracked))
     return binding

@@ -24,6 +24,7 @@ import kopf
 from kopf._cogs.clients import api, errors
 
 from trafficmirror.api import GROUP, MIRROR_SESSION, VERSION, Phase
+from trafficmirror.handlers import onloop
 from trafficmirror.handlers.patching import patch_annotations
 from trafficmirror.handlers.registration import NUDGE_ANNOTATION, nudge_value
 from trafficmirror.reconcile import timebox
@@ -63,7 +64,7 @@ def _ends_of(body: Mapping[str, Any]) -> tuple[Any, Any]:
     return spec.get("duration"), spec.get("stopAt")
 
 
-@kopf.index(*RESOURCE)
+@onloop.index(*RESOURCE)
 def session_end_changes(uid: str, body: kopf.Body, **_: Any) -> None:
     """Wakes a sleeping daemon when a watch event moves its session's end. kopf calls indexers for
     every event before any handler, quietly and without state on the object; nothing is indexed."""

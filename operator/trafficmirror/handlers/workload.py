@@ -31,6 +31,7 @@ from pydantic import ValidationError
 
 from trafficmirror.api import API_VERSION, GROUP, VERSION, MirrorFilterSpec, MirrorSessionSpec
 from trafficmirror.aws.errors import AwsError
+from trafficmirror.handlers import onloop
 from trafficmirror.reconcile import timebox
 from trafficmirror.reconcile.context import ReconcileContext
 from trafficmirror.reconcile.ports import WorkloadAws
@@ -70,7 +71,7 @@ def is_child(labels: Mapping[str, str]) -> bool:
 
 
 # --- indexes -----------------------------------------------------------------------------------
-@kopf.index("pods")
+@onloop.index("pods")
 def workload_pods(
     namespace: str, name: str, labels: kopf.Labels, annotations: kopf.Annotations, spec: kopf.Spec,
     status: kopf.Status, meta: kopf.Meta, **_: Any,
@@ -90,12 +91,12 @@ def workload_pods(
     }
 
 
-@kopf.index("nodes")
+@onloop.index("nodes")
 def workload_nodes(name: str, labels: kopf.Labels, spec: kopf.Spec, **_: Any) -> dict[str, NodeFact]:
     return {name: NodeFact(name=name, labels=tuple(sorted(labels.items())), provider_id=spec.get("providerID", ""))}
 
 
-@kopf.index("namespaces")
+@onloop.index("namespaces")
 def namespace_labels(name: str, labels: kopf.Labels, **_: Any) -> dict[str, tuple[tuple[str, str], ...]]:
     return {name: tuple(sorted(labels.items()))}
 
@@ -107,7 +108,7 @@ class ParentRecord:
     deleting: bool
 
 
-@kopf.index(*SESSIONS, when=lambda spec, **_: is_selector(spec))
+@onloop.index(*SESSIONS, when=lambda spec, **_: is_selector(spec))
 def selector_sessions(
     namespace: str, name: str, uid: str, spec: kopf.Spec, status: kopf.Status, meta: kopf.Meta, **_: Any
 ) -> dict[tuple[str, str], ParentRecord]:
@@ -139,7 +140,7 @@ class ChildRecord:
     controller_uid: str | None  # the parent that owns it; a session merely carrying the label is not a child
 
 
-@kopf.index(*SESSIONS, when=lambda labels, **_: is_child(labels))
+@onloop.index(*SESSIONS, when=lambda labels, **_: is_child(labels))
 def child_sessions(
     namespace: str, name: str, uid: str, labels: kopf.Labels, spec: kopf.Spec, status: kopf.Status, meta: kopf.Meta,
     **_: Any,
@@ -164,7 +165,7 @@ def child_sessions(
     return {(namespace, labels[PARENT_LABEL]): ChildRecord(fact, dict(spec), dict(labels), controller)}
 
 
-@kopf.index(*FILTERS)
+@onloop.index(*FILTERS)
 def filter_specs(namespace: str, name: str, spec: kopf.Spec, labels: kopf.Labels, **_: Any) -> dict[Any, Any]:
     """(namespace, name) → the filter's spec; generated filters also under ("generated", namespace, child name)."""
     found: dict[Any, Any] = {(namespace, name): dict(spec)}
@@ -195,28 +196,28 @@ def _wake(memo: kopf.Memo) -> None:
         loop.wake()
 
 
-@kopf.on.event("pods", id=TRIGGER_ID)
+@onloop.event("pods", id=TRIGGER_ID)
 def pod_changed(memo: kopf.Memo, **_: Any) -> None:
     _wake(memo)
 
 
-@kopf.on.event("nodes", id=TRIGGER_ID)
+@onloop.event("nodes", id=TRIGGER_ID)
 def node_changed(memo: kopf.Memo, **_: Any) -> None:
     _wake(memo)
 
 
-@kopf.on.event("namespaces", id=TRIGGER_ID)
+@onloop.event("namespaces", id=TRIGGER_ID)
 def namespace_changed(memo: kopf.Memo, **_: Any) -> None:
     _wake(memo)
 
 
-@kopf.on.event(*SESSIONS, id=TRIGGER_ID)
+@onloop.event(*SESSIONS, id=TRIGGER_ID)
 def session_changed(memo: kopf.Memo, spec: kopf.Spec, labels: kopf.Labels, **_: Any) -> None:
     if is_selector(spec) or is_child(labels):
         _wake(memo)
 
 
-@kopf.on.event(*FILTERS, id=TRIGGER_ID)
+@onloop.event(*FILTERS, id=TRIGGER_ID)
 def filter_changed(memo: kopf.Memo, **_: Any) -> None:
     _wake(memo)
 
