@@ -79,11 +79,16 @@ _NON_MUTATING_PREFIXES = ("Describe", "List", "Search", "Get")
 _PAGINATION_OR_FILTER = ("MaxResults", "NextToken", "Filter.")
 
 
+def mutates(action: str) -> bool:
+    """Whether an EC2 action changes something: every action but the read-only ones (the prefixes above)."""
+    return not action.startswith(_NON_MUTATING_PREFIXES)
+
+
 def bucket_for(action: str, params: Mapping[str, object] | None = None) -> tuple[str, BucketSpec]:
     """(the key of the bucket a call of `action` with these query parameters draws from, its size and rate)."""
     if action in UNCATEGORIZED_BUCKETS:
         return action, UNCATEGORIZED_BUCKETS[action]
-    if action.startswith(_NON_MUTATING_PREFIXES):
+    if not mutates(action):
         keys = params or {}
         paged_or_filtered = any(str(k).startswith(_PAGINATION_OR_FILTER) for k in keys)
         if action in UNFILTERED_APIS and not paged_or_filtered:

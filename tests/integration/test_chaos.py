@@ -59,6 +59,7 @@ import pytest
 from botocore.exceptions import ClientError
 
 from tests.integration.test_faults import ProxiedOperator, shared_operator_frozen  # noqa: F401
+from trafficmirror_testbed.ec2_throttling import mutates
 from trafficmirror_testbed.emulator import Emulator
 from trafficmirror_testbed.faultproxy import Call, FaultProxy
 from trafficmirror_testbed.kube import ControlPlane
@@ -1198,7 +1199,6 @@ def _check_status(obj: dict[str, Any], item: dict[str, Any], id_key: str) -> lis
 # ----------------------------------------------------------------------------------------------------------------
 # Calls, per object.
 # ----------------------------------------------------------------------------------------------------------------
-MUTATING_PREFIXES = ("Describe", "Get", "List", "Search")
 ID_PARAMS = (
     "TrafficMirrorSessionId",
     "TrafficMirrorFilterRuleId",
@@ -1209,7 +1209,7 @@ ID_PARAMS = (
 
 
 def is_mutating(call: Call) -> bool:
-    return not call.action.startswith(MUTATING_PREFIXES)
+    return mutates(call.action)
 
 
 def remember_ids(owner_of_id: dict[str, str], view: AwsView) -> None:
