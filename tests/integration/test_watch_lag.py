@@ -7,7 +7,7 @@ just run, so the object was created a second time (a second Create call for ever
 10,000-object burst), and an edit could be undone by its stale event and redone by the next.
 
 Here the lag is made on purpose, on a small cluster: the operator under test talks to the apiserver through
-`trafficmirror_testbed.watchlag.WatchLagProxy`, which passes every watch stream on LAG_SECONDS late and every
+`trafficmirror_testbed.kubeproxy.KubeFaultProxy`, which passes every watch stream on LAG_SECONDS late and every
 other request at once. Counted at the EC2 fault proxy: one create per AWS resource, exactly the modify calls
 the edits need, and no mutating call at steady state.
 """
@@ -33,7 +33,7 @@ from tests.integration.test_faults import (  # noqa: F401
     wait_all_ready,
 )
 from trafficmirror_testbed.ec2_throttling import mutates
-from trafficmirror_testbed.watchlag import WatchLagProxy
+from trafficmirror_testbed.kubeproxy import KubeFaultProxy
 
 LAG_SECONDS = 8.0  # past kopf's default wait for its own write (5 s), well within the operator's (60 s)
 SESSIONS = 16  # two targets and two filters of 3 rules each
@@ -65,7 +65,7 @@ def wait_generation(faults: FaultBed, prefix: str, generation: int, kinds: set[s
 
 
 def test_a_watch_late_by_8_seconds_costs_no_extra_aws_call(bed: FaultBed, tmp_path: Path) -> None:  # noqa: F811
-    lagging = WatchLagProxy(bed.control_plane, LAG_SECONDS).start()
+    lagging = KubeFaultProxy(bed.control_plane, lag=LAG_SECONDS).start()
     try:
         bed.operator(KUBECONFIG=str(lagging.kubeconfig(tmp_path / "lagging-kubeconfig")))
         objects = mirror_objects(bed, "lag", sessions=SESSIONS)

@@ -17,6 +17,8 @@ from datetime import datetime
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from trafficmirror.aws.ec2 import AwsSession
 from trafficmirror.handlers import session as session_handlers
@@ -216,8 +218,10 @@ def test_random_worlds_nudge_exactly_the_objects_out_of_sync(seed: int) -> None:
         elif change == "filter":
             _change(snapshot, sid, filter_id="tmf-other")
             drifted[tracked.name] = "drift"
-        elif change == "skip-pending":  # kopf's change handler owns it; the resync stays away
-            indexes[session_handlers.BINDING.index_name][key] = [replace(tracked, phase="Pending")]
+        elif change == "skip-pending":  # kopf's change handler owns it (a retry promised); the resync stays away
+            indexes[session_handlers.BINDING.index_name][key] = [
+                replace(tracked, phase="Pending", retry_at=time.time() + 60)
+            ]
             del snapshot.sessions[sid]
         else:
             indexes[session_handlers.BINDING.index_name][key] = [replace(tracked, deleting=True)]
@@ -234,7 +238,7 @@ def test_random_worlds_nudge_exactly_the_objects_out_of_sync(seed: int) -> None:
 def test_a_retry_kopf_dropped_or_a_stale_generation_is_nudged_and_a_pending_backoff_is_not() -> None:
     """kopf runs a change handler only for a difference from the last spec it handled: an edit back to
     that spec while a handler waits to retry leaves the retry (and a stale status) behind for good."""
-    indexes, snapshot, objects = _world(6)
+    indexes, snapshot, objects = _world(10)
     key = session_handlers.BINDING.index_name
     now = time.time()
     cases = {
@@ -244,13 +248,74 @@ def test_a_retry_kopf_dropped_or_a_stale_generation_is_nudged_and_a_pending_back
         "s3": {"observed_generation": 7, "generation": 9, "retry_at": now + 60},  # kopf retries it
         "s4": {"phase": "Pending", "retry_at": now - 10, "seen_at": now - 1},  # just changed: at work
         "s5": {"observed_generation": 3, "generation": 3},  # settled
+        # kopf ended its cycle without a handler and without a write (its finalizer patch, made but
+        # unanswered, refused on retry): no status, no retry, no event since
+        "s6": {"phase": None, "ready_reason": None},
+        "s7": {"phase": "Pending", "observed_generation": 1},  # a Pending status without its retry
+        "s8": {"phase": None, "ready_reason": None, "seen_at": now - 30},  # kopf may still be at it
+        "s9": {"phase": "Failed", "observed_generation": 1},  # at rest: waits for a change
     }
     for name, changes in cases.items():
         i = int(name[1:])
         indexes[key][("ns", name)] = [replace(objects[i], **changes)]
     nudged: list[tuple[str, str]] = []
     asyncio.run(_loop(indexes, snapshot, nudged).tick(compare=False))
-    assert sorted(nudged) == [("s0", "stalled"), ("s1", "stalled")]
+    assert sorted(nudged) == [("s0", "stalled"), ("s1", "stalled"), ("s6", "stalled"), ("s7", "stalled")]
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    phase=st.sampled_from([None, "Pending", "Ready", "Failed", "Completed"]),
+    generation=st.integers(1, 4),
+    observed=st.one_of(st.none(), st.integers(1, 4)),
+    quiet=st.floats(0, 400),
+    retry_in=st.one_of(st.none(), st.floats(-400, 400)),
+    at_work=st.sampled_from(["no", "now", "just ended"]),
+)
+def test_stalled_is_exactly_work_nobody_carries_on(
+    phase: str | None, generation: int, observed: int | None, quiet: float, retry_in: float | None, at_work: str
+) -> None:
+    """Property: over every state an object's record can be in, the resync nudges it exactly when nobody
+    carries its work on. Never while a handler of this process is at it or an event came within a follow
+    period; never for a retry still to come; always for an overdue retry or an older generation; and for
+    an object not at rest (no status, or Pending) with no retry promised, once quiet past `unhandled_after`."""
+    follow, unhandled_after, now = 5.0, 65.0, time.time()
+    handling = Handling()
+    tracked, _ = _session(0)
+    retry_at = now + retry_in if retry_in is not None else None
+    tracked = replace(tracked, phase=phase, generation=generation, observed_generation=observed)
+    tracked = replace(tracked, seen_at=now - quiet, retry_at=retry_at)
+    loop = ResyncLoop(
+        session_handlers.BINDING,
+        FakeSnapshot({}),  # type: ignore[arg-type]
+        {},
+        None,  # type: ignore[arg-type]
+        period=PERIOD,
+        follow_period=follow,
+        logger=logging.getLogger("test"),
+        handling=handling,
+        unhandled_after=unhandled_after,
+    )
+    if at_work == "now":
+        with handling.at(tracked.uid):
+            assert not loop.stalled(tracked, now)
+        return
+    if at_work == "just ended":
+        with handling.at(tracked.uid):
+            pass
+        assert not loop.stalled(tracked, now)
+        return
+    stalled = loop.stalled(tracked, now)
+    if quiet < follow or (retry_at is not None and retry_at > now - follow):
+        assert not stalled  # just seen, or a retry still to come (kopf keeps its backoff)
+    elif retry_at is not None:
+        assert stalled  # a retry kopf promised, overdue, no event since
+    elif observed is not None and observed != generation:
+        assert stalled  # edits after the last status, nobody at work
+    elif phase in ("Ready", "Failed", "Completed"):
+        assert not stalled  # at rest: only a change (or the compare) brings work
+    else:
+        assert stalled == (quiet >= unhandled_after)  # no status, or Pending without its retry
 
 
 def test_kopf_progress_records_give_the_promised_retry() -> None:

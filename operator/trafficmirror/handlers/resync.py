@@ -5,7 +5,8 @@ Each period the loop compares every Ready object kopf's index holds with the Des
 objects that need work are handed to kopf's change handler, by a nudge annotation, so every status
 write and Event still goes through one path. Between periods, a session that must follow its
 target or filter (a new AWS ID in kopf's in-memory index) is nudged at once, at no AWS cost; so is
-an object whose work nobody carries on (a retry kopf dropped, a status of an older generation).
+an object whose work nobody carries on (a retry kopf dropped, a status of an older generation, an
+object kopf never ran a handler for).
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ Nudge = Callable[[Binding, Tracked, str], Awaitable[None]]
 # not answered in time is dropped, and the object nudged again if it still needs it.
 DESCRIBE_WAIT_SECONDS = 60.0
 NUDGE_TIMEOUT_SECONDS = 60.0
+# Phases an object stays in until something changes: no handler has more to do for it.
+AT_REST = frozenset({"Ready", "Failed", "Completed"})
 
 
 class Snapshot:
@@ -67,6 +70,7 @@ class ResyncLoop:
         describe_wait: float = DESCRIBE_WAIT_SECONDS,
         nudge_timeout: float = NUDGE_TIMEOUT_SECONDS,
         handling: Handling = HANDLING,
+        unhandled_after: float = 65.0,
     ) -> None:
         self.binding = binding
         self.snapshot = snapshot
@@ -78,6 +82,7 @@ class ResyncLoop:
         self.describe_wait = describe_wait
         self.nudge_timeout = nudge_timeout
         self.handling = handling
+        self.unhandled_after = max(unhandled_after, self.follow_period)
         self._nudged: dict[str, float] = {}  # uid → when it was last nudged
         self._describes: dict[str | None, asyncio.Future[tuple[float, dict[str, Any]]]] = {}  # by region
 
@@ -119,7 +124,8 @@ class ResyncLoop:
             if why == "stalled":
                 self.logger.info(
                     f"stalled: {self.binding.api.kind} {tracked.namespace}/{tracked.name} (generation "
-                    f"{tracked.generation}, status of {tracked.observed_generation}) has a retry nobody runs"
+                    f"{tracked.generation}, status of {tracked.observed_generation}, phase {tracked.phase}) has "
+                    "work nobody carries on"
                 )
             nudged.append((tracked, why))
         results = await asyncio.gather(*(self._nudge(t, why) for t, why in nudged), return_exceptions=True)
@@ -152,22 +158,32 @@ class ResyncLoop:
         return task.result()  # its error fails this pass; the next period asks again
 
     def stalled(self, tracked: Tracked, now: float) -> bool:
-        """Work that nobody carries on: no watch event for a follow period, and either a retry kopf
-        promised is overdue, or the status is for an older generation.
+        """Work that nobody carries on, once no watch event came for a follow period: a retry kopf
+        promised is overdue; the status is for an older generation; or, quiet for `unhandled_after`,
+        the object is not at rest and no retry is promised (no status at all, or a Pending one, which
+        always comes with a retry).
 
         kopf runs a change handler only for a difference from the last spec it handled: an edit that
         goes back to that spec while the handler waits to retry (A → B, failed, → A) leaves the retry
-        and a stale status behind for good. A nudge is a difference of its own: the reconcile runs,
-        the status is written, and kopf forgets the dead retry.
+        and a stale status behind for good. And kopf can end a cycle without running a handler and
+        without a write that brings the next one: its finalizer patch, made but unanswered (an apiserver
+        restart), is refused as a conflict on retry and kept for the next cycle; the next event has the
+        finalizer already, so that cycle writes nothing, and no event follows. Such an object never gets
+        a status. A nudge is a difference of its own: the reconcile runs, the status is written, and kopf
+        forgets the dead retry. `unhandled_after` is longer than kopf's own wait for the event of its write
+        (after which it runs the handler anyway), so a cycle still under way is not nudged.
         """
         # A handler of this process at it (even waiting for a slot), or just done, counts as seen: its
         # retry is late, not dropped, and the event its status patch makes is on its way.
         seen_at = max(tracked.seen_at, self.handling.seen_at(tracked.uid) or 0.0)
-        if now - seen_at < self.follow_period:
+        quiet = now - seen_at
+        if quiet < self.follow_period:
             return False
         if tracked.retry_at is not None:  # a retry still to come is kopf's (a backoff is kept)
             return now - tracked.retry_at >= self.follow_period
-        return tracked.observed_generation is not None and tracked.observed_generation != tracked.generation
+        if tracked.observed_generation is not None and tracked.observed_generation != tracked.generation:
+            return True
+        return quiet >= self.unhandled_after and tracked.phase not in AT_REST
 
     async def _compare(self, objects: list[Tracked]) -> list[tuple[Tracked, str]]:
         due: list[tuple[Tracked, str]] = []

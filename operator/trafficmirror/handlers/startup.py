@@ -115,6 +115,8 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: lo
                 period=config.resync_seconds,
                 follow_period=FOLLOW_SECONDS,
                 logger=logger,
+                # kopf runs the handler at the latest this long after its write, event or not.
+                unhandled_after=CONSISTENCY_SECONDS + FOLLOW_SECONDS,
             ).run(),
             name=f"resync {binding.api.plural}",
         )

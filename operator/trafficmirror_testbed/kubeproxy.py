@@ -1,10 +1,15 @@
-"""A FAULT INJECTOR for tests: a proxy in front of the kube-apiserver that makes every watch stream late.
+"""A FAULT INJECTOR for tests: a proxy in front of the kube-apiserver with two faults a real cluster has.
 
-When thousands of objects change at once, the apiserver and the operator's own event loop fall behind and
-the watch brings each change seconds after it was written. A client that writes an object and then acts on
-the next watch event it gets may act on a body from before its own write. This proxy reproduces that lag on
-a test-sized cluster: every byte of a watch response (`?watch=true`) is passed on `lag` seconds after it
-arrived, in order; every other request (GET, LIST, PATCH, ...) is passed through at once.
+- A late watch (`lag`). When thousands of objects change at once, the apiserver and the operator's own
+  event loop fall behind and the watch brings each change seconds after it was written. A client that writes
+  an object and then acts on the next watch event it gets may act on a body from before its own write. Every
+  byte of a watch response (`?watch=true`) is passed on `lag` seconds after it arrived, in order.
+- A lost answer (`lose_answer`). An apiserver that stops (a restart, an upgrade, a failover) can apply a
+  write and close the connection before its answer is sent: the client sees a dropped connection for a
+  write that was made, and its retry meets the object already changed. The requests the predicate picks are
+  passed on, and their connection is closed once the apiserver has answered, without the answer.
+
+Every other request (GET, LIST, PATCH, ...) is passed through at once.
 
 The client speaks plain HTTP to the proxy (`kubeconfig` writes a kubeconfig for it, with the control plane's
 token); the proxy speaks TLS to the apiserver, trusting the control plane's CA.
@@ -16,6 +21,7 @@ import asyncio
 import contextlib
 import ssl
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import aiohttp
@@ -29,14 +35,20 @@ _NOT_FORWARDED = frozenset(
 )
 
 
-class WatchLagProxy:
-    def __init__(self, plane: ControlPlane, lag: float) -> None:
+# Which requests lose their answer: (method, path, content type) → whether this one does.
+LoseAnswer = Callable[[str, str, str], bool]
+
+
+class KubeFaultProxy:
+    def __init__(self, plane: ControlPlane, lag: float = 0.0, lose_answer: LoseAnswer | None = None) -> None:
         self.plane = plane
         self.lag = lag
+        self.lose_answer = lose_answer
         self.port = free_port()
         self.watch_bytes = 0  # bytes of watch streams passed on, late
+        self.lost: list[str] = []  # "METHOD path" of each request made whose answer was dropped
         self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="watch-lag-proxy", daemon=True)
+        self._thread = threading.Thread(target=self._loop.run_forever, name="kube-fault-proxy", daemon=True)
         self._runner: web.AppRunner | None = None
         self._session: aiohttp.ClientSession | None = None
 
@@ -48,7 +60,7 @@ class WatchLagProxy:
         path.write_text(kubeconfig_text(self.url, str(self.plane.ca_file), self.plane.admin_token, user=ADMIN_USER))
         return path
 
-    def start(self) -> WatchLagProxy:
+    def start(self) -> KubeFaultProxy:
         self._thread.start()
         asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(timeout=30)
         return self
@@ -87,10 +99,17 @@ class WatchLagProxy:
         headers = {k: v for k, v in request.headers.items() if k.lower() not in _NOT_FORWARDED}
         body = await request.read()
         watching = request.query.get("watch", "").lower() in ("true", "1")
+        lose = self.lose_answer is not None and self.lose_answer(request.method, request.path, request.content_type)
         async with self._session.request(
             request.method, f"{self.plane.url}{request.rel_url}", headers=headers, data=body or None
         ) as upstream:
             answer_headers = {k: v for k, v in upstream.headers.items() if k.lower() not in _NOT_FORWARDED}
+            if lose:
+                await upstream.read()  # the apiserver has done it
+                self.lost.append(f"{request.method} {request.path}")
+                assert request.transport is not None
+                request.transport.abort()  # the client sees the connection drop, no answer
+                return web.Response(status=502)  # never sent: the connection is gone
             if not watching:
                 return web.Response(status=upstream.status, headers=answer_headers, body=await upstream.read())
             answer = web.StreamResponse(status=upstream.status, headers=answer_headers)
