@@ -10,7 +10,8 @@ sessions of a restart test stayed without a status for the test's four minutes t
 Here every write of the operator loses its first answer on purpose, once per object, kind of write and
 subresource (`trafficmirror_testbed.kubeproxy.KubeFaultProxy`): kopf's finalizer, its status and progress
 patches, and the operator's own create-intent annotation. Every object must still become Ready, with one
-create per AWS resource and no mutating call at steady state.
+create per AWS resource and no mutating call at steady state; and, losing answers again while they are
+deleted, every object must go and leave nothing in AWS.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from tests.integration.test_faults import (  # noqa: F401
     assert_one_aws_resource_per_object,
     bed,
     cluster_objects,
+    delete_all,
     mirror_objects,
     phase,
     shared_operator_frozen,
@@ -59,7 +61,8 @@ class FirstWriteOfEach:
 
 
 def test_every_write_losing_its_first_answer_still_converges(bed: FaultBed, tmp_path: Path) -> None:  # noqa: F811
-    losing = KubeFaultProxy(bed.control_plane, lose_answer=FirstWriteOfEach(bed.namespace)).start()
+    first_writes = FirstWriteOfEach(bed.namespace)
+    losing = KubeFaultProxy(bed.control_plane, lose_answer=first_writes).start()
     try:
         bed.operator(KUBECONFIG=str(losing.kubeconfig(tmp_path / "losing-kubeconfig")))
         objects = mirror_objects(bed, "lost", sessions=SESSIONS)
@@ -90,6 +93,15 @@ def test_every_write_losing_its_first_answer_still_converges(bed: FaultBed, tmp_
         steady = {a: n for a, n in bed.proxy.counters()["calls"].items() if n and mutates(a)}
         assert not steady, f"mutating calls at steady state: {steady}"
         assert all(phase(o) == "Ready" for o in cluster_objects(bed, "lost"))
+
+        # Deleting: the first write of each object from here on loses its answer too. Every object must
+        # go, and nothing be left in AWS.
+        with first_writes.lock:
+            first_writes.seen.clear()
+        lost_before = len(losing.lost)
+        delete_all(bed)
+        assert len(losing.lost) > lost_before, "no answer of a delete-time write was lost"
+        assert not cluster_objects(bed, "lost")
     finally:
         for running in bed.operators:
             running.stop()
