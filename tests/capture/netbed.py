@@ -171,7 +171,13 @@ class Bed:
 
 
 class AgentProc:
-    """The agent as nobody with no capabilities (setpriv), inside the agent namespace."""
+    """The agent as nobody with no capabilities (setpriv), inside the agent namespace.
+
+    Rotation by time is off unless the test's ``args`` set ``--rotate-interval`` (the last one
+    given wins): the agent's default closes every file at each wall-clock multiple of 5 minutes,
+    and a test whose packets straddle one would find its session in two files by chance. The
+    tests that assert one file per session, per pod or per writer mean that with time rotation
+    off; rotation has its own tests."""
 
     def __init__(self, bed: Bed, work: Path, args: list[str], env: dict[str, str] | None = None) -> None:
         self.bed = bed
@@ -205,6 +211,8 @@ class AgentProc:
             "--metrics-port",
             str(self.metrics_port),
             "--no-fsync",
+            "--rotate-interval",
+            "0",
             *args,
         ]
         full_env = {
