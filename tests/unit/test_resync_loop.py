@@ -263,6 +263,29 @@ def test_a_retry_kopf_dropped_or_a_stale_generation_is_nudged_and_a_pending_back
     assert sorted(nudged) == [("s0", "stalled"), ("s1", "stalled"), ("s6", "stalled"), ("s7", "stalled")]
 
 
+def test_an_object_whose_status_event_runs_late_is_not_nudged_and_one_nudged_waits_before_the_next() -> None:
+    """In a burst the watch runs late: an object's record still has no status 30 s after its handler
+    wrote one. The handler's end counts as seen for kopf's whole wait (a 10,000-object burst otherwise
+    nudged such objects every follow period, hundreds of patches). Once nudged as dropped, an object is
+    not nudged again until that wait has passed: the nudge's own event may be just as late."""
+    indexes, snapshot, objects = _world(3)
+    key = session_handlers.BINDING.index_name
+    handling = Handling()
+    for tracked in objects:  # no status, last event 600 s ago
+        indexes[key][("ns", tracked.name)] = [replace(tracked, phase=None, ready_reason=None)]
+    with handling.at("uid-0"):  # s0's handler ended now; its status event is on its way
+        pass
+    handling._ended["uid-1"] = time.time() - 30  # s1's handler ended 30 s ago
+    nudged: list[tuple[str, str]] = []
+    loop = _loop(indexes, snapshot, nudged, follow_period=0.01, handling=handling)
+    asyncio.run(loop.tick(compare=False))
+    assert nudged == [("s2", "stalled")]  # only the one nobody has touched for kopf's whole wait
+    for _ in range(3):
+        time.sleep(0.02)  # past the follow period: only the wait keeps s2 from a second nudge
+        asyncio.run(loop.tick(compare=False))
+    assert nudged == [("s2", "stalled")]
+
+
 @settings(max_examples=400, deadline=None)
 @given(
     phase=st.sampled_from([None, "Pending", "Ready", "Failed", "Completed"]),

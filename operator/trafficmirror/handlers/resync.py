@@ -84,6 +84,7 @@ class ResyncLoop:
         self.handling = handling
         self.unhandled_after = max(unhandled_after, self.follow_period)
         self._nudged: dict[str, float] = {}  # uid → when it was last nudged
+        self._stalled_at: dict[str, float] = {}  # uid → wall clock of its last nudge as stalled
         self._describes: dict[str | None, asyncio.Future[tuple[float, dict[str, Any]]]] = {}  # by region
 
     async def run(self) -> None:
@@ -106,7 +107,8 @@ class ResyncLoop:
         if self.binding.follows is not None:
             due += [(t, "follow") for t in objects if t.phase == "Ready" and self.binding.follows(t, self.indexes)]
         now_wall = time.time()
-        self.handling.forget_ended_before(now_wall - self.follow_period)
+        self.handling.forget_ended_before(now_wall - self.unhandled_after)
+        self._stalled_at = {uid: at for uid, at in self._stalled_at.items() if now_wall - at < self.unhandled_after}
         due += [(t, "stalled") for t in objects if self.stalled(t, now_wall)]
         if compare:
             taken = {t.uid for t, _ in due}
@@ -122,6 +124,7 @@ class ResyncLoop:
             self._nudged[tracked.uid] = now
             RESYNC_NUDGES.labels(self.binding.api.kind, why).inc()
             if why == "stalled":
+                self._stalled_at[tracked.uid] = now_wall
                 self.logger.info(
                     f"stalled: {self.binding.api.kind} {tracked.namespace}/{tracked.name} (generation "
                     f"{tracked.generation}, status of {tracked.observed_generation}, phase {tracked.phase}) has "
@@ -183,7 +186,10 @@ class ResyncLoop:
             return now - tracked.retry_at >= self.follow_period
         if tracked.observed_generation is not None and tracked.observed_generation != tracked.generation:
             return True
-        return quiet >= self.unhandled_after and tracked.phase not in AT_REST
+        # No retry promised and not at rest: kopf dropped it, or the event of its last write (or of this
+        # loop's last nudge) is still on its way in a watch that runs late. Nudged at most once per wait.
+        since_nudge = now - self._stalled_at.get(tracked.uid, 0.0)
+        return tracked.phase not in AT_REST and min(quiet, since_nudge) >= self.unhandled_after
 
     async def _compare(self, objects: list[Tracked]) -> list[tuple[Tracked, str]]:
         due: list[tuple[Tracked, str]] = []
