@@ -46,7 +46,7 @@ class KubeFaultProxy:
         self.lose_answer = lose_answer
         self.port = free_port()
         self.watch_bytes = 0  # bytes of watch streams passed on, late
-        self.lost: list[str] = []  # "METHOD path" of each request made whose answer was dropped
+        self.lost: list[tuple[str, str, str]] = []  # (method, path, content type) of each write made, answer dropped
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="kube-fault-proxy", daemon=True)
         self._runner: web.AppRunner | None = None
@@ -106,7 +106,7 @@ class KubeFaultProxy:
             answer_headers = {k: v for k, v in upstream.headers.items() if k.lower() not in _NOT_FORWARDED}
             if lose:
                 await upstream.read()  # the apiserver has done it
-                self.lost.append(f"{request.method} {request.path}")
+                self.lost.append((request.method, request.path, request.content_type))
                 assert request.transport is not None
                 request.transport.abort()  # the client sees the connection drop, no answer
                 return web.Response(status=502)  # never sent: the connection is gone

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import random
 import time
 from dataclasses import replace
@@ -22,7 +23,7 @@ from hypothesis import strategies as st
 
 from trafficmirror.aws.ec2 import AwsSession
 from trafficmirror.handlers import session as session_handlers
-from trafficmirror.handlers.registration import HANDLING, Binding, Handling, Tracked, promised_retry
+from trafficmirror.handlers.registration import Binding, Handling, Tracked, promised_retry
 from trafficmirror.handlers.resync import ResyncLoop
 from trafficmirror.reconcile.common import Owner, owner_description, owner_tags
 from trafficmirror.reconcile.kinds import SESSION
@@ -119,7 +120,8 @@ def _loop(
     snapshot: FakeSnapshot,
     nudged: list[tuple[str, str]],
     follow_period: float = 5.0,
-    handling: Handling = HANDLING,
+    handling: Handling | None = None,
+    unhandled_after: float = 65.0,
 ) -> ResyncLoop:
     async def nudge(binding: Binding, tracked: Tracked, why: str) -> None:
         nudged.append((tracked.name, why))
@@ -132,7 +134,8 @@ def _loop(
         period=PERIOD,
         follow_period=follow_period,
         logger=logging.getLogger("test"),
-        handling=handling,
+        handling=handling or Handling(),  # never the process-wide registry: tests would see each other
+        unhandled_after=unhandled_after,
     )
 
 
@@ -223,8 +226,10 @@ def test_random_worlds_nudge_exactly_the_objects_out_of_sync(seed: int) -> None:
                 replace(tracked, phase="Pending", retry_at=time.time() + 60)
             ]
             del snapshot.sessions[sid]
-        else:
-            indexes[session_handlers.BINDING.index_name][key] = [replace(tracked, deleting=True)]
+        else:  # the delete handler owns it (Deleting, a retry promised while it waits)
+            indexes[session_handlers.BINDING.index_name][key] = [
+                replace(tracked, deleting=True, phase="Deleting", retry_at=time.time() + 60)
+            ]
             del snapshot.sessions[sid]
     nudged: list[tuple[str, str]] = []
     loop = _loop(indexes, snapshot, nudged)
@@ -286,59 +291,74 @@ def test_an_object_whose_status_event_runs_late_is_not_nudged_and_one_nudged_wai
     assert nudged == [("s2", "stalled")]
 
 
-@settings(max_examples=400, deadline=None)
-@given(
-    phase=st.sampled_from([None, "Pending", "Ready", "Failed", "Completed"]),
-    generation=st.integers(1, 4),
-    observed=st.one_of(st.none(), st.integers(1, 4)),
-    quiet=st.floats(0, 400),
-    retry_in=st.one_of(st.none(), st.floats(-400, 400)),
-    at_work=st.sampled_from(["no", "now", "just ended"]),
-)
-def test_stalled_is_exactly_work_nobody_carries_on(
-    phase: str | None, generation: int, observed: int | None, quiet: float, retry_in: float | None, at_work: str
-) -> None:
-    """Property: over every state an object's record can be in, the resync nudges it exactly when nobody
-    carries its work on. Never while a handler of this process is at it or an event came within a follow
-    period; never for a retry still to come; always for an overdue retry or an older generation; and for
-    an object not at rest (no status, or Pending) with no retry promised, once quiet past `unhandled_after`."""
-    follow, unhandled_after, now = 5.0, 65.0, time.time()
-    handling = Handling()
+FOLLOW, WAIT = 5.0, 65.0
+
+
+def _decide(state: dict[str, Any], quiet: float) -> bool:
+    """Whether the resync nudges an object in `state` (see the strategy below) untouched for `quiet` s."""
+    now = time.time()
+    handling = Handling(keep_ended=WAIT)
+    if state["handler_ended_ago"] is not None:
+        handling._ended["uid-0"] = now - state["handler_ended_ago"]
     tracked, _ = _session(0)
-    retry_at = now + retry_in if retry_in is not None else None
-    tracked = replace(tracked, phase=phase, generation=generation, observed_generation=observed)
-    tracked = replace(tracked, seen_at=now - quiet, retry_at=retry_at)
-    loop = ResyncLoop(
-        session_handlers.BINDING,
-        FakeSnapshot({}),  # type: ignore[arg-type]
-        {},
-        None,  # type: ignore[arg-type]
-        period=PERIOD,
-        follow_period=follow,
-        logger=logging.getLogger("test"),
-        handling=handling,
-        unhandled_after=unhandled_after,
-    )
-    if at_work == "now":
-        with handling.at(tracked.uid):
-            assert not loop.stalled(tracked, now)
-        return
-    if at_work == "just ended":
-        with handling.at(tracked.uid):
-            pass
-        assert not loop.stalled(tracked, now)
-        return
-    stalled = loop.stalled(tracked, now)
-    if quiet < follow or (retry_at is not None and retry_at > now - follow):
-        assert not stalled  # just seen, or a retry still to come (kopf keeps its backoff)
-    elif retry_at is not None:
-        assert stalled  # a retry kopf promised, overdue, no event since
-    elif observed is not None and observed != generation:
-        assert stalled  # edits after the last status, nobody at work
-    elif phase in ("Ready", "Failed", "Completed"):
-        assert not stalled  # at rest: only a change (or the compare) brings work
-    else:
-        assert stalled == (quiet >= unhandled_after)  # no status, or Pending without its retry
+    retry_at = now + state["retry_in"] if state["retry_in"] is not None else None
+    tracked = replace(tracked, phase=state["phase"], generation=state["generation"])
+    tracked = replace(tracked, observed_generation=state["observed"], deleting=state["deleting"])
+    tracked = replace(tracked, finalized=state["finalized"], seen_at=now - quiet, retry_at=retry_at)
+    loop = _loop({}, FakeSnapshot({}), [], follow_period=FOLLOW, handling=handling, unhandled_after=WAIT)
+    if state["nudged_ago"] is not None:
+        loop._stalled_at["uid-0"] = now - state["nudged_ago"]
+    return loop.stalled(tracked, now)
+
+
+states = st.fixed_dictionaries(
+    {
+        "phase": st.sampled_from([None, "Pending", "Ready", "Failed", "Completed", "Deleting"]),
+        "generation": st.integers(1, 3),
+        "observed": st.one_of(st.none(), st.integers(1, 3)),
+        "deleting": st.booleans(),
+        "finalized": st.booleans(),
+        "retry_in": st.one_of(st.none(), st.floats(-400, 400)),
+        "handler_ended_ago": st.one_of(st.none(), st.floats(0, 60)),
+        "nudged_ago": st.one_of(st.none(), st.floats(0, 64)),
+    }
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(state=states, quiet=st.floats(0, 400), more=st.floats(0, 400))
+def test_the_stalled_decision_never_nudges_work_in_hand_and_always_nudges_work_dropped(
+    state: dict[str, Any], quiet: float, more: float
+) -> None:
+    """Properties over every state an object's record can be in (not the rule restated):
+    - work in hand is never nudged: touched within a follow period, a retry still to come that no
+      handler has run yet, or nudged within the wait;
+    - an object at rest (Ready, Failed or Completed, not being deleted, no retry, the status of its
+      generation) is never nudged;
+    - waiting longer never takes a nudge back;
+    - a begun object that is not at rest, with no retry promised, untouched for the whole wait and not
+      nudged within it, is nudged (whatever kopf dropped, the loop picks it up)."""
+    nudge = _decide(state, quiet)
+    ended = state["handler_ended_ago"]
+    touched = min(quiet, ended if ended is not None else math.inf)
+    retry_ran = state["retry_in"] is not None and ended is not None and -ended >= state["retry_in"]
+    if touched < FOLLOW or (state["nudged_ago"] is not None):
+        assert not nudge
+    if state["retry_in"] is not None and state["retry_in"] > -FOLLOW and not retry_ran:
+        assert not nudge
+    at_rest = not state["deleting"] and state["phase"] in ("Ready", "Failed", "Completed")
+    if at_rest and state["retry_in"] is None and state["observed"] in (None, state["generation"]):
+        assert not nudge
+    if ended is None:  # the handler's end does not move with `quiet`
+        assert not nudge or _decide(state, quiet + more)
+    if (
+        state["finalized"]
+        and not at_rest
+        and state["retry_in"] is None
+        and state["nudged_ago"] is None
+        and touched >= WAIT
+    ):
+        assert nudge
 
 
 def test_kopf_progress_records_give_the_promised_retry() -> None:
@@ -396,6 +416,8 @@ def _fast_loop(
         logger=logger or logging.getLogger("test"),
         describe_wait=0.05,
         nudge_timeout=0.05,
+        handling=Handling(),
+        unhandled_after=0.01,  # a stalled object is nudged again every pass
     )
 
 
@@ -507,21 +529,25 @@ def test_random_hangs_never_stop_the_loop(seed: int) -> None:
 def test_a_late_retry_whose_handler_waits_its_turn_is_not_nudged_until_the_handler_is_done() -> None:
     """With thousands of objects at once, a handler waits for a reconcile slot long past the retry kopf
     promised: that retry is late, not dropped. Nudging it queues one more reconcile of the object (and
-    a patch every follow period), so a handler at work, or just ended, counts as seen."""
+    a patch every follow period), so a handler at work counts as seen; one that ended after the retry
+    was due was that retry, and only its status event is still to come (a late watch): such an object
+    waits the whole `unhandled_after`, as does one already nudged."""
     indexes, snapshot, objects = _world(3)
-    _stalled(objects, indexes, ["s0", "s1", "s2"])
+    _stalled(objects, indexes, ["s0", "s1", "s2"])  # each: a retry due 600 s ago, no event since
     handling = Handling()
     nudged: list[tuple[str, str]] = []
-    loop = _loop(indexes, snapshot, nudged, follow_period=0.2, handling=handling)
+    loop = _loop(indexes, snapshot, nudged, follow_period=0.2, handling=handling, unhandled_after=1.0)
     with handling.at("uid-0"):  # s0: its handler waits for a slot
-        with handling.at("uid-1"):  # s1: its handler ends now
+        with handling.at("uid-1"):  # s1: its handler (the retry) ends now
             pass
         asyncio.run(loop.tick(compare=False))
-        assert nudged == [("s2", "stalled")]
+        assert nudged == [("s2", "stalled")]  # nobody ran s2's retry
         time.sleep(0.25)
         asyncio.run(loop.tick(compare=False))
-        assert ("s1", "stalled") in nudged and ("s0", "stalled") not in nudged
-    time.sleep(0.25)  # s0's handler ended a follow period ago and its retry is still overdue: dropped
-    nudged.clear()
+        assert nudged == [("s2", "stalled")]  # s1's retry ran; s2 was nudged 0.25 s ago
+    time.sleep(0.25)  # s0's handler (its retry) ended
     asyncio.run(loop.tick(compare=False))
-    assert sorted(nudged) == [("s0", "stalled"), ("s1", "stalled"), ("s2", "stalled")]
+    assert nudged == [("s2", "stalled")]
+    time.sleep(0.6)  # s1 and s2 past the wait: s1's status never came, s2's nudge brought nothing
+    asyncio.run(loop.tick(compare=False))
+    assert sorted(nudged) == [("s1", "stalled"), ("s2", "stalled"), ("s2", "stalled")]

@@ -32,6 +32,8 @@ from trafficmirror.reconcile.common import ANNOTATION_PREFIX, CREATE_INTENT_ANNO
 from trafficmirror.reconcile.context import ReconcileContext
 from trafficmirror.reconcile.seam import ClusterFacts, Reconciler, Request, parse_request
 
+# kopf's finalizer on every object of ours (settings.persistence.finalizer).
+FINALIZER = f"{ANNOTATION_PREFIX}/finalizer"
 # Written by the resync loop to ask for a reconcile; outside the operator's own annotation prefix,
 # so that kopf sees it as a change of the object (its own prefix is left out of the diff).
 NUDGE_ANNOTATION = f"resync.{GROUP}/requested"
@@ -60,6 +62,7 @@ class Tracked:
     generation: int = 1
     observed_generation: int | None = None  # the generation the status was written for
     retry_at: float | None = None  # wall clock of the earliest retry kopf's progress records promise
+    finalized: bool = True  # kopf's finalizer is on it: kopf has begun, and a delete waits for its handler
 
     @property
     def region(self) -> str | None:
@@ -112,9 +115,10 @@ class Handling:
     follow period, a patch each time). The resync takes a handler at work, or just ended, as seen.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, keep_ended: float = 65.0) -> None:
         self._active: dict[str, int] = {}  # uid → handlers in progress
         self._ended: dict[str, float] = {}  # uid → wall clock when the last one ended
+        self.keep_ended = keep_ended  # seconds an end is remembered (the resync's longest look back)
 
     @contextlib.contextmanager
     def at(self, uid: str) -> Iterator[None]:
@@ -131,8 +135,8 @@ class Handling:
         """Now (infinity) while a handler is at it, when the last one ended, or None."""
         return math.inf if uid in self._active else self._ended.get(uid)
 
-    def forget_ended_before(self, when: float) -> None:
-        self._ended = {uid: at for uid, at in self._ended.items() if at >= when}
+    def forget_old(self, now: float) -> None:
+        self._ended = {uid: at for uid, at in self._ended.items() if now - at < self.keep_ended}
 
 
 HANDLING = Handling()
@@ -164,6 +168,7 @@ def track(binding: Binding, body: kopf.Body, context: ReconcileContext) -> Track
         generation=int(meta.get("generation", 1)),
         observed_generation=status.get("observedGeneration"),
         retry_at=promised_retry(meta.get("annotations") or {}),
+        finalized=FINALIZER in (meta.get("finalizers") or ()),
     )
 
 
@@ -304,7 +309,8 @@ def register(binding: Binding) -> Binding:
             async def decide() -> tuple[Outcome | None, Mapping[str, Any]]:
                 return await asyncio.to_thread(reconciler.delete, request, context), request.annotations
 
-            await apply.run(kind, decide, body=body, patch=patch, retry=retry, logger=logger)
+            with HANDLING.at(meta["uid"]):
+                await apply.run(kind, decide, body=body, patch=patch, retry=retry, logger=logger)
         apply.forget(meta["uid"])
 
     def tracked(body: kopf.Body, memo: kopf.Memo, **_: Any) -> dict[tuple[str, str], Tracked]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
@@ -70,7 +71,7 @@ class ResyncLoop:
         describe_wait: float = DESCRIBE_WAIT_SECONDS,
         nudge_timeout: float = NUDGE_TIMEOUT_SECONDS,
         handling: Handling = HANDLING,
-        unhandled_after: float = 65.0,
+        unhandled_after: float | None = None,
     ) -> None:
         self.binding = binding
         self.snapshot = snapshot
@@ -82,7 +83,11 @@ class ResyncLoop:
         self.describe_wait = describe_wait
         self.nudge_timeout = nudge_timeout
         self.handling = handling
-        self.unhandled_after = max(unhandled_after, self.follow_period)
+        # How long a begun object may go untouched before it is taken as dropped (see `stalled`); the
+        # handling registry remembers a handler's end at least that long.
+        self.unhandled_after = max(
+            unhandled_after if unhandled_after is not None else handling.keep_ended, self.follow_period
+        )
         self._nudged: dict[str, float] = {}  # uid → when it was last nudged
         self._stalled_at: dict[str, float] = {}  # uid → wall clock of its last nudge as stalled
         self._describes: dict[str | None, asyncio.Future[tuple[float, dict[str, Any]]]] = {}  # by region
@@ -102,14 +107,18 @@ class ResyncLoop:
 
     async def tick(self, compare: bool) -> list[tuple[Tracked, str]]:
         """One pass: the objects nudged and why ('drift', 'missing', 'follow', 'stalled')."""
-        objects = [t for t in tracked_objects(self.indexes[self.binding.index_name]) if not t.deleting and t.request]
+        every = tracked_objects(self.indexes[self.binding.index_name])
+        # Following and comparing are for live objects with a valid spec; stalled work is looked for in all
+        # (a dropped delete, a dropped object whose stored spec is invalid).
+        objects = [t for t in every if not t.deleting and t.request]
         due: list[tuple[Tracked, str]] = []
         if self.binding.follows is not None:
             due += [(t, "follow") for t in objects if t.phase == "Ready" and self.binding.follows(t, self.indexes)]
         now_wall = time.time()
-        self.handling.forget_ended_before(now_wall - self.unhandled_after)
+        self.handling.forget_old(now_wall)
         self._stalled_at = {uid: at for uid, at in self._stalled_at.items() if now_wall - at < self.unhandled_after}
-        due += [(t, "stalled") for t in objects if self.stalled(t, now_wall)]
+        taken = {t.uid for t, _ in due}
+        due += [(t, "stalled") for t in every if t.uid not in taken and self.stalled(t, now_wall)]
         if compare:
             taken = {t.uid for t, _ in due}
             due += await self._compare([t for t in objects if t.uid not in taken])
@@ -161,35 +170,43 @@ class ResyncLoop:
         return task.result()  # its error fails this pass; the next period asks again
 
     def stalled(self, tracked: Tracked, now: float) -> bool:
-        """Work that nobody carries on, once no watch event came for a follow period: a retry kopf
-        promised is overdue; the status is for an older generation; or, quiet for `unhandled_after`,
-        the object is not at rest and no retry is promised (no status at all, or a Pending one, which
-        always comes with a retry).
+        """Work that nobody carries on. Never while an event or a handler of this process touched the
+        object within a follow period, nor within `unhandled_after` of its last nudge as stalled (the
+        nudge's own event may be late). Then:
+
+        - a retry kopf promised is overdue and no handler has run since it was due;
+        - the status is for an older generation and no retry is promised;
+        - the object is not at rest, kopf has begun it (its finalizer is on), and nothing touched it for
+          `unhandled_after`: no status, a Pending one without its retry (a Pending status always has
+          one), or a delete not carried on.
 
         kopf runs a change handler only for a difference from the last spec it handled: an edit that
         goes back to that spec while the handler waits to retry (A → B, failed, → A) leaves the retry
-        and a stale status behind for good. And kopf can end a cycle without running a handler and
-        without a write that brings the next one: its finalizer patch, made but unanswered (an apiserver
-        restart), is refused as a conflict on retry and kept for the next cycle; the next event has the
-        finalizer already, so that cycle writes nothing, and no event follows. Such an object never gets
-        a status. A nudge is a difference of its own: the reconcile runs, the status is written, and kopf
-        forgets the dead retry. `unhandled_after` is longer than kopf's own wait for the event of its write
-        (after which it runs the handler anyway), so a cycle still under way is not nudged.
+        and a stale status behind for good. And kopf can end a cycle with no handler run and no write
+        that brings the next one: its finalizer patch, made but unanswered (an apiserver restart), is
+        refused as a conflict on retry and kept for the next cycle; the next event has the finalizer
+        already, so that cycle writes nothing (and skips the handlers, a delete's too), and no event
+        follows. A nudge is a difference of its own: the handler runs, the status is written, and kopf
+        forgets the dead retry.
+
+        The last rule waits kopf's wait for the event of its own write and more. That is no bound on
+        kopf (with no event it waits for good) but on a watch running late: an object whose record shows
+        the finalizer had its handlers run in that same cycle (a handler at work counts as touched).
         """
-        # A handler of this process at it (even waiting for a slot), or just done, counts as seen: its
-        # retry is late, not dropped, and the event its status patch makes is on its way.
-        seen_at = max(tracked.seen_at, self.handling.seen_at(tracked.uid) or 0.0)
-        quiet = now - seen_at
-        if quiet < self.follow_period:
+        handled = self.handling.seen_at(tracked.uid)
+        quiet = now - max(tracked.seen_at, handled or 0.0)
+        if quiet < self.follow_period or now - self._stalled_at.get(tracked.uid, -math.inf) < self.unhandled_after:
             return False
-        if tracked.retry_at is not None:  # a retry still to come is kopf's (a backoff is kept)
-            return now - tracked.retry_at >= self.follow_period
-        if tracked.observed_generation is not None and tracked.observed_generation != tracked.generation:
+        if tracked.retry_at is not None and (handled is None or handled < tracked.retry_at):
+            return now - tracked.retry_at >= self.follow_period  # until then, kopf keeps its backoff
+        if (
+            tracked.retry_at is None
+            and not tracked.deleting
+            and tracked.observed_generation not in (None, tracked.generation)
+        ):
             return True
-        # No retry promised and not at rest: kopf dropped it, or the event of its last write (or of this
-        # loop's last nudge) is still on its way in a watch that runs late. Nudged at most once per wait.
-        since_nudge = now - self._stalled_at.get(tracked.uid, 0.0)
-        return tracked.phase not in AT_REST and min(quiet, since_nudge) >= self.unhandled_after
+        at_rest = not tracked.deleting and tracked.phase in AT_REST
+        return tracked.finalized and not at_rest and quiet >= self.unhandled_after
 
     async def _compare(self, objects: list[Tracked]) -> list[tuple[Tracked, str]]:
         due: list[tuple[Tracked, str]] = []

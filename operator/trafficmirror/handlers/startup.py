@@ -18,16 +18,26 @@ from trafficmirror.aws.target_quotas import TargetQuotas
 from trafficmirror.config import OperatorConfig
 from trafficmirror.handlers.heap import release_free_heap
 from trafficmirror.handlers.patching import patch_annotations
-from trafficmirror.handlers.registration import BINDINGS, NUDGE_ANNOTATION, Binding, Tracked, nudge_value
+from trafficmirror.handlers.registration import (
+    BINDINGS,
+    FINALIZER,
+    HANDLING,
+    NUDGE_ANNOTATION,
+    Binding,
+    Tracked,
+    nudge_value,
+)
 from trafficmirror.handlers.resync import ResyncLoop, Snapshot
 from trafficmirror.metrics import AWS_CALLS
 from trafficmirror.reconcile.common import ANNOTATION_PREFIX
 from trafficmirror.reconcile.context import ReconcileContext
 
-FINALIZER = f"{ANNOTATION_PREFIX}/finalizer"
 FOLLOW_SECONDS = 5.0  # how soon a session notices that its target or filter got a new AWS ID
 # How long kopf waits for the watch to bring the version its own PATCH made (see `configure`).
 CONSISTENCY_SECONDS = 60.0
+# How long an object kopf has begun (its finalizer is on) may go untouched, no handler at it and no event,
+# before the resync takes it as dropped: kopf's wait for the event of its own write, and a follow period.
+UNHANDLED_SECONDS = CONSISTENCY_SECONDS + FOLLOW_SECONDS
 
 
 def _observe(operation: str, result: str) -> None:
@@ -105,6 +115,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: lo
         load_balancers_for_region=load_balancers_for_region,
         price=TargetQuotas.packaged().price(config.usd_per_eni_hour),
     )
+    HANDLING.keep_ended = UNHANDLED_SECONDS
     memo.resync_tasks = [
         asyncio.create_task(
             ResyncLoop(
@@ -115,8 +126,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: lo
                 period=config.resync_seconds,
                 follow_period=FOLLOW_SECONDS,
                 logger=logger,
-                # kopf runs the handler at the latest this long after its write, event or not.
-                unhandled_after=CONSISTENCY_SECONDS + FOLLOW_SECONDS,
+                unhandled_after=UNHANDLED_SECONDS,
             ).run(),
             name=f"resync {binding.api.plural}",
         )
