@@ -134,8 +134,8 @@ def _loop(
         period=PERIOD,
         follow_period=follow_period,
         logger=logging.getLogger("test"),
-        handling=handling or Handling(),  # never the process-wide registry: tests would see each other
-        unhandled_after=unhandled_after,
+        # never the process-wide registry: tests would see each other
+        handling=handling or Handling(keep_ended=unhandled_after),
     )
 
 
@@ -305,7 +305,7 @@ def _decide(state: dict[str, Any], quiet: float) -> bool:
     tracked = replace(tracked, phase=state["phase"], generation=state["generation"])
     tracked = replace(tracked, observed_generation=state["observed"], deleting=state["deleting"])
     tracked = replace(tracked, finalized=state["finalized"], seen_at=now - quiet, retry_at=retry_at)
-    loop = _loop({}, FakeSnapshot({}), [], follow_period=FOLLOW, handling=handling, unhandled_after=WAIT)
+    loop = _loop({}, FakeSnapshot({}), [], follow_period=FOLLOW, handling=handling)
     if state["nudged_ago"] is not None:
         loop._stalled_at["uid-0"] = now - state["nudged_ago"]
     return loop.stalled(tracked, now)
@@ -416,8 +416,7 @@ def _fast_loop(
         logger=logger or logging.getLogger("test"),
         describe_wait=0.05,
         nudge_timeout=0.05,
-        handling=Handling(),
-        unhandled_after=0.01,  # a stalled object is nudged again every pass
+        handling=Handling(keep_ended=0.01),  # a stalled object is nudged again every pass
     )
 
 
@@ -534,9 +533,9 @@ def test_a_late_retry_whose_handler_waits_its_turn_is_not_nudged_until_the_handl
     waits the whole `unhandled_after`, as does one already nudged."""
     indexes, snapshot, objects = _world(3)
     _stalled(objects, indexes, ["s0", "s1", "s2"])  # each: a retry due 600 s ago, no event since
-    handling = Handling()
+    handling = Handling(keep_ended=1.0)
     nudged: list[tuple[str, str]] = []
-    loop = _loop(indexes, snapshot, nudged, follow_period=0.2, handling=handling, unhandled_after=1.0)
+    loop = _loop(indexes, snapshot, nudged, follow_period=0.2, handling=handling)
     with handling.at("uid-0"):  # s0: its handler waits for a slot
         with handling.at("uid-1"):  # s1: its handler (the retry) ends now
             pass

@@ -71,7 +71,6 @@ class ResyncLoop:
         describe_wait: float = DESCRIBE_WAIT_SECONDS,
         nudge_timeout: float = NUDGE_TIMEOUT_SECONDS,
         handling: Handling = HANDLING,
-        unhandled_after: float | None = None,
     ) -> None:
         self.binding = binding
         self.snapshot = snapshot
@@ -83,14 +82,16 @@ class ResyncLoop:
         self.describe_wait = describe_wait
         self.nudge_timeout = nudge_timeout
         self.handling = handling
-        # How long a begun object may go untouched before it is taken as dropped (see `stalled`); the
-        # handling registry remembers a handler's end at least that long.
-        self.unhandled_after = max(
-            unhandled_after if unhandled_after is not None else handling.keep_ended, self.follow_period
-        )
         self._nudged: dict[str, float] = {}  # uid → when it was last nudged
         self._stalled_at: dict[str, float] = {}  # uid → wall clock of its last nudge as stalled
         self._describes: dict[str | None, asyncio.Future[tuple[float, dict[str, Any]]]] = {}  # by region
+
+    @property
+    def unhandled_after(self) -> float:
+        """How long a begun object may go untouched before it is taken as dropped (see `stalled`): as
+        long as the handling registry remembers a handler's end, so that an end is never forgotten
+        before the wait it counts in is over."""
+        return max(self.handling.keep_ended, self.follow_period)
 
     async def run(self) -> None:
         next_compare = time.monotonic() + self.period

@@ -115,7 +115,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: lo
         load_balancers_for_region=load_balancers_for_region,
         price=TargetQuotas.packaged().price(config.usd_per_eni_hour),
     )
-    HANDLING.keep_ended = UNHANDLED_SECONDS
+    HANDLING.keep_ended = UNHANDLED_SECONDS  # the resync's wait for a dropped object (ResyncLoop.unhandled_after)
     memo.resync_tasks = [
         asyncio.create_task(
             ResyncLoop(
@@ -126,7 +126,6 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: lo
                 period=config.resync_seconds,
                 follow_period=FOLLOW_SECONDS,
                 logger=logger,
-                unhandled_after=UNHANDLED_SECONDS,
             ).run(),
             name=f"resync {binding.api.plural}",
         )
