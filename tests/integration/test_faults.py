@@ -21,7 +21,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -31,6 +31,7 @@ from typing import Any
 import pytest
 
 from tests.integration.conftest import RESYNC_SECONDS, Cluster, OperatorProcess
+from trafficmirror_testbed.ec2_throttling import mutates
 from trafficmirror_testbed.emulator import Emulator
 from trafficmirror_testbed.faultproxy import FaultProxy
 from trafficmirror_testbed.kube import ControlPlane, free_port
@@ -338,6 +339,11 @@ def aws_resources(bed: FaultBed) -> list[AwsResource]:
                 if owner.split("/")[1:2] == [bed.namespace]:
                     found.append(AwsResource(kind, item[id_key], tags.get(OWNER_UID_TAG, ""), owner))
     return found
+
+
+def mutating_calls(bed: FaultBed) -> Counter[str]:
+    """The EC2 calls that change something, by action, counted at the fault proxy since its last reset."""
+    return Counter({action: n for action, n in bed.proxy.counters()["calls"].items() if n and mutates(action)})
 
 
 def assert_one_aws_resource_per_object(bed: FaultBed, objects: list[dict[str, Any]]) -> None:

@@ -31,12 +31,12 @@ from tests.integration.test_faults import (  # noqa: F401
     cluster_objects,
     delete_all,
     mirror_objects,
+    mutating_calls,
     phase,
     shared_operator_frozen,
     wait_all_ready,
 )
 from trafficmirror.handlers.startup import FOLLOW_SECONDS, UNHANDLED_SECONDS
-from trafficmirror_testbed.ec2_throttling import mutates
 from trafficmirror_testbed.kubeproxy import KubeFaultProxy
 
 SESSIONS = 8  # one target, one filter of 3 rules
@@ -86,7 +86,7 @@ def test_every_write_losing_its_first_answer_still_converges(bed: FaultBed, tmp_
         }
         assert stalled == {o["metadata"]["name"] for o in objects}, f"not nudged as dropped: {stalled}"
 
-        created = Counter({a: n for a, n in bed.proxy.counters()["calls"].items() if n and mutates(a)})
+        created = mutating_calls(bed)
         assert created == Counter(
             {
                 "CreateTrafficMirrorTarget": 1,
@@ -99,8 +99,8 @@ def test_every_write_losing_its_first_answer_still_converges(bed: FaultBed, tmp_
 
         bed.proxy.reset_counters()
         time.sleep(2 * RESYNC_SECONDS)
-        steady = {a: n for a, n in bed.proxy.counters()["calls"].items() if n and mutates(a)}
-        assert not steady, f"mutating calls at steady state: {steady}"
+        steady = mutating_calls(bed)
+        assert not steady, f"mutating calls at steady state: {dict(steady)}"
         assert all(phase(o) == "Ready" for o in cluster_objects(bed, "lost"))
 
         # Deleting: the first write of each object from here on loses its answer too. Every object must

@@ -28,19 +28,15 @@ from tests.integration.test_faults import (  # noqa: F401
     bed,
     cluster_objects,
     mirror_objects,
+    mutating_calls,
     phase,
     shared_operator_frozen,
     wait_all_ready,
 )
-from trafficmirror_testbed.ec2_throttling import mutates
 from trafficmirror_testbed.kubeproxy import KubeFaultProxy
 
 LAG_SECONDS = 8.0  # past kopf's default wait for its own write (5 s), well within the operator's (60 s)
 SESSIONS = 16  # two targets and two filters of 3 rules each
-
-
-def mutating(counts: dict[str, int]) -> Counter[str]:
-    return Counter({action: n for action, n in counts.items() if n and mutates(action)})
 
 
 def wait_generation(faults: FaultBed, prefix: str, generation: int, kinds: set[str], timeout: float = 240) -> None:
@@ -75,7 +71,7 @@ def test_a_watch_late_by_8_seconds_costs_no_extra_aws_call(bed: FaultBed, tmp_pa
         started = time.monotonic()
         apply_all(bed, objects)
         ready = wait_all_ready(bed, "lag", len(objects))
-        created = mutating(bed.proxy.counters()["calls"])
+        created = mutating_calls(bed)
         print(f"{len(objects)} objects Ready in {time.monotonic() - started:.0f} s, watch {LAG_SECONDS:.0f} s late")
         print(f"mutating calls to create them: {dict(created)}")
         assert lagging.watch_bytes > 0, "the operator's watches did not go through the lagging proxy"
@@ -108,7 +104,7 @@ def test_a_watch_late_by_8_seconds_costs_no_extra_aws_call(bed: FaultBed, tmp_pa
         wait_generation(bed, "lag", 2, {"MirrorFilter", "MirrorSession"})
         # Stale events of the edits arrive LAG_SECONDS late; one resync period more for what they could undo.
         time.sleep(LAG_SECONDS + RESYNC_SECONDS)
-        edited = mutating(bed.proxy.counters()["calls"])
+        edited = mutating_calls(bed)
         print(f"mutating calls for the edits: {dict(edited)}")
         assert edited == Counter({"ModifyTrafficMirrorFilterRule": filters, "ModifyTrafficMirrorSession": SESSIONS}), (
             "an edit was undone and redone (a stale body taken for the current one)"
@@ -117,7 +113,7 @@ def test_a_watch_late_by_8_seconds_costs_no_extra_aws_call(bed: FaultBed, tmp_pa
         # Steady state: two resync periods without a mutating call.
         bed.proxy.reset_counters()
         time.sleep(2 * RESYNC_SECONDS)
-        steady = mutating(bed.proxy.counters()["calls"])
+        steady = mutating_calls(bed)
         assert not steady, f"mutating calls at steady state: {dict(steady)}"
         final = cluster_objects(bed, "lag")
         assert all(phase(o) == "Ready" for o in final)
